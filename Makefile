@@ -1,0 +1,27 @@
+# The two commands of the README:  make demo  (set up + a whole routed job)   make test  (set up + all tests)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of PyTorch; on a CUDA machine use e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test services lint
+
+$(PY):
+	python3 -m venv $(VENV)
+
+install: $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+
+demo: install
+	$(VENV)/bin/routeyard demo
+
+services:
+	bash tests/services.sh start
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install services lint
+	$(VENV)/bin/pytest -q

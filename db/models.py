@@ -1,0 +1,101 @@
+"""Tables. Spend is never stored as a running total: it is the sum of item costs, so it cannot drift."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class JobStatus:
+    QUEUED = "queued"
+    SCORING = "scoring"
+    RUNNING = "running"
+    COMPLETED = "completed"  # every item finished; some may have failed
+    CANCELLED = "cancelled"
+
+
+class ItemStatus:
+    PENDING = "pending"  # stored, not scored yet
+    ROUTED = "routed"  # scored and assigned a model
+    IN_FLIGHT = "in_flight"  # a call is being made
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str | None] = mapped_column(String(200), index=True)
+    source: Mapped[str | None] = mapped_column(String(500))
+    input_format: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
+    router: Mapped[str] = mapped_column(String(500))
+    router_version: Mapped[str | None] = mapped_column(String(100))
+    strong_fraction: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    strong_model: Mapped[str] = mapped_column(String(200))
+    weak_model: Mapped[str] = mapped_column(String(200))
+    strong_base_url: Mapped[str | None] = mapped_column(String(500))
+    weak_base_url: Mapped[str | None] = mapped_column(String(500))
+    n_items: Mapped[int] = mapped_column(Integer, default=0)
+    n_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "custom_id", name="uq_items_job_custom_id"),
+        Index("ix_items_job_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    line_no: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String(500))
+    body: Mapped[dict[str, Any]] = mapped_column()  # the chat request minus `model`
+    prompt: Mapped[str] = mapped_column(Text)  # the text the router scores
+    status: Mapped[str] = mapped_column(String(20), default=ItemStatus.PENDING)
+    score: Mapped[float | None] = mapped_column(Float)
+    tier: Mapped[str | None] = mapped_column(String(10))
+    model: Mapped[str | None] = mapped_column(String(200))
+    router_version: Mapped[str | None] = mapped_column(String(100))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column()
+    answer: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class RejectedLine(Base):
+    """An input line that could not be accepted, kept so the user can see and fix it."""
+
+    __tablename__ = "rejected_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    line_no: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)

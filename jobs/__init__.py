@@ -1,0 +1,1 @@
+"""Front doors: submit, run, query, spend; the CLI; the demo and its loopback model server."""

@@ -1,0 +1,354 @@
+"""`routeyard`: submit batches, follow them, read results and spend; train routers; run the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from db import queries
+from db.session import open_database
+from jobs.input_formats import detect_format
+from jobs.query import export_results, job_status
+from jobs.runner import RunSummary, run_embedded
+from jobs.spend import SpendReport, spend_report
+from jobs.submit import JobOptions, SubmitError, SubmitResult, submit_job
+from routeyard.redact import install_log_redaction
+from routeyard.settings import Settings
+from worker.pricing import UnknownPriceError
+
+app = typer.Typer(help="Route batches of LLM prompts between a strong and a weak model (RouteLLM).",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+router_app = typer.Typer(help="Train, score with and list routers.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        err.print(f"[red]configuration error:[/] ROUTEYARD_{str(first['loc'][0]).upper()}: {first['msg']}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction(settings.secrets())
+    return settings
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors a user can fix are printed as one clear line, not a traceback."""
+    try:
+        yield
+    except (SubmitError, UnknownPriceError, queries.JobNotFound, FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+class RichProgress:
+    """One bar per stage of a run."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def stage(self, name: str, total: int) -> Callable[[int], None]:
+        task = self.progress.add_task(name, total=total)
+        return lambda n: self.progress.advance(task, n)
+
+
+def _bars() -> Progress:
+    return Progress(TextColumn("{task.description:<15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False, disable=not err.is_terminal)
+
+
+def _run(settings: Settings, job_id: str, retry_failed: bool = False) -> RunSummary:
+    sf = open_database(settings.resolved_database_url)
+    with _bars() as bars:
+        return run_embedded(sf, settings, job_id, retry_failed=retry_failed, progress=RichProgress(bars))
+
+
+def _print_submit(result: SubmitResult) -> None:
+    verb = "submitted" if result.created else "already submitted (same idempotency key)"
+    console.print(f"job [bold]{result.job_id}[/] {verb}: {result.n_items} items, {len(result.rejected)} rejected")
+    for line_no, reason in result.rejected[:20]:
+        err.print(f"  [yellow]line {line_no}:[/] {reason}")
+    if len(result.rejected) > 20:
+        err.print(f"  ... and {len(result.rejected) - 20} more (routeyard status {result.job_id})")
+
+
+def _print_summary(summary: RunSummary) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    console.print(f"job [bold]{summary.job_id}[/] {summary.status}: {counts}")
+
+
+def _print_spend(report: SpendReport) -> None:
+    table = Table(title=f"Spend{' for ' + report.job_id if report.job_id else ' (all jobs)'}")
+    for col in ("tier", "model", "calls", "prompt tokens", "completion tokens", "cost $"):
+        table.add_column(col, justify="right" if col not in ("tier", "model") else "left")
+    for m in report.models:
+        table.add_row(m.tier, m.model, str(m.calls), f"{m.prompt_tokens:,}", f"{m.completion_tokens:,}",
+                      f"{m.cost_usd:.4f}")
+    table.add_row("total", "", str(report.calls), "", "", f"{report.cost_usd:.4f}", style="bold")
+    console.print(table)
+    console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
+                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of calls strong")
+
+
+StrongFraction = Annotated[float, typer.Option("--strong-fraction", "-s", min=0.0, max=1.0,
+                                               help="Share of this batch's items sent to the strong model.")]
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL (OpenAI Batch or plain) or CSV.")],
+    strong_fraction: StrongFraction = 0.3,
+    router: Annotated[str | None, typer.Option(help="Registry name, directory or hub id.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key: resubmitting is a no-op.")] = None,
+    tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
+    detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
+) -> None:
+    """Submit a batch and (embedded default) run it to the end."""
+    settings = _settings()
+    with _user_errors():
+        sf = open_database(settings.resolved_database_url)
+        options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
+                             idempotency_key=key, tag=tag)
+        with file.open("rb") as source:
+            result = submit_job(sf, settings, source, detect_format(file, fmt), options, source_name=file.name)
+        _print_submit(result)
+        if not detach:
+            _print_summary(_run(settings, result.job_id))
+
+
+@app.command()
+def run(job_id: str, retry_failed: Annotated[bool, typer.Option(help="Call failed items again.")] = False) -> None:
+    """Run a stored job from wherever it stopped."""
+    settings = _settings()
+    with _user_errors():
+        _print_summary(_run(settings, job_id, retry_failed))
+
+
+@app.command()
+def resume(job_id: str, retry_failed: Annotated[bool, typer.Option(help="Call failed items again.")] = False) -> None:
+    """Resume an interrupted job: finished items are not called again, spend is not counted twice."""
+    run(job_id, retry_failed)
+
+
+@app.command()
+def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's state, item counts and rejected lines."""
+    settings = _settings()
+    with _user_errors():
+        sf = open_database(settings.resolved_database_url)
+        with sf() as session:
+            view = job_status(session, job_id)
+    if as_json:
+        console.print_json(json.dumps(view.to_dict()))
+        return
+    console.print(f"job [bold]{view.id}[/] {view.status} ({view.source or ''})")
+    console.print(f"  router {view.router} version {view.router_version or '-'}; strong fraction "
+                  f"{view.strong_fraction:.2f}, threshold {view.threshold if view.threshold is not None else '-'}")
+    console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
+    console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
+                  + f"; rejected lines {view.n_rejected}")
+    for line_no, reason in view.rejected[:20]:
+        console.print(f"  [yellow]line {line_no}:[/] {reason}")
+
+
+@app.command("jobs")
+def list_jobs(limit: int = 20) -> None:
+    """The most recent jobs."""
+    settings = _settings()
+    sf = open_database(settings.resolved_database_url)
+    table = Table()
+    for col in ("job", "status", "items", "rejected", "strong fraction", "tag", "created"):
+        table.add_column(col)
+    with sf() as session:
+        for job in queries.list_jobs(session, limit):
+            table.add_row(job.id, job.status, str(job.n_items), str(job.n_rejected), f"{job.strong_fraction:.2f}",
+                          job.tag or "", job.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@app.command()
+def results(
+    job_id: str,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, or openai (Batch API output).")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
+) -> None:
+    """Export a job's results in input order."""
+    if fmt not in ("jsonl", "csv", "openai"):
+        err.print(f"[red]error:[/] --format must be jsonl, csv or openai, got {fmt!r}")
+        raise typer.Exit(2)
+    settings = _settings()
+    with _user_errors():
+        sf = open_database(settings.resolved_database_url)
+        with sf() as session:
+            out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+            try:
+                for line in export_results(session, job_id, fmt):  # type: ignore[arg-type]
+                    out.write(line)
+            finally:
+                if output:
+                    out.close()
+
+
+@app.command()
+def spend(
+    job_id: Annotated[str | None, typer.Argument(help="One job; all jobs when left out.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Calls, tokens and dollars per model, and the saving against an all-strong run."""
+    settings = _settings()
+    with _user_errors():
+        sf = open_database(settings.resolved_database_url)
+        with sf() as session:
+            report = spend_report(session, settings, job_id)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        _print_spend(report)
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option(help="Prompts in the demo batch.", min=1)] = 200,
+    strong_fraction: StrongFraction = 0.3,
+    router: Annotated[str | None, typer.Option(help="Registry name or directory.")] = None,
+    latency_scale: Annotated[float, typer.Option(help="Scale the loopback server's latency.")] = 1.0,
+) -> None:
+    """A whole routed job: a made-up batch, the shipped MF router, and a loopback OpenAI-compatible server
+    (or your real endpoints, when ROUTEYARD_STRONG_BASE_URL / ROUTEYARD_WEAK_BASE_URL are set)."""
+    from jobs.demo_data import write_demo_batch
+    from jobs.loopback_llm import DEMO_MODELS, LoopbackConfig, LoopbackServer
+
+    settings = _settings()
+    server = None
+    if not (settings.strong_base_url or settings.weak_base_url):
+        server = LoopbackServer(LoopbackConfig(models=DEMO_MODELS, latency_scale=latency_scale)).start()
+        console.print(f"no endpoints configured: serving both models from the loopback server at {server.base_url}")
+        settings = settings.model_copy(update={
+            "strong_base_url": server.base_url, "weak_base_url": server.base_url,
+            "strong_api_key": SecretStr("loopback"), "weak_api_key": SecretStr("loopback"),
+            "strong_model": "gpt-4-1106-preview", "weak_model": "mixtral-8x7b-instruct"})
+    try:
+        with _user_errors():
+            batch = write_demo_batch(settings.home / "demo" / "batch.jsonl", n)
+            console.print(f"database {settings.resolved_database_url}; batch {batch}")
+            sf = open_database(settings.resolved_database_url)
+            options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
+                                 tag="demo")
+            with batch.open("rb") as source:
+                result = submit_job(sf, settings, source, "jsonl", options, source_name=batch.name)
+            _print_submit(result)
+            _print_summary(_run(settings, result.job_id))
+            with sf() as session:
+                _print_spend(spend_report(session, settings, result.job_id))
+                _print_examples(session, result.job_id)
+            console.print(f"next: routeyard results {result.job_id} --format openai")
+    finally:
+        if server:
+            server.stop()
+
+
+def _print_examples(session, job_id: str) -> None:  # noqa: ANN001
+    items = sorted(queries.iter_items(session, job_id), key=lambda i: -(i.score or 0))
+    table = Table(title="Highest and lowest router scores")
+    for col in ("score", "model", "prompt"):
+        table.add_column(col)
+    for item in items[:3] + items[-3:]:
+        table.add_row(f"{item.score:.3f}", item.model or "", item.prompt[:90])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+@router_app.command("list")
+def router_list() -> None:
+    """The registry: router names, and which ship a pretrained checkpoint."""
+    from routers.registry import PRETRAINED_DIR, ROUTERS
+
+    for name in ROUTERS:
+        shipped = (PRETRAINED_DIR / name).is_dir()
+        console.print(f"{name:<12} {'pretrained checkpoint shipped' if shipped else 'no checkpoint'}")
+
+
+@router_app.command("train")
+def router_train(
+    data: Annotated[list[Path], typer.Option("--data", exists=True,
+                                             help="Outcomes: a routellm-evals dir, CSV or JSONL.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write config.json + model.safetensors.")],
+    router: Annotated[str, typer.Option("--router", help="Registry name.")] = "mf",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (router default when left out).")] = None,
+    seed: int = 0,
+) -> None:
+    """Train a router on preference data and save it."""
+    from jobs.runner import router_runtime
+    from routers.base import TrainOptions
+    from routers.data import load_preferences
+    from routers.registry import train_router
+
+    settings = _settings()
+    with _user_errors():
+        rows = load_preferences(data)
+        console.print(f"{len(rows)} preference rows")
+        with _bars() as bars:
+            tasks: dict[str, int] = {}
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bars.add_task(stage, total=total)
+                bars.update(tasks[stage], completed=done)
+
+            trained = train_router(router, rows, router_runtime(settings),
+                                   TrainOptions(seed=seed, epochs=epochs, progress=report))
+        version = trained.save(out)
+    console.print(f"saved {router} router version {version} to {out}")
+
+
+@router_app.command("score")
+def router_score(
+    router: Annotated[str, typer.Option("--router", help="Registry name, directory or hub id.")],
+    input_path: Annotated[Path, typer.Option("--input", exists=True, help="Prompts: JSONL or CSV, as for submit.")],
+    output: Annotated[Path, typer.Option("--output", help="JSONL: one {id, prompt, score} per line.")],
+) -> None:
+    """Score prompts (probability that the strong model is needed), batched."""
+    from jobs.input_formats import ParsedItem, parse_stream
+    from jobs.runner import router_runtime
+    from routers.registry import load_router
+
+    settings = _settings()
+    with _user_errors():
+        with input_path.open("rb") as f:
+            entries = list(parse_stream(f, detect_format(input_path)))  # type: ignore[arg-type]
+        items = [e for e in entries if isinstance(e, ParsedItem)]
+        for e in entries:
+            if not isinstance(e, ParsedItem):
+                err.print(f"  [yellow]line {e.line_no}:[/] {e.reason}")
+        loaded = load_router(router, router_runtime(settings))
+        with _bars() as bars:
+            advance = RichProgress(bars).stage("scoring", len(items))
+            scores = loaded.router.win_rate([i.prompt for i in items], progress=advance)
+        with output.open("w", encoding="utf-8") as out:
+            for item, score in zip(items, scores, strict=True):
+                out.write(json.dumps({"id": item.custom_id, "prompt": item.prompt, "score": float(score)}) + "\n")
+    console.print(f"scored {len(items)} prompts with {loaded.name} {loaded.version} -> {output}")

@@ -1,0 +1,205 @@
+"""An OpenAI-compatible chat server on loopback, for the demo, the tests and the benchmarks.
+
+It answers `POST /v1/chat/completions` like a real endpoint: answers (replayed from a recordings file when
+one is given, otherwise composed deterministically from the prompt), usage tokens, and a latency that grows
+with the answer's length. It can also misbehave on purpose: 429/500 for the first calls of a prompt, a share
+of random 429/5xx, calls that hang past the client's timeout, a prompt marker that always fails. `GET /_stats`
+says how often each prompt was called, which is how tests prove nothing was called twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """How a model behaves: time to first token, then time per output token, and answer length."""
+
+    first_token_ms: float = 300.0
+    ms_per_token: float = 2.0
+    answer_words: int = 60
+
+
+@dataclass
+class LoopbackConfig:
+    models: dict[str, ModelProfile] = field(default_factory=dict)  # unknown models get the default profile
+    default_profile: ModelProfile = field(default_factory=ModelProfile)
+    recordings: dict[tuple[str, str], str] = field(default_factory=dict)  # (model or "*", prompt) -> answer
+    latency_scale: float = 1.0
+    api_key: str | None = None  # require this bearer key (401 otherwise, like OpenAI)
+    fail_first: int = 0  # the first N calls of each (model, prompt) fail with 429, then 500, alternately
+    error_rate: float = 0.0  # share of calls answered 429/500/503 at random
+    timeout_rate: float = 0.0  # share of calls that hang for `hang_s` (past the client's timeout)
+    hang_first: int = 0  # the first N calls of each (model, prompt) hang for `hang_s`
+    hang_s: float = 30.0
+    always_fail_marker: str = "ROUTEYARD_ALWAYS_FAIL"  # prompts containing it get 500 every time
+    echo_key_marker: str = "ROUTEYARD_ECHO_KEY"  # prompts containing it get a 400 that quotes the Authorization header
+    seed: int = 0
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token, the usual rule of thumb for English with BPE tokenizers."""
+    return max(1, round(len(text) / 4))
+
+
+_WORDS = ("the answer follows from the given facts so we can compute each part step by step and check the "
+          "result against the question which confirms that this reasoning holds in general and for this "
+          "case in particular").split()
+
+
+def compose_answer(model: str, prompt: str, words: int) -> str:
+    rng = random.Random(hashlib.sha256(f"{model}\x00{prompt}".encode()).digest())
+    n = max(5, int(rng.gauss(words, words / 4)))
+    return f"[{model}] " + " ".join(rng.choice(_WORDS) for _ in range(n)) + "."
+
+
+def load_recordings(path: Path) -> dict[tuple[str, str], str]:
+    """JSONL rows `{"prompt": ..., "model": ... (optional), "response": ...}`."""
+    out: dict[tuple[str, str], str] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                out[(row.get("model") or "*", row["prompt"])] = row["response"]
+    return out
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": None}}, status_code=status)
+
+
+def create_app(config: LoopbackConfig) -> FastAPI:
+    app = FastAPI(title="Routeyard loopback LLM")
+    calls: Counter[str] = Counter()
+    by_model: Counter[str] = Counter()
+    rng = random.Random(config.seed)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        auth = request.headers.get("authorization", "")
+        try:
+            body = await request.json()
+            model, messages = body["model"], body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "body must be JSON with 'model' and 'messages'", "invalid_request_error")
+        if config.api_key is not None and auth != f"Bearer {config.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        key = f"{model}\x00{prompt}"
+        calls[key] += 1
+        by_model[model] += 1
+        if config.echo_key_marker in prompt:
+            return _error(400, f"Malformed request; received header Authorization: {auth}", "invalid_request_error")
+        if config.always_fail_marker in prompt:
+            return _error(500, "The server had an error while processing your request.", "server_error")
+        if calls[key] <= config.fail_first:
+            if calls[key] % 2:
+                return _error(429, "Rate limit reached. Please try again.", "rate_limit_error")
+            return _error(500, "The server had an error while processing your request.", "server_error")
+        if calls[key] <= config.fail_first + config.hang_first:
+            await asyncio.sleep(config.hang_s)
+        draw = rng.random()
+        if draw < config.error_rate:
+            status = rng.choice((429, 500, 503))
+            return _error(status, f"injected {status}", "server_error")
+        if draw < config.error_rate + config.timeout_rate:
+            await asyncio.sleep(config.hang_s)
+        profile = config.models.get(model, config.default_profile)
+        answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
+                  or compose_answer(model, prompt, profile.answer_words))
+        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        completion_tokens = estimate_tokens(answer)
+        finish = "stop"
+        if max_tokens and completion_tokens > max_tokens:
+            answer, completion_tokens, finish = answer[: max_tokens * 4], max_tokens, "length"
+        jitter = random.Random(key).lognormvariate(0, 0.25)
+        delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
+        await asyncio.sleep(delay_ms * config.latency_scale / 1000)
+        return JSONResponse({
+            "id": "chatcmpl-" + hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24],
+            "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in config.models]}
+
+    @app.get("/_stats")
+    async def stats() -> dict[str, Any]:
+        return {"total": sum(calls.values()), "by_model": dict(by_model),
+                "max_calls_per_prompt": max(calls.values(), default=0),
+                "calls": [{"model": k.split("\x00", 1)[0], "prompt": k.split("\x00", 1)[1], "n": n}
+                          for k, n in calls.items()]}
+
+    @app.post("/_reset")
+    async def reset() -> dict[str, bool]:
+        calls.clear()
+        by_model.clear()
+        return {"ok": True}
+
+    return app
+
+
+class LoopbackServer:
+    """Runs the app with uvicorn in a background thread on 127.0.0.1 (port 0: any free port)."""
+
+    def __init__(self, config: LoopbackConfig | None = None, port: int = 0) -> None:
+        import uvicorn
+
+        self.config = config or LoopbackConfig()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(create_app(self.config), log_level="warning",
+                                                     access_log=False, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LoopbackServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the loopback LLM server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+DEMO_MODELS = {
+    "gpt-4-1106-preview": ModelProfile(first_token_ms=600, ms_per_token=12, answer_words=120),
+    "mixtral-8x7b-instruct": ModelProfile(first_token_ms=250, ms_per_token=4, answer_words=90),
+}

@@ -1,0 +1,99 @@
+"""Job status and results, in Routeyard's own record, CSV, or the OpenAI Batch API output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.models import Item, Job
+
+ResultFormat = Literal["jsonl", "csv", "openai"]
+
+RECORD_FIELDS = ["custom_id", "line", "status", "tier", "model", "score", "threshold", "router_version",
+                 "answer", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "attempts", "error"]
+
+
+@dataclass(frozen=True)
+class JobStatusView:
+    id: str
+    status: str
+    tag: str | None
+    source: str | None
+    router: str
+    router_version: str | None
+    strong_fraction: float
+    threshold: float | None
+    strong_model: str
+    weak_model: str
+    n_items: int
+    n_rejected: int
+    counts: dict[str, int]
+    created_at: datetime
+    finished_at: datetime | None
+    rejected: list[tuple[int, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["created_at"] = self.created_at.isoformat()
+        d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        d["rejected"] = [{"line": n, "reason": r} for n, r in self.rejected]
+        return d
+
+
+def job_status(session: Session, job_id: str, rejected_limit: int = 100) -> JobStatusView:
+    job: Job = queries.get_job(session, job_id)
+    counts = queries.status_counts(session, job_id)
+    rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job_id)[:rejected_limit]]
+    return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
+                         ",".join(queries.router_versions(session, job_id)) or None, job.strong_fraction, job.threshold,
+                         job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts, job.created_at,
+                         job.finished_at, rejected)
+
+
+def record(item: Item) -> dict[str, Any]:
+    return {"custom_id": item.custom_id, "line": item.line_no, "status": item.status, "tier": item.tier,
+            "model": item.model, "score": item.score, "threshold": item.threshold,
+            "router_version": item.router_version, "answer": item.answer, "prompt_tokens": item.prompt_tokens,
+            "completion_tokens": item.completion_tokens, "cost_usd": item.cost_usd, "latency_ms": item.latency_ms,
+            "attempts": item.attempts, "error": item.error}
+
+
+def openai_batch_record(item: Item) -> dict[str, Any]:
+    """One line of the OpenAI Batch API output file."""
+    response = None
+    if item.response is not None or item.status_code is not None:
+        response = {"status_code": item.status_code, "request_id": (item.response or {}).get("id"),
+                    "body": item.response if item.response is not None else {"error": {"message": item.error}}}
+    error = None
+    if item.status == "failed" and item.status_code is None:
+        error = {"code": "request_failed", "message": item.error}
+    elif item.status not in ("succeeded", "failed"):
+        error = {"code": "not_finished", "message": f"item is {item.status}"}
+    return {"id": f"batch_req_{item.id}", "custom_id": item.custom_id, "response": response, "error": error}
+
+
+def export_results(session: Session, job_id: str, fmt: ResultFormat) -> Iterator[str]:
+    """The job's results as lines of text (each ending in a newline), in input order."""
+    queries.get_job(session, job_id)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS)
+        writer.writeheader()
+        yield buf.getvalue()
+        for item in queries.iter_items(session, job_id):
+            buf.seek(0)
+            buf.truncate()
+            writer.writerow(record(item))
+            yield buf.getvalue()
+        return
+    make = openai_batch_record if fmt == "openai" else record
+    for item in queries.iter_items(session, job_id):
+        yield json.dumps(make(item), ensure_ascii=False) + "\n"

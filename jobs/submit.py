@@ -1,0 +1,138 @@
+"""Submit a batch: validate, store the job with its items and rejected lines in one transaction.
+
+Idempotent by the client's key: the same key and the same request return the job already stored; the same
+key with a different request is refused rather than silently answered with the wrong job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Job
+from jobs.input_formats import ParsedItem, Rejection, parse_stream
+from routeyard.redact import safe_url
+from routeyard.settings import Settings
+from worker.pricing import price_for
+
+INSERT_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    router: str = "mf"
+    strong_fraction: float = 0.3
+    idempotency_key: str | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    created: bool  # False: the idempotency key matched a job already stored
+    n_items: int
+    rejected: list[tuple[int, str]]
+
+
+class SubmitError(ValueError):
+    pass
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes the bytes as the parser streams them, so the file is read once."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner, self.digest = inner, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        data = self.inner.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> str:
+    parts = [file_digest, options.router, repr(options.strong_fraction), settings.strong_model, settings.weak_model]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, fmt: str, options: JobOptions,
+               source_name: str | None = None) -> SubmitResult:
+    if not 0.0 <= options.strong_fraction <= 1.0:
+        raise SubmitError(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
+    for model in (settings.strong_model, settings.weak_model):
+        price_for(model, settings.price_table)  # refuse before storing anything if spend could not be counted
+    if options.idempotency_key:
+        with sf() as session:
+            existing = queries.job_by_key(session, options.idempotency_key)
+            if existing is not None:
+                return _existing(session, existing, source, options, settings)
+
+    job_id = f"job_{uuid.uuid4().hex}"
+    reader = _HashingReader(source)
+    rejected: list[tuple[int, str]] = []
+    n_items = 0
+    with sf() as session:
+        job = Job(id=job_id, idempotency_key=options.idempotency_key, request_hash="", tag=options.tag,
+                  source=source_name, input_format=fmt, router=options.router,
+                  strong_fraction=options.strong_fraction, strong_model=settings.strong_model,
+                  weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
+                  weak_base_url=safe_url(settings.weak_base_url))
+        session.add(job)
+        session.flush()
+        chunk: list[dict] = []
+        for entry in parse_stream(io.BufferedReader(reader), fmt):  # type: ignore[arg-type]
+            if isinstance(entry, Rejection):
+                rejected.append((entry.line_no, entry.reason))
+                continue
+            chunk.append(_row(job_id, entry))
+            if len(chunk) >= INSERT_CHUNK:
+                queries.add_items(session, chunk)
+                n_items += len(chunk)
+                chunk = []
+        queries.add_items(session, chunk)
+        n_items += len(chunk)
+        if n_items == 0:
+            session.rollback()
+            detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
+            raise SubmitError(f"no valid items in {source_name or 'the input'}: {detail}")
+        queries.add_rejected(session, job_id, rejected)
+        job.request_hash = _request_hash(reader.digest.hexdigest(), options, settings)
+        job.n_items, job.n_rejected = n_items, len(rejected)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent submit with the same key won the race
+            session.rollback()
+            if options.idempotency_key:
+                existing = queries.job_by_key(session, options.idempotency_key)
+                if existing is not None:
+                    return SubmitResult(existing.id, False, existing.n_items, [])
+            raise
+    return SubmitResult(job_id, True, n_items, rejected)
+
+
+def _existing(session: Session, job: Job, source: BinaryIO, options: JobOptions, settings: Settings) -> SubmitResult:
+    digest = hashlib.sha256()
+    for block in iter(lambda: source.read(1 << 20), b""):
+        digest.update(block)
+    if _request_hash(digest.hexdigest(), options, settings) != job.request_hash:
+        raise SubmitError(f"idempotency key {options.idempotency_key!r} was used for job {job.id} with a "
+                          "different file or options; use a new key for a new job")
+    rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job.id)]
+    return SubmitResult(job.id, False, job.n_items, rejected)
+
+
+def _row(job_id: str, item: ParsedItem) -> dict:
+    return {"job_id": job_id, "line_no": item.line_no, "custom_id": item.custom_id, "body": item.body,
+            "prompt": item.prompt}

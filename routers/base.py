@@ -1,0 +1,84 @@
+"""What every router is: `win_rate(prompts)` plus save/load as safetensors + a JSON config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from routers.data import Preference
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RouterRuntime:
+    """Where and how a router runs; not part of what it learned."""
+
+    device: str = "auto"
+    cache_dir: Path | None = None
+    batch_size: int = 64
+
+
+@dataclass
+class TrainOptions:
+    seed: int = 0
+    epochs: int | None = None  # None: the router's own default
+    params: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+
+
+class Router(ABC):
+    """Scores prompts with the probability that the strong model is needed (its answer would win)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: dict[str, Any], runtime: RouterRuntime) -> None:
+        self.config = config
+        self.runtime = runtime
+
+    @abstractmethod
+    def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Probability, per prompt, that the strong model's answer beats the weak one's. Batched."""
+
+    @classmethod
+    @abstractmethod
+    def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> Router:
+        """Fit on preference rows."""
+
+    def tensors(self) -> dict[str, Any]:
+        """The learned weights (torch tensors); empty for routers that learn nothing."""
+        return {}
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> Router:
+        return cls(config, runtime)
+
+    def save(self, out_dir: Path) -> str:
+        """Write config.json (+ model.safetensors); returns the version (content hash)."""
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = self.tensors()
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out_dir / WEIGHTS_FILE))
+        (out_dir / CONFIG_FILE).write_text(json.dumps({"router": self.name, **self.config}, indent=2) + "\n")
+        return version_of(out_dir)
+
+
+def version_of(path: Path) -> str:
+    """A short content hash of a saved router: the same weights give the same version anywhere."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        file = path / name
+        if file.exists():
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]

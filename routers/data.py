@@ -1,0 +1,134 @@
+"""Preference data: the rows every router trains on, and readers that make them.
+
+A row says, for one prompt, how the strong model's answer compared with the weak one's:
+label 1.0 strong won, 0.0 weak won (or was as good where it counts), 0.5 tie. With ties at 0.5 a
+classifier's expected output is 0.5 + 0.5 * (P(strong wins) - P(weak wins)): monotone in the expected
+quality gained by calling the strong model, which is what routing ranks by.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STRONG_WINS, TIE, WEAK_WINS = 1.0, 0.5, 0.0
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt: str
+    label: float  # STRONG_WINS, TIE or WEAK_WINS (or a soft value in between)
+    group: str = ""  # where it came from (benchmark, subject): for holding out whole groups
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Per-prompt quality of each model (1/0 for correct/incorrect, or a judge's score scaled to [0, 1])."""
+
+    prompt: str
+    strong: float
+    weak: float
+    group: str = ""
+
+
+def outcome_to_preference(o: Outcome) -> Preference:
+    if o.strong > o.weak:
+        return Preference(o.prompt, STRONG_WINS, o.group)
+    if o.strong < o.weak:
+        return Preference(o.prompt, WEAK_WINS, o.group)
+    return Preference(o.prompt, TIE, o.group)
+
+
+def _truthy(value: str) -> float:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return 1.0
+    if v in ("false", "0", "no", ""):
+        return 0.0
+    return float(v)
+
+
+def read_outcomes_csv(path: Path, strong_column: str, weak_column: str, group: str | None = None) -> list[Outcome]:
+    """The RouteLLM eval format: a `prompt` column and one correctness column per model."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {c for c in ("prompt", strong_column, weak_column) if c not in (reader.fieldnames or [])}
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; has {reader.fieldnames}")
+        name = group if group is not None else path.stem
+        return [Outcome(r["prompt"], _truthy(r[strong_column]), _truthy(r[weak_column]), name) for r in reader]
+
+
+def read_outcomes_jsonl(path: Path, group: str | None = None) -> list[Outcome]:
+    """`{"prompt": ..., "strong": float, "weak": float}` per line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                rows.append(Outcome(str(obj["prompt"]), float(obj["strong"]), float(obj["weak"]),
+                                    str(obj.get("group", group if group is not None else path.stem))))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not an outcome row ({exc})") from exc
+    return rows
+
+
+def read_contaminated(paths: Iterable[Path]) -> set[str]:
+    """Prompts that also appear in training data elsewhere (`eval_prompt` of the RouteLLM files)."""
+    out: set[str] = set()
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            out.update(json.loads(line)["eval_prompt"].strip() for line in f if line.strip())
+    return out
+
+
+def drop_contaminated(rows: Sequence[Outcome], contaminated: set[str]) -> list[Outcome]:
+    return [r for r in rows if r.prompt.strip() not in contaminated]
+
+
+def data_hash(rows: Sequence[Preference]) -> str:
+    digest = hashlib.sha256()
+    for r in rows:
+        digest.update(f"{r.prompt}\x00{r.label}\x00{r.group}\x01".encode())
+    return digest.hexdigest()[:16]
+
+
+ROUTELLM_STRONG = "gpt-4-1106-preview"
+ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+def read_routellm_evals(root: Path, benchmarks: Sequence[str] = ("mmlu", "gsm8k")) -> list[Outcome]:
+    """The RouteLLM release's per-prompt outcomes (../shared/data/routellm-evals), contaminated prompts dropped.
+    Groups: `mmlu_<subject>` per MMLU file, `gsm8k` for GSM8K."""
+    rows: list[Outcome] = []
+    contaminated: set[str] = set()
+    if "mmlu" in benchmarks:
+        for path in sorted((root / "mmlu" / "responses").glob("mmlu_*.csv")):
+            rows += read_outcomes_csv(path, ROUTELLM_STRONG, ROUTELLM_WEAK)
+        contaminated |= read_contaminated([root / "mmlu" / "contaminated_prompts.jsonl"])
+    if "gsm8k" in benchmarks:
+        rows += read_outcomes_csv(root / "gsm8k" / "gsm8k_responses.csv", ROUTELLM_STRONG, ROUTELLM_WEAK, "gsm8k")
+        contaminated |= read_contaminated([root / "gsm8k" / "contaminated_prompts.jsonl"])
+    return drop_contaminated(rows, contaminated)
+
+
+def load_preferences(paths: Sequence[Path], strong_column: str = ROUTELLM_STRONG,
+                     weak_column: str = ROUTELLM_WEAK) -> list[Preference]:
+    """Preference rows from any mix of: a routellm-evals directory, outcome CSVs, outcome JSONL files."""
+    rows: list[Outcome] = []
+    for path in paths:
+        if path.is_dir():
+            rows += read_routellm_evals(path)
+        elif path.suffix.lower() == ".csv":
+            rows += read_outcomes_csv(path, strong_column, weak_column)
+        elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            rows += read_outcomes_jsonl(path)
+        else:
+            raise ValueError(f"{path}: expected a directory, .csv or .jsonl of outcomes")
+    return [outcome_to_preference(o) for o in rows]

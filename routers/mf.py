@@ -1,0 +1,111 @@
+"""Matrix factorization router (RouteLLM section 4.1, "MF").
+
+Each model has a learned vector v_m; a prompt's embedding e(q) is projected to the same space; the
+model's score is s(m, q) = w . (v_m/|v_m| * W e(q)) and P(strong beats weak | q) = sigmoid(s(strong, q) -
+s(weak, q) + b). Trained with binary cross-entropy on preference labels (ties as 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from routers.base import Router, RouterRuntime, TrainOptions
+from routers.data import Preference, data_hash
+from routers.embeddings import DEFAULT_ENCODER, Embedder
+
+DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "dim": 128, "epochs": 20, "lr": 3e-3,
+                            "weight_decay": 1e-4, "batch_size": 256}
+
+
+def _module(text_dim: int, dim: int):  # noqa: ANN202 - torch is imported lazily
+    import torch
+    from torch import nn
+
+    class MF(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.P = nn.Embedding(2, dim)  # 0: strong, 1: weak
+            self.text_proj = nn.Linear(text_dim, dim, bias=False)
+            self.classifier = nn.Linear(dim, 1, bias=False)
+            self.bias = nn.Parameter(torch.zeros(1))
+
+        def forward(self, emb: torch.Tensor) -> torch.Tensor:
+            models = nn.functional.normalize(self.P.weight, dim=-1)
+            q = self.text_proj(emb)
+            strong = self.classifier(models[0] * q).squeeze(-1)
+            weak = self.classifier(models[1] * q).squeeze(-1)
+            return strong - weak + self.bias
+
+    return MF()
+
+
+class MFRouter(Router):
+    name = "mf"
+
+    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, module: Any = None) -> None:
+        super().__init__(config, runtime)
+        self.embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
+                                 batch_size=runtime.batch_size)
+        self.module = module
+
+    def tensors(self) -> dict[str, Any]:
+        return dict(self.module.state_dict())
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> MFRouter:
+        module = _module(int(config["text_dim"]), int(config["dim"]))
+        module.load_state_dict(tensors)
+        module.eval()
+        return cls(config, runtime, module)
+
+    def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        import torch
+
+        emb = self.embedder.embed(prompts, progress=progress)
+        with torch.inference_mode():
+            logits = self.module(torch.from_numpy(emb))
+        return torch.sigmoid(logits).double().numpy()
+
+    @classmethod
+    def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> MFRouter:
+        import torch
+
+        config = {**DEFAULTS, **options.params}
+        if options.epochs is not None:
+            config["epochs"] = options.epochs
+        embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
+                            batch_size=runtime.batch_size)
+        done = 0
+
+        def on_embed(n: int) -> None:
+            nonlocal done
+            done += n
+            if options.progress:
+                options.progress("embed", done, len(data))
+
+        x = torch.from_numpy(embedder.embed([r.prompt for r in data], progress=on_embed))
+        y = torch.tensor([r.label for r in data], dtype=torch.float32)
+        config["text_dim"] = int(x.shape[1])
+        torch.manual_seed(options.seed)
+        module = _module(config["text_dim"], int(config["dim"]))
+        opt = torch.optim.AdamW(module.parameters(), lr=float(config["lr"]),
+                                weight_decay=float(config["weight_decay"]))
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        gen = torch.Generator().manual_seed(options.seed)
+        epochs, bs = int(config["epochs"]), int(config["batch_size"])
+        module.train()
+        for epoch in range(epochs):
+            for idx in torch.randperm(len(y), generator=gen).split(bs):
+                opt.zero_grad()
+                loss = loss_fn(module(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+            if options.progress:
+                options.progress("train", epoch + 1, epochs)
+        module.eval()
+        config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
+                           "final_loss": float(loss.detach())}
+        return cls(config, runtime, module)

@@ -1,0 +1,95 @@
+"""The one settings object. Every knob is a `ROUTEYARD_*` environment variable (or a `.env` line)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Tier = Literal["strong", "weak"]
+
+
+class Price(BaseModel):
+    """Dollars per one million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+# List prices per 1M tokens. Override or extend with ROUTEYARD_PRICING='{"model": {"input": .., "output": ..}}'.
+DEFAULT_PRICING: dict[str, Price] = {
+    "gpt-4-1106-preview": Price(input=10.0, output=30.0),
+    "gpt-4-turbo": Price(input=10.0, output=30.0),
+    "gpt-4o": Price(input=2.5, output=10.0),
+    "gpt-4o-mini": Price(input=0.15, output=0.6),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": Price(input=0.6, output=0.6),
+    "mixtral-8x7b-instruct": Price(input=0.6, output=0.6),
+}
+
+
+class Endpoint(BaseModel):
+    """Where one tier's model is served. The key is a SecretStr so it never prints."""
+
+    tier: Tier
+    base_url: str | None
+    model: str
+    api_key: SecretStr
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTEYARD_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".routeyard")
+    database_url: str | None = None  # default: sqlite file under `home`
+    broker_url: str | None = None  # set (redis://...) to run jobs on Celery workers
+
+    strong_base_url: str | None = None
+    strong_model: str = "gpt-4-1106-preview"
+    strong_api_key: SecretStr = SecretStr("")
+    weak_base_url: str | None = None
+    weak_model: str = "mixtral-8x7b-instruct"
+    weak_api_key: SecretStr = SecretStr("")
+
+    pricing: dict[str, Price] = Field(default_factory=dict)
+
+    default_router: str = "mf"
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    max_retries: int = Field(default=5, ge=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    score_batch_size: int = Field(default=256, ge=1)
+    embedding_batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'routeyard.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: run every step in this process."""
+        return not self.broker_url
+
+    @cached_property
+    def price_table(self) -> dict[str, Price]:
+        return {**DEFAULT_PRICING, **self.pricing}
+
+    def endpoint(self, tier: Tier) -> Endpoint:
+        if tier == "strong":
+            return Endpoint(tier=tier, base_url=self.strong_base_url, model=self.strong_model,
+                            api_key=self.strong_api_key)
+        return Endpoint(tier=tier, base_url=self.weak_base_url, model=self.weak_model,
+                        api_key=self.weak_api_key)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for scrubbing from anything that gets stored or logged."""
+        keys = [self.strong_api_key.get_secret_value(), self.weak_api_key.get_secret_value()]
+        return [k for k in keys if len(k) >= 4]

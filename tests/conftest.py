@@ -1,0 +1,91 @@
+"""Shared fixtures. PostgreSQL and Redis are real servers (tests/services.sh starts them; `make test` runs it)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+
+from jobs.loopback_llm import LoopbackConfig, LoopbackServer, ModelProfile
+from routeyard.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("ROUTEYARD_DATA", ROOT.parent / "shared" / "data")) / "routellm-evals"
+PG_URL = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
+REDIS_URL = os.environ.get("ROUTEYARD_TEST_REDIS_URL", "redis://127.0.0.1:56379/0")
+STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct"
+TEST_KEY = "sk-test-routeyard-SECRET-0123456789"
+FAST_MODELS = {STRONG: ModelProfile(first_token_ms=20, ms_per_token=0.2, answer_words=60),
+               WEAK: ModelProfile(first_token_ms=10, ms_per_token=0.1, answer_words=40)}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"shared data not found at {DATA}; set ROUTEYARD_DATA to the shared data directory")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding cache for the session: each prompt is embedded once however many tests use it."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _postgres_admin_url() -> str:
+    try:
+        with create_engine(PG_URL).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({type(exc).__name__}). Start it with "
+                    "`bash tests/services.sh start` (`make test` does) or set ROUTEYARD_TEST_POSTGRES_URL.")
+    return PG_URL
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the real server, dropped afterwards."""
+    admin = create_engine(_postgres_admin_url(), isolation_level="AUTOCOMMIT")
+    name = f"routeyard_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'routeyard.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackServer]:
+    with LoopbackServer(LoopbackConfig(models=dict(FAST_MODELS), api_key=TEST_KEY, hang_s=5.0)) as server:
+        yield server
+
+
+def make_settings(home: Path, database_url: str, server: LoopbackServer, embedding_cache: Path | None = None,
+                  **overrides: object) -> Settings:
+    settings = Settings(home=home, database_url=database_url, strong_base_url=server.base_url,
+                        weak_base_url=server.base_url, strong_model=STRONG, weak_model=WEAK,
+                        strong_api_key=SecretStr(TEST_KEY), weak_api_key=SecretStr(TEST_KEY), concurrency=8,
+                        max_retries=3, request_timeout_s=10.0, _env_file=None, **overrides)
+    if embedding_cache is not None:  # share embeddings across tests: cache_dir is home/cache
+        (home / "cache").parent.mkdir(parents=True, exist_ok=True)
+        if not (home / "cache").exists():
+            (home / "cache").symlink_to(embedding_cache, target_is_directory=True)
+    return settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, loopback: LoopbackServer, embedding_cache: Path) -> Settings:
+    return make_settings(tmp_path / "home", database_url, loopback, embedding_cache)

@@ -1,0 +1,17 @@
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from db.models import Base
+from db.session import make_engine, migrate, open_database
+
+
+def test_migrations_build_exactly_the_models_and_rerun_as_a_no_op(database_url):
+    open_database(database_url)
+    engine = make_engine(database_url)
+    migrate(engine)  # a second start changes nothing
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+        assert {"jobs", "items", "rejected_lines", "alembic_version"} <= set(inspect(conn).get_table_names())
+    engine.dispose()

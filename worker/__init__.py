@@ -1,0 +1,1 @@
+"""Execution: the LLM clients, pricing, the routing/completion pipeline and the Celery app."""

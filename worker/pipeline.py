@@ -1,0 +1,109 @@
+"""The steps of a job, shared by the embedded runner and the Celery tasks.
+
+score_items -> assign_routes -> complete_items. Each step reads its work from the database and writes its
+results back before moving on, so any step can be interrupted and re-run: finished items are never called
+again and spend (the sum of item costs) is never counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import JobStatus
+from routers.calibration import route_batch
+from routers.registry import LoadedRouter
+from routeyard.settings import Settings
+from worker.llm_client import CallResult, ModelClient
+from worker.pricing import cost_usd, price_for
+
+
+@dataclass(frozen=True)
+class Clients:
+    strong: ModelClient
+    weak: ModelClient
+
+    def for_tier(self, tier: str) -> ModelClient:
+        return self.strong if tier == "strong" else self.weak
+
+    async def aclose(self) -> None:
+        await asyncio.gather(self.strong.aclose(), self.weak.aclose())
+
+
+def make_clients(settings: Settings) -> Clients:
+    def make(tier: str) -> ModelClient:
+        return ModelClient(settings.endpoint(tier), max_retries=settings.max_retries,
+                           timeout_s=settings.request_timeout_s, secrets=settings.secrets())
+
+    return Clients(make("strong"), make("weak"))
+
+
+def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, batch_size: int,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Score every unscored item of the job, a batch at a time; returns how many were scored."""
+    scored = 0
+    while True:
+        with sf() as session:
+            batch = queries.unscored_items(session, job_id, batch_size)
+            if not batch:
+                return scored
+            scores = loaded.router.win_rate([prompt for _, prompt in batch])
+            queries.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
+                                 loaded.version)
+            session.commit()
+        scored += len(batch)
+        if progress:
+            progress(len(batch))
+
+
+def assign_routes(sf: sessionmaker[Session], job_id: str) -> float:
+    """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong."""
+    with sf() as session:
+        job = queries.get_job(session, job_id)
+        if job.threshold is not None:  # already routed (a resumed job): never re-route
+            return job.threshold
+        ids, scores = queries.item_scores(session, job_id)
+        routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
+        queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
+        job.status = JobStatus.RUNNING
+        session.commit()
+        return routing.threshold
+
+
+async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
+                         settings: Settings, concurrency: int,
+                         on_done: Callable[[CallResult], None] | None = None) -> None:
+    """Call the chosen model for each item, at most `concurrency` at a time, storing each result as it lands."""
+    limit = asyncio.Semaphore(concurrency)
+    prices = settings.price_table
+
+    async def one(item_id: int) -> None:
+        async with limit:
+            with sf() as session:
+                claim = queries.claim_item(session, item_id)
+                session.commit()
+            if claim is None:  # finished meanwhile (another worker, a redelivered task)
+                return
+            client = clients.for_tier(claim.tier)
+            result = await client.complete(claim.body)
+            cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
+            with sf() as session:
+                queries.record_result(session, item_id, result, cost if result.ok else 0.0)
+                session.commit()
+            if on_done:
+                on_done(result)
+
+    await asyncio.gather(*(one(i) for i in item_ids))
+
+
+def finish_if_done(sf: sessionmaker[Session], job_id: str) -> bool:
+    with sf() as session:
+        done = queries.finish_job_if_done(session, job_id)
+        session.commit()
+        return done
+
