@@ -15,7 +15,10 @@ from jobs.loopback_llm import LoopbackConfig, LoopbackServer, ModelProfile
 from routeyard.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("ROUTEYARD_DATA", ROOT.parent / "shared" / "data")) / "routellm-evals"
+# The shared data is read where it lies, never copied: ROUTEYARD_DATA, else ../shared/data beside the checkout,
+# else the workplace's /work/shared/data (a clean clone for CI may live elsewhere, e.g. under /tmp).
+DATA_CANDIDATES = [Path(p) for p in (os.environ.get("ROUTEYARD_DATA"),) if p] + [
+    ROOT.parent / "shared" / "data", Path("/work/shared/data")]
 PG_URL = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
 REDIS_URL = os.environ.get("ROUTEYARD_TEST_REDIS_URL", "redis://127.0.0.1:56379/0")
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct"
@@ -26,9 +29,10 @@ FAST_MODELS = {STRONG: ModelProfile(first_token_ms=20, ms_per_token=0.2, answer_
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.fail(f"shared data not found at {DATA}; set ROUTEYARD_DATA to the shared data directory")
-    return DATA
+    for candidate in DATA_CANDIDATES:
+        if (candidate / "routellm-evals").is_dir():
+            return candidate / "routellm-evals"
+    pytest.fail(f"shared data not found in {[str(c) for c in DATA_CANDIDATES]}; set ROUTEYARD_DATA to it")
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def test_a_saved_router_reloads_with_identical_scores_and_a_content_version(gsm8
     np.testing.assert_allclose(loaded.router.win_rate(prompts), router.win_rate(prompts), rtol=1e-6)
 
 
-def test_the_shipped_checkpoint_loads_by_name(runtime, data_dir):
+def test_the_shipped_checkpoint_loads_by_name(runtime):
     loaded = load_router("mf", runtime)
     assert loaded.version == version_of(PRETRAINED_DIR / "mf")
     scores = loaded.router.win_rate(["hello there", "Prove that there are infinitely many primes."])
