@@ -31,13 +31,30 @@ class ItemStatus:
     IN_FLIGHT = "in_flight"  # a call is being made
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # the job was cancelled before this item was called
+
+
+LOCAL_TENANT = "local"  # jobs submitted from the CLI on this machine
+
+
+class Tenant(Base):
+    """Who owns jobs. Only a hash of the API key is stored; the key is shown once, when created."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), default=LOCAL_TENANT, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str] = mapped_column(String(64))
     tag: Mapped[str | None] = mapped_column(String(200), index=True)
     source: Mapped[str | None] = mapped_column(String(500))
@@ -56,6 +73,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()  # last scoring/routing step; for stall detection
 
 
 class Item(Base):

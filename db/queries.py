@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Item, ItemStatus, Job, JobStatus, RejectedLine, utcnow
+from db.models import LOCAL_TENANT, Item, ItemStatus, Job, JobStatus, RejectedLine, Tenant, utcnow
 
 UNFINISHED = (ItemStatus.PENDING, ItemStatus.ROUTED, ItemStatus.IN_FLIGHT)
 
@@ -36,19 +36,36 @@ class Claim:
     body: dict[str, Any]
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
+def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
+    """The job; another tenant's job is reported as not found, exactly like a missing one."""
+    query = select(Job).where(Job.id == job_id)
+    if lock:  # serialise concurrent workers on this job's row (PostgreSQL; SQLite has one writer anyway)
+        query = query.with_for_update()
+    job = session.scalar(query)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
-def job_by_key(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def job_by_key(session: Session, key: str, tenant_id: str = LOCAL_TENANT) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
-def list_jobs(session: Session, limit: int = 50) -> list[Job]:
-    return list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+def list_jobs(session: Session, limit: int = 50, tenant_id: str | None = None) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return list(session.scalars(query))
+
+
+def add_tenant(session: Session, tenant_id: str, name: str, key_hash: str) -> Tenant:
+    tenant = Tenant(id=tenant_id, name=name, key_hash=key_hash)
+    session.add(tenant)
+    return tenant
+
+
+def tenant_by_key_hash(session: Session, key_hash: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.key_hash == key_hash))
 
 
 def add_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -100,10 +117,67 @@ def item_ids(session: Session, job_id: str, status: str) -> list[int]:
                                 .order_by(Item.id)))
 
 
-def claim_item(session: Session, item_id: int) -> Claim | None:
-    """Mark a routed item in flight; None if it is not routed any more (done, or claimed by someone else)."""
+def unscored_ids(session: Session, job_id: str) -> list[int]:
+    return list(session.scalars(select(Item.id).where(Item.job_id == job_id, Item.status == ItemStatus.PENDING,
+                                                      Item.score.is_(None)).order_by(Item.id)))
+
+
+def unscored_in(session: Session, item_ids: Sequence[int]) -> list[tuple[int, str]]:
+    rows = session.execute(select(Item.id, Item.prompt).where(Item.id.in_(item_ids), Item.score.is_(None),
+                                                              Item.status == ItemStatus.PENDING).order_by(Item.id))
+    return [(r.id, r.prompt) for r in rows]
+
+
+def claimable_ids(session: Session, job_id: str, lease_s: float) -> list[int]:
+    """Items waiting for a call: routed, or in flight past their lease."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    return list(session.scalars(select(Item.id).where(
+        Item.job_id == job_id,
+        (Item.status == ItemStatus.ROUTED) | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale)),
+    ).order_by(Item.id)))
+
+
+def cancel_job(session: Session, job: Job) -> int:
+    """Stop a job: items not yet called are cancelled; calls already in flight finish and are kept."""
+    if job.status in (JobStatus.COMPLETED, JobStatus.CANCELLED):
+        return 0
+    res = session.execute(update(Item).where(Item.job_id == job.id,
+                                             Item.status.in_((ItemStatus.PENDING, ItemStatus.ROUTED)))
+                          .values(status=ItemStatus.CANCELLED))
+    job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
+    return res.rowcount
+
+
+def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
+    """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
+    cutoff = utcnow() - timedelta(seconds=stall_s)
+    last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
+                        func.max(Item.finished_at).label("finished")).group_by(Item.job_id).subquery())
+    rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
+                           .join(last_call, last_call.c.job_id == Job.id, isouter=True)
+                           .where(Job.status.in_((JobStatus.QUEUED, JobStatus.SCORING, JobStatus.RUNNING))))
+    out = []
+    for job, started, finished in rows:
+        signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]
+        if max(_aware(t) for t in signs) < cutoff:
+            out.append(job)
+    return out
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> Claim | None:
+    """Mark a routed item in flight; None if it is finished or in flight elsewhere. With `lease_s`, an item in
+    flight for longer than that counts as abandoned (its worker died) and may be claimed again."""
+    claimable = Item.status == ItemStatus.ROUTED
+    if lease_s is not None:
+        stale = utcnow() - timedelta(seconds=lease_s)
+        claimable = claimable | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale))
     row = session.execute(
-        update(Item).where(Item.id == item_id, Item.status == ItemStatus.ROUTED)
+        update(Item).where(Item.id == item_id, claimable)
         .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
         .returning(Item.tier, Item.body)
     ).first()
@@ -165,6 +239,11 @@ def iter_items(session: Session, job_id: str, chunk: int = 1000) -> Iterator[Ite
         last = rows[-1].line_no
 
 
+def items_page(session: Session, job_id: str, offset: int, limit: int) -> list[Item]:
+    return list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.line_no)
+                                .offset(offset).limit(limit)))
+
+
 @dataclass(frozen=True)
 class SpendRow:
     tier: str
@@ -176,7 +255,8 @@ class SpendRow:
     cost_usd: float
 
 
-def spend_rows(session: Session, job_id: str | None = None, since: datetime | None = None) -> list[SpendRow]:
+def spend_rows(session: Session, job_id: str | None = None, since: datetime | None = None,
+               tenant_id: str | None = None) -> list[SpendRow]:
     """Per tier and model: succeeded calls, tokens and dollars (failed calls are not billed by the providers)."""
     query = (select(Item.tier, Item.model, Job.strong_model, func.count(),
                     func.coalesce(func.sum(Item.prompt_tokens), 0), func.coalesce(func.sum(Item.completion_tokens), 0),
@@ -187,4 +267,6 @@ def spend_rows(session: Session, job_id: str | None = None, since: datetime | No
         query = query.where(Item.job_id == job_id)
     if since is not None:
         query = query.where(Item.finished_at >= since)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
     return [SpendRow(t, m, sm, int(c), int(p), int(o), float(d)) for t, m, sm, c, p, o, d in session.execute(query)]

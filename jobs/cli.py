@@ -20,10 +20,10 @@ from db import queries
 from db.session import open_database
 from jobs.input_formats import detect_format
 from jobs.query import export_results, job_status
-from jobs.runner import RunSummary, run_embedded
+from jobs.runner import RunSummary, enqueue, run_embedded
 from jobs.spend import SpendReport, spend_report
 from jobs.submit import JobOptions, SubmitError, SubmitResult, submit_job
-from routeyard.redact import install_log_redaction
+from routeyard.redact import install_log_redaction, safe_url
 from routeyard.settings import Settings
 from worker.pricing import UnknownPriceError
 
@@ -119,8 +119,9 @@ def submit(
     tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
+    wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
 ) -> None:
-    """Submit a batch and (embedded default) run it to the end."""
+    """Submit a batch: the embedded default runs it here to the end; with a broker, workers run it."""
     settings = _settings()
     with _user_errors():
         sf = open_database(settings.resolved_database_url)
@@ -129,16 +130,63 @@ def submit(
         with file.open("rb") as source:
             result = submit_job(sf, settings, source, detect_format(file, fmt), options, source_name=file.name)
         _print_submit(result)
-        if not detach:
+        if detach:
+            return
+        if settings.embedded:
             _print_summary(_run(settings, result.job_id))
+        elif result.created:
+            enqueue(result.job_id)
+            console.print(f"queued on the workers ({settings.broker_url and safe_url(settings.broker_url)})")
+            if wait:
+                _print_summary(_follow(sf, result.job_id))
+
+
+def _follow(sf, job_id: str) -> RunSummary:  # noqa: ANN001
+    """Poll a job run by workers, with a progress bar, until it ends."""
+    import time
+
+    with _bars() as bars:
+        task = None
+        while True:
+            with sf() as session:
+                job = queries.get_job(session, job_id)
+                counts = queries.status_counts(session, job_id)
+            done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
+            if task is None:
+                task = bars.add_task("calling models", total=job.n_items)
+            bars.update(task, completed=done)
+            if job.status in ("completed", "cancelled"):
+                return RunSummary(job_id, job.status, counts)
+            time.sleep(0.5)
 
 
 @app.command()
 def run(job_id: str, retry_failed: Annotated[bool, typer.Option(help="Call failed items again.")] = False) -> None:
-    """Run a stored job from wherever it stopped."""
+    """Run a stored job from wherever it stopped (embedded), or enqueue it again (distributed)."""
     settings = _settings()
     with _user_errors():
-        _print_summary(_run(settings, job_id, retry_failed))
+        if settings.embedded:
+            _print_summary(_run(settings, job_id, retry_failed))
+            return
+        sf = open_database(settings.resolved_database_url)
+        if retry_failed:
+            with sf() as session:
+                queries.requeue(session, job_id, ["failed"])
+                session.commit()
+        enqueue(job_id)
+        console.print(f"job {job_id} queued on the workers")
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job: items not yet called are not called."""
+    settings = _settings()
+    with _user_errors():
+        sf = open_database(settings.resolved_database_url)
+        with sf() as session:
+            n = queries.cancel_job(session, queries.get_job(session, job_id, lock=True))
+            session.commit()
+    console.print(f"job {job_id} cancelled; {n} items will not be called")
 
 
 @app.command()
@@ -272,6 +320,51 @@ def _print_examples(session, job_id: str) -> None:  # noqa: ANN001
     for item in items[:3] + items[-3:]:
         table.add_row(f"{item.score:.3f}", item.model or "", item.prompt[:90])
     console.print(table)
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from jobs.api import create_app
+
+    _settings()
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+ALL_QUEUES = "routeyard.score,routeyard.complete"
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated: routeyard.score (routers; GPU hosts), "
+                                             "routeyard.complete (model calls).")] = ALL_QUEUES,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads, solo.")] = "prefork",
+) -> None:
+    """Start a Celery worker (distributed mode)."""
+    from worker.celery_app import app as celery_app
+
+    if _settings().embedded:
+        err.print("[red]error:[/] set ROUTEYARD_BROKER_URL (e.g. redis://localhost:6379/0) to run workers")
+        raise typer.Exit(2)
+    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
+
+
+tenant_app = typer.Typer(help="Tenants of the HTTP API and their keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+
+
+@tenant_app.command("create")
+def tenant_create(name: str) -> None:
+    """Create a tenant and print its API key (shown once; only its hash is stored)."""
+    from jobs.tenants import create_tenant
+
+    settings = _settings()
+    tenant_id, key = create_tenant(open_database(settings.resolved_database_url), name)
+    console.print(f"tenant {tenant_id} ({name}); API key, shown once:")
+    print(key)
 
 
 def main() -> None:

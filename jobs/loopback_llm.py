@@ -85,6 +85,7 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 def create_app(config: LoopbackConfig) -> FastAPI:
     app = FastAPI(title="Routeyard loopback LLM")
     calls: Counter[str] = Counter()
+    answered: Counter[str] = Counter()  # calls that got a 200: what a provider would bill
     by_model: Counter[str] = Counter()
     rng = random.Random(config.seed)
 
@@ -111,14 +112,15 @@ def create_app(config: LoopbackConfig) -> FastAPI:
             if calls[key] % 2:
                 return _error(429, "Rate limit reached. Please try again.", "rate_limit_error")
             return _error(500, "The server had an error while processing your request.", "server_error")
-        if calls[key] <= config.fail_first + config.hang_first:
-            await asyncio.sleep(config.hang_s)
         draw = rng.random()
+        if calls[key] <= config.fail_first + config.hang_first or (
+                config.error_rate <= draw < config.error_rate + config.timeout_rate):
+            # A hung request: the client gives up first; it is never answered (nor billed).
+            await asyncio.sleep(config.hang_s)
+            return _error(504, "upstream timed out", "timeout")
         if draw < config.error_rate:
             status = rng.choice((429, 500, 503))
             return _error(status, f"injected {status}", "server_error")
-        if draw < config.error_rate + config.timeout_rate:
-            await asyncio.sleep(config.hang_s)
         profile = config.models.get(model, config.default_profile)
         answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
                   or compose_answer(model, prompt, profile.answer_words))
@@ -131,6 +133,7 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         jitter = random.Random(key).lognormvariate(0, 0.25)
         delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
         await asyncio.sleep(delay_ms * config.latency_scale / 1000)
+        answered[key] += 1
         return JSONResponse({
             "id": "chatcmpl-" + hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24],
             "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -147,12 +150,14 @@ def create_app(config: LoopbackConfig) -> FastAPI:
     async def stats() -> dict[str, Any]:
         return {"total": sum(calls.values()), "by_model": dict(by_model),
                 "max_calls_per_prompt": max(calls.values(), default=0),
-                "calls": [{"model": k.split("\x00", 1)[0], "prompt": k.split("\x00", 1)[1], "n": n}
-                          for k, n in calls.items()]}
+                "answered_total": sum(answered.values()),
+                "calls": [{"model": k.split("\x00", 1)[0], "prompt": k.split("\x00", 1)[1], "n": n,
+                           "answered": answered[k]} for k, n in calls.items()]}
 
     @app.post("/_reset")
     async def reset() -> dict[str, bool]:
         calls.clear()
+        answered.clear()
         by_model.clear()
         return {"ok": True}
 

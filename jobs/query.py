@@ -48,8 +48,8 @@ class JobStatusView:
         return d
 
 
-def job_status(session: Session, job_id: str, rejected_limit: int = 100) -> JobStatusView:
-    job: Job = queries.get_job(session, job_id)
+def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_id: str | None = None) -> JobStatusView:
+    job: Job = queries.get_job(session, job_id, tenant_id)
     counts = queries.status_counts(session, job_id)
     rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job_id)[:rejected_limit]]
     return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
@@ -80,9 +80,17 @@ def openai_batch_record(item: Item) -> dict[str, Any]:
     return {"id": f"batch_req_{item.id}", "custom_id": item.custom_id, "response": response, "error": error}
 
 
-def export_results(session: Session, job_id: str, fmt: ResultFormat) -> Iterator[str]:
+def page_results(session: Session, job_id: str, offset: int, limit: int, fmt: ResultFormat = "jsonl",
+                 tenant_id: str | None = None) -> list[dict[str, Any]]:
+    """One page of results in input order (`offset` counts items, not lines)."""
+    queries.get_job(session, job_id, tenant_id)
+    make = openai_batch_record if fmt == "openai" else record
+    return [make(i) for i in queries.items_page(session, job_id, offset, limit)]
+
+
+def export_results(session: Session, job_id: str, fmt: ResultFormat, tenant_id: str | None = None) -> Iterator[str]:
     """The job's results as lines of text (each ending in a newline), in input order."""
-    queries.get_job(session, job_id)
+    queries.get_job(session, job_id, tenant_id)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS)

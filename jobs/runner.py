@@ -85,3 +85,18 @@ async def _complete(sf: sessionmaker[Session], settings: Settings, job_id: str, 
         await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency, on_done)
     finally:
         await clients.aclose()
+
+
+def enqueue(job_id: str) -> None:
+    """Hand the job to the Celery workers (distributed mode)."""
+    from worker.tasks import start_job
+
+    start_job.delay(job_id)
+
+
+def start(sf: sessionmaker[Session], settings: Settings, job_id: str) -> RunSummary | None:
+    """Run the job here (embedded default) or enqueue it (a broker is configured; returns None)."""
+    if settings.embedded:
+        return run_embedded(sf, settings, job_id)
+    enqueue(job_id)
+    return None

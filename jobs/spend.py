@@ -38,14 +38,14 @@ class SpendReport:
 
 
 def spend_report(session: Session, settings: Settings, job_id: str | None = None,
-                 since: datetime | None = None) -> SpendReport:
+                 since: datetime | None = None, tenant_id: str | None = None) -> SpendReport:
     """The all-strong estimate prices each weak call's tokens at the strong model's rates: the same prompt,
     and an answer of the same length (strong models tend to write longer, so the saving is if anything low)."""
     if job_id is not None:
-        queries.get_job(session, job_id)  # a clear error for an unknown job
+        queries.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
     merged: dict[tuple[str, str], ModelSpend] = {}
     all_strong = 0.0
-    for row in queries.spend_rows(session, job_id, since):
+    for row in queries.spend_rows(session, job_id, since, tenant_id):
         if row.tier == "strong":
             all_strong += row.cost_usd
         else:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Job
+from db.models import LOCAL_TENANT, Job
 from jobs.input_formats import ParsedItem, Rejection, parse_stream
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
@@ -32,6 +32,7 @@ class JobOptions:
     strong_fraction: float = 0.3
     idempotency_key: str | None = None
     tag: str | None = None
+    tenant_id: str = LOCAL_TENANT
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         price_for(model, settings.price_table)  # refuse before storing anything if spend could not be counted
     if options.idempotency_key:
         with sf() as session:
-            existing = queries.job_by_key(session, options.idempotency_key)
+            existing = queries.job_by_key(session, options.idempotency_key, options.tenant_id)
             if existing is not None:
                 return _existing(session, existing, source, options, settings)
 
@@ -84,8 +85,8 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     rejected: list[tuple[int, str]] = []
     n_items = 0
     with sf() as session:
-        job = Job(id=job_id, idempotency_key=options.idempotency_key, request_hash="", tag=options.tag,
-                  source=source_name, input_format=fmt, router=options.router,
+        job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
+                  request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=options.router,
                   strong_fraction=options.strong_fraction, strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url))
@@ -115,7 +116,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         except IntegrityError:  # a concurrent submit with the same key won the race
             session.rollback()
             if options.idempotency_key:
-                existing = queries.job_by_key(session, options.idempotency_key)
+                existing = queries.job_by_key(session, options.idempotency_key, options.tenant_id)
                 if existing is not None:
                     return SubmitResult(existing.id, False, existing.n_items, [])
             raise

@@ -63,11 +63,25 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(default=64, ge=1)
     device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps
 
+    # Distributed mode (a broker is configured).
+    complete_batch_size: int = Field(default=50, ge=1)  # items per completion task
+    lease_s: float | None = Field(default=None, gt=0)  # an item in flight this long is re-claimable
+    stall_s: float = Field(default=120.0, gt=0)  # a job with no progress this long is re-enqueued
+    reconcile_every_s: float = Field(default=30.0, gt=0)  # how often beat looks for stalled jobs
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: unacked tasks come back after this
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'routeyard.db'}"
+
+    @property
+    def effective_lease_s(self) -> float:
+        """Long enough for a call with all its retries: a live call is never taken over."""
+        if self.lease_s is not None:
+            return self.lease_s
+        return self.request_timeout_s * (self.max_retries + 1) + 60.0
 
     @property
     def cache_dir(self) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import JobStatus
+from db.models import JobStatus, utcnow
 from routers.calibration import route_batch
 from routers.registry import LoadedRouter
 from routeyard.settings import Settings
@@ -44,40 +44,47 @@ def make_clients(settings: Settings) -> Clients:
 
 
 def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, batch_size: int,
-                progress: Callable[[int], None] | None = None) -> int:
-    """Score every unscored item of the job, a batch at a time; returns how many were scored."""
+                progress: Callable[[int], None] | None = None, item_ids: Sequence[int] | None = None) -> int:
+    """Score the job's unscored items (or those of `item_ids`), a batch at a time; returns how many."""
     scored = 0
     while True:
         with sf() as session:
-            batch = queries.unscored_items(session, job_id, batch_size)
+            if item_ids is None:
+                batch = queries.unscored_items(session, job_id, batch_size)
+            else:
+                batch = queries.unscored_in(session, item_ids)[:batch_size]
             if not batch:
                 return scored
             scores = loaded.router.win_rate([prompt for _, prompt in batch])
             queries.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
                                  loaded.version)
+            queries.get_job(session, job_id).heartbeat_at = utcnow()
             session.commit()
         scored += len(batch)
         if progress:
             progress(len(batch))
 
 
-def assign_routes(sf: sessionmaker[Session], job_id: str) -> float:
-    """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong."""
+def assign_routes(sf: sessionmaker[Session], job_id: str) -> float | None:
+    """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong.
+    Returns the threshold if this call routed the job, None if it was routed already or cannot be yet."""
     with sf() as session:
-        job = queries.get_job(session, job_id)
-        if job.threshold is not None:  # already routed (a resumed job): never re-route
-            return job.threshold
+        job = queries.get_job(session, job_id, lock=True)
+        if job.threshold is not None or job.status == JobStatus.CANCELLED:  # never route twice
+            return None
+        if queries.unscored_items(session, job_id, 1):
+            return None
         ids, scores = queries.item_scores(session, job_id)
         routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
         queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
-        job.status = JobStatus.RUNNING
+        job.status, job.heartbeat_at = JobStatus.RUNNING, utcnow()
         session.commit()
         return routing.threshold
 
 
 async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
                          settings: Settings, concurrency: int,
-                         on_done: Callable[[CallResult], None] | None = None) -> None:
+                         on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None) -> None:
     """Call the chosen model for each item, at most `concurrency` at a time, storing each result as it lands."""
     limit = asyncio.Semaphore(concurrency)
     prices = settings.price_table
@@ -85,7 +92,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     async def one(item_id: int) -> None:
         async with limit:
             with sf() as session:
-                claim = queries.claim_item(session, item_id)
+                claim = queries.claim_item(session, item_id, lease_s)
                 session.commit()
             if claim is None:  # finished meanwhile (another worker, a redelivered task)
                 return

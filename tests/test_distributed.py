@@ -1,0 +1,229 @@
+"""Distributed mode on real parts: Celery worker processes, Redis, PostgreSQL, the HTTP API in its own
+process, and the loopback model server misbehaving. Workers are killed with SIGKILL, Redis is restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import STRONG, TEST_KEY, WEAK
+from jobs_helpers import server_stats
+from sqlalchemy import func, select
+
+from db.models import Item
+from db.session import open_database
+from jobs.tenants import create_tenant
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A Redis of this test's own (no persistence, like a cache-configured production Redis)."""
+
+    def __init__(self, workdir: Path) -> None:
+        if not shutil.which("redis-server"):
+            pytest.fail("redis-server not found: run `bash tests/services.sh start` (`make test` does)")
+        self.port, self.workdir, self.proc = free_port(), workdir, None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _pings(self.port), 10, "redis to start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Cluster:
+    """Processes started with one environment: api, workers, beat. Their output goes to files for failures."""
+
+    def __init__(self, env: dict, logs: Path) -> None:
+        self.env, self.logs, self.procs = env, logs, []
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("w")
+        proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, name: str) -> subprocess.Popen:
+        return self.spawn(name, "-m", "jobs.cli", "worker", "--pool", "threads", "--concurrency", "2")
+
+    def beat(self) -> subprocess.Popen:
+        return self.spawn("beat", "-m", "celery", "-A", "worker.celery_app", "beat", "-l", "INFO",
+                          "--schedule", str(self.logs / "beat-schedule"))
+
+    def api(self, port: int) -> subprocess.Popen:
+        proc = self.spawn("api", "-m", "jobs.cli", "api", "--port", str(port))
+        wait_for(lambda: _up(f"http://127.0.0.1:{port}/healthz"), 60, "the API to start")
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def dump(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def cluster(tmp_path, postgres_url, loopback):
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
+    env.update(
+        PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(tmp_path / "home"), ROUTEYARD_DATABASE_URL=postgres_url,
+        ROUTEYARD_BROKER_URL=redis.url, ROUTEYARD_STRONG_BASE_URL=loopback.base_url,
+        ROUTEYARD_WEAK_BASE_URL=loopback.base_url, ROUTEYARD_STRONG_MODEL=STRONG, ROUTEYARD_WEAK_MODEL=WEAK,
+        ROUTEYARD_STRONG_API_KEY=TEST_KEY, ROUTEYARD_WEAK_API_KEY=TEST_KEY, ROUTEYARD_CONCURRENCY="16",
+        ROUTEYARD_REQUEST_TIMEOUT_S="1.0", ROUTEYARD_MAX_RETRIES="6", ROUTEYARD_LEASE_S="8",
+        ROUTEYARD_VISIBILITY_TIMEOUT_S="10", ROUTEYARD_STALL_S="6", ROUTEYARD_RECONCILE_EVERY_S="2",
+        ROUTEYARD_COMPLETE_BATCH_SIZE="25",
+    )
+    (tmp_path / "logs").mkdir()
+    c = Cluster(env, tmp_path / "logs")
+    c.redis, c.database_url = redis, postgres_url
+    yield c
+    c.stop()
+    redis.stop()
+
+
+def batch_file(path: Path, n: int) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"messages": [{"role": "user", "content": f"Distributed prompt {i}"}]}}) + "\n")
+    return path
+
+
+def submit_over_http(base: str, key: str, path: Path, fraction: float = 0.3) -> str:
+    with path.open("rb") as f:
+        r = httpx.post(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}", "Idempotency-Key": path.name},
+                       files={"file": (path.name, f, "application/jsonl")},
+                       data={"strong_fraction": str(fraction), "router": "random"}, timeout=60)
+    assert r.status_code == 201, r.text
+    return r.json()["job_id"]
+
+
+def succeeded(sf) -> int:
+    with sf() as session:
+        return session.scalar(select(func.count()).where(Item.status == "succeeded"))
+
+
+def assert_exactly_once(sf, base: str, key: str, job_id: str, n: int, loopback) -> None:
+    with sf() as session:
+        rows = list(session.scalars(select(Item).where(Item.job_id == job_id)))
+    assert len(rows) == n and {r.status for r in rows} == {"succeeded"}
+    assert sum(r.tier == "strong" for r in rows) == round(0.3 * n)
+    spend = httpx.get(f"{base}/v1/jobs/{job_id}/spend", headers={"Authorization": f"Bearer {key}"}).json()
+    assert spend["calls"] == n
+    assert spend["cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
+    answered = {row["prompt"] for row in server_stats(loopback.base_url)["calls"] if row["answered"] >= 1}
+    assert {r.prompt for r in rows} <= answered
+
+
+def test_a_thousand_items_survive_a_killed_worker_and_a_flaky_model_server(cluster, loopback, tmp_path):
+    loopback.config.latency_scale = 2.0
+    loopback.config.error_rate, loopback.config.timeout_rate, loopback.config.hang_s = 0.05, 0.01, 2.0
+    sf = open_database(cluster.database_url)
+    _, key = create_tenant(sf, "acme")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        cluster.api(port)
+        first = cluster.worker("worker-a")
+        cluster.beat()
+        job_id = submit_over_http(base, key, batch_file(tmp_path / "big.jsonl", 1000))
+        wait_for(lambda: succeeded(sf) >= 200, 180, "200 items to finish on worker A")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        with sf() as session:
+            done_at_kill = set(session.scalars(select(Item.prompt).where(Item.status == "succeeded")))
+        assert len(done_at_kill) < 1000, "worker A finished the whole job before it could be killed"
+        cluster.worker("worker-b")
+        wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+                 .json()["status"] == "completed", 300, "the job to complete on worker B", interval=1)
+    except AssertionError:
+        print(cluster.dump())
+        raise
+    assert_exactly_once(sf, base, key, job_id, 1000, loopback)
+    calls = {row["prompt"]: row["answered"] for row in server_stats(loopback.base_url)["calls"]}
+    assert all(calls[p] == 1 for p in done_at_kill), "an item finished before the kill was called again"
+    status = httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert status["counts"] == {"succeeded": 1000}
+
+
+def test_a_job_completes_when_redis_restarts_mid_job(cluster, loopback, tmp_path):
+    loopback.config.latency_scale = 4.0
+    sf = open_database(cluster.database_url)
+    _, key = create_tenant(sf, "acme")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        cluster.api(port)
+        cluster.worker("worker")
+        cluster.beat()
+        job_id = submit_over_http(base, key, batch_file(tmp_path / "restart.jsonl", 400))
+        wait_for(lambda: succeeded(sf) >= 60, 180, "60 items to finish")
+        cluster.redis.stop()  # queued tasks are lost with it: no persistence
+        time.sleep(2)
+        cluster.redis.start()
+        wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+                 .json()["status"] == "completed", 300, "the job to complete after the restart", interval=1)
+    except AssertionError:
+        print(cluster.dump())
+        raise
+    assert_exactly_once(sf, base, key, job_id, 400, loopback)
+    # The queued tasks were lost with Redis; the reconciler found the stalled job and re-enqueued its work.
+    assert "stalled; re-enqueueing" in (tmp_path / "logs" / "worker.log").read_text()
