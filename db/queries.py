@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from db.models import LOCAL_TENANT, Item, ItemStatus, Job, JobStatus, RejectedLine, Tenant, utcnow
 
 UNFINISHED = (ItemStatus.PENDING, ItemStatus.ROUTED, ItemStatus.IN_FLIGHT)
+ENDED = (JobStatus.COMPLETED, JobStatus.CANCELLED)
 
 
 class JobNotFound(LookupError):
@@ -104,7 +105,9 @@ def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
 
 
 def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequence[bool], threshold: float) -> None:
-    session.execute(update(Item), [
+    """Route the items still pending (a cancel that got there first wins)."""
+    session.execute(update(Item).where(Item.status == ItemStatus.PENDING)
+                    .execution_options(synchronize_session=None), [
         {"id": i, "tier": "strong" if s else "weak", "model": job.strong_model if s else job.weak_model,
          "threshold": threshold, "status": ItemStatus.ROUTED}
         for i, s in zip(ids, strong, strict=True)
@@ -196,6 +199,14 @@ def record_result(session: Session, item_id: int, result: CallOutcome, cost: flo
     return res.rowcount == 1
 
 
+def set_job_status(session: Session, job_id: str, status: str, **values: Any) -> bool:
+    """Move a job to `status` unless it has already ended (cancelled or completed): a runner that read the job
+    before a cancel must not undo it. True if the job moved."""
+    res = session.execute(update(Job).where(Job.id == job_id, Job.status.not_in(ENDED))
+                          .values(status=status, **values).execution_options(synchronize_session="fetch"))
+    return res.rowcount == 1
+
+
 def requeue(session: Session, job_id: str, statuses: Sequence[str]) -> int:
     """Put interrupted (in flight) or failed items back to routed, so they are called again."""
     res = session.execute(update(Item).where(Item.job_id == job_id, Item.status.in_(statuses))
@@ -222,7 +233,7 @@ def finish_job_if_done(session: Session, job_id: str) -> bool:
         return True
     left = session.scalar(select(func.count()).where(Item.job_id == job_id, Item.status.in_(UNFINISHED)))
     if left == 0 and job.threshold is not None:
-        job.status, job.finished_at = JobStatus.COMPLETED, utcnow()
+        set_job_status(session, job_id, JobStatus.COMPLETED, finished_at=utcnow())
         return True
     return False
 

@@ -49,6 +49,7 @@ class LoopbackConfig:
     always_fail_marker: str = "ROUTEYARD_ALWAYS_FAIL"  # prompts containing it get 500 every time
     echo_key_marker: str = "ROUTEYARD_ECHO_KEY"  # prompts containing it get a 400 that quotes the Authorization header
     seed: int = 0
+    jitter: bool = True  # lognormal latency noise; off for benchmarks that want a fixed per-call latency
 
 
 def estimate_tokens(text: str) -> int:
@@ -130,7 +131,7 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         finish = "stop"
         if max_tokens and completion_tokens > max_tokens:
             answer, completion_tokens, finish = answer[: max_tokens * 4], max_tokens, "length"
-        jitter = random.Random(key).lognormvariate(0, 0.25)
+        jitter = random.Random(key).lognormvariate(0, 0.25) if config.jitter else 1.0
         delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
         await asyncio.sleep(delay_ms * config.latency_scale / 1000)
         answered[key] += 1
@@ -208,3 +209,28 @@ DEMO_MODELS = {
     "gpt-4-1106-preview": ModelProfile(first_token_ms=600, ms_per_token=12, answer_words=120),
     "mixtral-8x7b-instruct": ModelProfile(first_token_ms=250, ms_per_token=4, answer_words=90),
 }
+
+
+def main() -> None:
+    """`python -m jobs.loopback_llm --port 8100 --latency-ms 100`: serve in the foreground."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--latency-ms", type=float, default=None, help="fixed latency per call (no jitter)")
+    parser.add_argument("--recordings", type=Path, default=None, help="JSONL of {prompt, model?, response}")
+    args = parser.parse_args()
+    config = LoopbackConfig(models=dict(DEMO_MODELS))
+    if args.latency_ms is not None:
+        config.models = {}
+        config.default_profile = ModelProfile(first_token_ms=args.latency_ms, ms_per_token=0.0)
+        config.jitter = False
+    if args.recordings:
+        config.recordings = load_recordings(args.recordings)
+    uvicorn.run(create_app(config), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         if job.started_at is None:
             job.started_at = utcnow()
         if job.threshold is None:
-            job.status = JobStatus.SCORING
+            queries.set_job_status(session, job_id, JobStatus.SCORING)
         router_spec, n_items = job.router, job.n_items
         session.commit()
 

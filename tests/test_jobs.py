@@ -165,3 +165,25 @@ def test_unknown_model_price_is_refused_before_anything_is_stored(settings, tmp_
     with pytest.raises(Exception, match=r"no price for model 'my-local-llama'.*ROUTEYARD_PRICING"):
         with (tmp_path / "a.jsonl").open("rb") as f:
             submit_job(sf, priced, f, "jsonl", JobOptions(router="random"))
+
+
+def test_a_cancel_is_never_undone_by_a_runner_that_read_the_job_before_it(settings, tmp_path):
+    from db import queries
+    from routers.registry import load_router
+    from worker import pipeline
+
+    sf, result = submit(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:10]))
+    pipeline.score_items(sf, result.job_id, load_router("random"), 100)
+    with sf() as session:  # the runner's view, taken before the cancel
+        job = queries.get_job(session, result.job_id)
+        ids, _ = queries.item_scores(session, result.job_id)
+        with sf() as other:  # the cancel lands
+            queries.cancel_job(other, queries.get_job(other, result.job_id))
+            other.commit()
+        queries.store_routes(session, job, ids, [True] * 3 + [False] * 7, 0.5)
+        assert not queries.set_job_status(session, result.job_id, "running")
+        session.commit()
+    with sf() as session:
+        assert queries.get_job(session, result.job_id).status == "cancelled"
+        assert queries.status_counts(session, result.job_id) == {"cancelled": 10}
+    assert run_embedded(sf, settings, result.job_id).status == "cancelled"

@@ -77,7 +77,7 @@ def assign_routes(sf: sessionmaker[Session], job_id: str) -> float | None:
         ids, scores = queries.item_scores(session, job_id)
         routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
         queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
-        job.status, job.heartbeat_at = JobStatus.RUNNING, utcnow()
+        queries.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()
         return routing.threshold
 

@@ -61,7 +61,7 @@ def start_job(job_id: str) -> None:
         if job.status in (JobStatus.CANCELLED, JobStatus.COMPLETED):
             return
         if job.threshold is None:
-            job.status = JobStatus.SCORING
+            queries.set_job_status(session, job_id, JobStatus.SCORING)
         job.started_at = job.started_at or utcnow()
         job.heartbeat_at = utcnow()
         ids = queries.unscored_ids(session, job_id)

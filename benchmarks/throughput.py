@@ -1,0 +1,230 @@
+"""Job throughput: Routeyard's engine against the limit, a bare asyncio loop of the openai client.
+
+Everything runs side by side in one invocation, against one loopback model server (its own process, a fixed
+per-call latency):
+  bare asyncio loop at concurrency C         (the limit: nothing but HTTP calls)
+  embedded runner (SQLite, one process)      at concurrency C
+  1 and 2 Celery workers (PostgreSQL, Redis) at C in flight per worker
+for the `random` router (engine overhead only) and the `mf` router (MiniLM embeddings on this CPU, cold cache:
+every run's prompts are new). Throughput = items / (job finished - job created), from the database.
+Router share = time from job start to routing / whole job.
+
+    python benchmarks/throughput.py [--items 1000] [--latency-ms 100] [--repeats 3]
+Needs PostgreSQL on 127.0.0.1:55432 and redis-server (bash tests/services.sh start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import openai
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from db.models import Job  # noqa: E402
+from db.session import open_database  # noqa: E402
+from routers.data import read_routellm_evals  # noqa: E402
+
+PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
+DATA = Path(os.environ.get("ROUTEYARD_DATA", ROOT.parent / "shared" / "data")) / "routellm-evals"
+CONCURRENCY = 32  # calls in flight per process (2 task threads x 16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def prompts(n: int, tag: str) -> list[str]:
+    rows = read_routellm_evals(DATA, ("gsm8k",))
+    return [f"[{tag}] {rows[i % len(rows)].prompt}" for i in range(n)]
+
+
+def write_batch(path: Path, texts: list[str]) -> Path:
+    with path.open("w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"max_tokens": 50, "messages": [{"role": "user", "content": t}]}}) + "\n")
+    return path
+
+
+async def bare_loop(base_url: str, texts: list[str], concurrency: int) -> float:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(t: str) -> None:
+        async with limit:
+            await client.chat.completions.create(model="weak", max_tokens=50,
+                                                 messages=[{"role": "user", "content": t}])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(t) for t in texts))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return len(texts) / elapsed
+
+
+def fresh_pg_database() -> str:
+    name = f"routeyard_bench_{uuid.uuid4().hex[:8]}"
+    with create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def job_times(database_url: str, job_id: str) -> tuple[float, float]:
+    """(items/s, router share) from the job's own timestamps."""
+    sf = open_database(database_url)
+    with sf() as s:
+        job = s.get(Job, job_id)
+        created, finished = job.created_at, job.finished_at
+        started, routed = job.started_at or created, job.heartbeat_at
+    aware = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (created, finished, started, routed)]
+    created, finished, started, routed = aware
+    total = (finished - created).total_seconds()
+    return job.n_items / total, (routed - created).total_seconds() / total
+
+
+def base_env(home: Path, base_url: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
+    env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
+               ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
+               ROUTEYARD_CONCURRENCY=str(CONCURRENCY // 2), ROUTEYARD_COMPLETE_BATCH_SIZE="50",
+               ROUTEYARD_MAX_RETRIES="2")
+    return env
+
+
+def run_embedded(home: Path, base_url: str, texts: list[str], router: str) -> tuple[float, float]:
+    env = base_env(home, base_url) | {"ROUTEYARD_CONCURRENCY": str(CONCURRENCY)}
+    db = f"sqlite:///{home / f'embedded-{uuid.uuid4().hex[:6]}.db'}"
+    env["ROUTEYARD_DATABASE_URL"] = db
+    batch = write_batch(home / "batch.jsonl", texts)
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "submit", str(batch), "--router", router], env=env,
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    job_id = next(w for w in out.split() if w.startswith("job_"))
+    return job_times(db, job_id)
+
+
+class Workers:
+    def __init__(self, home: Path, base_url: str, n: int) -> None:
+        self.redis_port = free_port()
+        self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--save", "", "--appendonly",
+                                       "no"], stdout=subprocess.DEVNULL)
+        self.database_url = fresh_pg_database()
+        self.env = base_env(home, base_url) | {"ROUTEYARD_DATABASE_URL": self.database_url,
+                                               "ROUTEYARD_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+        time.sleep(0.5)
+        open_database(self.database_url)  # migrate before workers race to
+        self.logs = [home / f"worker{i}.log" for i in range(n)]
+        self.procs = [subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", "--pool", "threads",
+                                        "--concurrency", "2"], env=self.env, cwd=ROOT,
+                                       stdout=log.open("w"), stderr=subprocess.STDOUT) for log in self.logs]
+        wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
+
+    def run(self, home: Path, texts: list[str], router: str) -> tuple[float, float]:
+        batch = write_batch(home / "batch.jsonl", texts)
+        out = subprocess.run([sys.executable, "-m", "jobs.cli", "submit", str(batch), "--router", router, "--wait"],
+                             env=self.env, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        job_id = next(w for w in out.split() if w.startswith("job_"))
+        return job_times(self.database_url, job_id)
+
+    def stop(self) -> None:
+        for p in [*self.procs, self.redis]:
+            p.kill()
+            p.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
+    args = parser.parse_args()
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "jobs.loopback_llm", "--port", str(port), "--latency-ms",
+                               str(args.latency_ms)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    base_url = f"http://127.0.0.1:{port}/v1"
+    wait_until(lambda: up(f"http://127.0.0.1:{port}/v1/models"), 30, "the loopback server")
+    results: dict[str, list[float]] = {}
+    shares: dict[str, list[float]] = {}
+    home = Path(tempfile.mkdtemp(prefix="routeyard-bench-"))
+    counter = iter(range(10_000))
+
+    def record(name: str, value: tuple[float, float] | float) -> None:
+        rate, share = value if isinstance(value, tuple) else (value, 0.0)
+        results.setdefault(name, []).append(rate)
+        shares.setdefault(name, []).append(share)
+        print(f"{name:<28} {rate:8.1f} items/s  router share {share:5.1%}", flush=True)
+
+    try:
+        clusters = {n: Workers(home, base_url, n) for n in (1, 2)}
+        for _ in range(args.repeats):  # interleaved, so drift hits every configuration alike
+            for conc in (CONCURRENCY, 2 * CONCURRENCY):
+                record(f"bare asyncio c={conc}",
+                       asyncio.run(bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc)))
+            for router in ("random", "mf"):
+                record(f"embedded c={CONCURRENCY} {router}",
+                       run_embedded(home, base_url, prompts(args.items, f"e{next(counter)}"), router))
+                for n, cluster in clusters.items():
+                    record(f"{n} worker(s) c={n * CONCURRENCY} {router}",
+                           cluster.run(home, prompts(args.items, f"w{next(counter)}"), router))
+    finally:
+        for cluster in locals().get("clusters", {}).values():
+            cluster.stop()
+        server.terminate()
+
+    summary = {name: {"median_items_per_s": statistics.median(v), "runs": v,
+                      "median_router_share": statistics.median(shares[name])} for name, v in results.items()}
+    for name, row in summary.items():
+        conc = int(name.split("c=")[1].split()[0])
+        limit = summary[f"bare asyncio c={conc}"]["median_items_per_s"]
+        row["ratio_to_bare_loop"] = row["median_items_per_s"] / limit
+    report = {"measured_at": datetime.now(UTC).isoformat(), "items": args.items,
+              "latency_ms": args.latency_ms, "repeats": args.repeats, "machine": f"{platform.machine()}, "
+              f"{os.cpu_count()} cores, {platform.python_version()}", "results": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| configuration | items/s (median) | ratio to bare loop | router share of job time |",
+             "| --- | --- | --- | --- |"]
+    for name, row in summary.items():
+        lines.append(f"| {name} | {row['median_items_per_s']:.1f} | {row['ratio_to_bare_loop']:.2f} | "
+                     f"{row['median_router_share']:.0%} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
