@@ -150,6 +150,10 @@ class Workers:
         self.procs = [subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", "--pool", "threads",
                                         "--concurrency", "2"], env=self.env, cwd=ROOT,
                                        stdout=log.open("w"), stderr=subprocess.STDOUT) for log in self.logs]
+        beat_log = home / f"beat{n}.log"
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+                                            "--schedule", str(home / f"beat{n}")], env=self.env, cwd=ROOT,
+                                           stdout=beat_log.open("w"), stderr=subprocess.STDOUT))
         wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
 
     def run(self, home: Path, texts: list[str], router: str) -> tuple[float, float]:

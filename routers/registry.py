@@ -25,6 +25,11 @@ class LoadedRouter:
     version: str  # content hash of the saved files
     source: str  # what the user asked for
 
+    @property
+    def label(self) -> str:
+        """What items record: `mf@a0f1ea86e630`."""
+        return f"{self.name}@{self.version}"
+
 
 def _resolve(spec: str) -> Path | None:
     """A directory for `spec`, or None for a registry name with nothing to load (e.g. random)."""
@@ -46,7 +51,7 @@ def load_router(spec: str, runtime: RouterRuntime | None = None) -> LoadedRouter
     path = _resolve(spec)
     if path is None:
         cls = ROUTERS[spec]
-        return LoadedRouter(cls({}, runtime), cls.name, f"{cls.name}-default", spec)
+        return LoadedRouter(cls({}, runtime), cls.name, "default", spec)
     config = json.loads((path / CONFIG_FILE).read_text())
     name = config.pop("router", None)
     if name not in ROUTERS:

@@ -37,7 +37,7 @@ def test_a_routed_job_stores_answers_tokens_cost_and_routing(settings, loopback,
         assert r.prompt_tokens > 0 and r.completion_tokens > 0 and r.latency_ms > 0
         price = settings.price_table[r.model]
         assert r.cost_usd == pytest.approx(cost_usd(price, r.prompt_tokens, r.completion_tokens))
-        assert r.router_version == "random-default" and r.attempts == 1
+        assert r.router_version == "random@default" and r.attempts == 1
         assert r.response["usage"]["completion_tokens"] == r.completion_tokens
     assert server_stats(loopback.base_url)["by_model"] == {STRONG: 12, WEAK: 28}
     with sf() as session:

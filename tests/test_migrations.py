@@ -15,3 +15,15 @@ def test_migrations_build_exactly_the_models_and_rerun_as_a_no_op(database_url):
         assert diff == []
         assert {"jobs", "items", "rejected_lines", "alembic_version"} <= set(inspect(conn).get_table_names())
     engine.dispose()
+
+
+def test_workers_starting_together_migrate_a_fresh_database_once(database_url):
+    """Task threads (and worker processes) open the database at the same moment on start-up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        factories = list(pool.map(lambda _: open_database(database_url), range(4)))
+    with factories[0]() as session:
+        from sqlalchemy import text
+
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"

@@ -57,7 +57,7 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
                 return scored
             scores = loaded.router.win_rate([prompt for _, prompt in batch])
             queries.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
-                                 loaded.version)
+                                 loaded.label)
             queries.get_job(session, job_id).heartbeat_at = utcnow()
             session.commit()
         scored += len(batch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from functools import cache, lru_cache
 
@@ -37,8 +38,17 @@ def _settings() -> Settings:
     return settings
 
 
+_DB_LOCK = threading.Lock()
+
+
 @cache
 def _db() -> sessionmaker[Session]:
+    with _DB_LOCK:  # task threads of one worker start together; migrate and connect once
+        return _open_db()
+
+
+@cache
+def _open_db() -> sessionmaker[Session]:
     return open_database(_settings().resolved_database_url)
 
 
