@@ -371,9 +371,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
 
 @router_app.command("list")
 def router_list() -> None:
@@ -418,6 +415,67 @@ def router_train(
     console.print(f"saved {router} router version {version} to {out}")
 
 
+@router_app.command("eval")
+def router_eval(
+    routers: Annotated[list[str], typer.Option("--router", help="Registry name or directory; repeat to compare.")],
+    outcomes: Annotated[list[Path], typer.Option("--outcomes", exists=True,
+                                                 help="JSONL {prompt, strong, weak}, outcome CSV, or a "
+                                                      "routellm-evals directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
+    contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds the random baseline is averaged over.")] = 10,
+) -> None:
+    """PGR at 10%..90% strong calls, APGR, CPT(50%), CPT(80%) for each router, random and the oracle."""
+    from jobs.runner import router_runtime
+    from routers.data import (
+        ROUTELLM_STRONG,
+        ROUTELLM_WEAK,
+        drop_contaminated,
+        read_contaminated,
+        read_outcomes_csv,
+        read_outcomes_jsonl,
+        read_routellm_evals,
+    )
+    from routers.evaluate import evaluate
+    from routers.plot import plot_curves
+    from routers.registry import load_router
+
+    settings = _settings()
+    with _user_errors():
+        rows = []
+        for path in outcomes:
+            if path.is_dir():
+                rows += read_routellm_evals(path)
+            elif path.suffix.lower() == ".csv":
+                rows += read_outcomes_csv(path, ROUTELLM_STRONG, ROUTELLM_WEAK)
+            else:
+                rows += read_outcomes_jsonl(path)
+        rows = drop_contaminated(rows, read_contaminated(contaminated or []))
+        if not rows:
+            raise ValueError("no outcome rows to evaluate on")
+        scores = {}
+        with _bars() as bars:
+            for spec in routers:
+                loaded = load_router(spec, router_runtime(settings))
+                advance = RichProgress(bars).stage(f"scoring {loaded.name}", len(rows))
+                scores[f"{loaded.name}@{loaded.version}"] = loaded.router.win_rate([r.prompt for r in rows],
+                                                                                  progress=advance)
+        found, curves = evaluate(scores, rows, seeds)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
+        first = next(iter(found.values()))
+        plot_curves(curves, first.quality_strong, first.quality_weak, out / "curves.png",
+                    f"{len(rows)} prompts: {', '.join(p.name for p in outcomes)}")
+    table = Table(title=f"{len(rows)} prompts")
+    for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", *(f"PGR@{k}" for k in ("0.2", "0.5", "0.8"))):
+        table.add_column(col)
+    for name, m in found.items():
+        table.add_row(name, f"{m.apgr:.3f}", f"{m.cpt50:.1%}", f"{m.cpt80:.1%}",
+                      *(f"{m.pgr_at[k]:.3f}" for k in ("0.2", "0.5", "0.8")))
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
+
+
 @router_app.command("score")
 def router_score(
     router: Annotated[str, typer.Option("--router", help="Registry name, directory or hub id.")],
@@ -445,3 +503,7 @@ def router_score(
             for item, score in zip(items, scores, strict=True):
                 out.write(json.dumps({"id": item.custom_id, "prompt": item.prompt, "score": float(score)}) + "\n")
     console.print(f"scored {len(items)} prompts with {loaded.name} {loaded.version} -> {output}")
+
+
+if __name__ == "__main__":
+    main()

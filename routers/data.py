@@ -118,17 +118,59 @@ def read_routellm_evals(root: Path, benchmarks: Sequence[str] = ("mmlu", "gsm8k"
     return drop_contaminated(rows, contaminated)
 
 
+# Chatbot Arena battles: which models count as strong and weak (RouteLLM's tiers, abridged). Others are skipped.
+DEFAULT_TIERS: dict[str, str] = {
+    "gpt-4-1106-preview": "strong", "gpt-4-0125-preview": "strong", "gpt-4-turbo-2024-04-09": "strong",
+    "gpt-4-0314": "strong", "gpt-4-0613": "strong", "gpt-4o-2024-05-13": "strong",
+    "claude-3-opus-20240229": "strong", "mixtral-8x7b-instruct-v0.1": "weak", "gpt-3.5-turbo-0613": "weak",
+    "gpt-3.5-turbo-0125": "weak", "llama-2-70b-chat": "weak", "claude-instant-1": "weak",
+    "mistral-medium": "weak", "mistral-7b-instruct": "weak",
+}
+_WINNERS = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5, "tie (bothbad)": 0.5}
+
+
+def read_arena_battles(path: Path, tiers: dict[str, str] | None = None) -> list[Preference]:
+    """Chatbot Arena battles, JSONL `{"prompt", "model_a", "model_b", "winner"}` (winner: model_a, model_b,
+    tie, "tie (bothbad)"). A battle counts when one side is a strong-tier model and the other a weak-tier one;
+    the label is from the strong model's side."""
+    tiers = tiers or DEFAULT_TIERS
+    out: list[Preference] = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                a, b, winner = tiers.get(row["model_a"]), tiers.get(row["model_b"]), _WINNERS[row["winner"]]
+                prompt = row["prompt"] if isinstance(row["prompt"], str) else json.dumps(row["prompt"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not an arena battle ({exc})") from exc
+            if {a, b} == {"strong", "weak"}:
+                out.append(Preference(prompt, winner if a == "strong" else 1.0 - winner, "arena"))
+    return out
+
+
+def _is_arena(path: Path) -> bool:
+    with path.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    return "model_a" in json.loads(first)
+
+
 def load_preferences(paths: Sequence[Path], strong_column: str = ROUTELLM_STRONG,
                      weak_column: str = ROUTELLM_WEAK) -> list[Preference]:
-    """Preference rows from any mix of: a routellm-evals directory, outcome CSVs, outcome JSONL files."""
-    rows: list[Outcome] = []
+    """Preference rows from any mix of: a routellm-evals directory, outcome CSVs, outcome JSONL files and
+    Chatbot Arena battle JSONL files."""
+    rows: list[Preference] = []
     for path in paths:
         if path.is_dir():
-            rows += read_routellm_evals(path)
+            rows += [outcome_to_preference(o) for o in read_routellm_evals(path)]
         elif path.suffix.lower() == ".csv":
-            rows += read_outcomes_csv(path, strong_column, weak_column)
+            rows += [outcome_to_preference(o) for o in read_outcomes_csv(path, strong_column, weak_column)]
         elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            rows += read_outcomes_jsonl(path)
+            if _is_arena(path):
+                rows += read_arena_battles(path)
+            else:
+                rows += [outcome_to_preference(o) for o in read_outcomes_jsonl(path)]
         else:
-            raise ValueError(f"{path}: expected a directory, .csv or .jsonl of outcomes")
-    return [outcome_to_preference(o) for o in rows]
+            raise ValueError(f"{path}: expected a directory, .csv or .jsonl of outcomes or arena battles")
+    return rows

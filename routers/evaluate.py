@@ -76,3 +76,19 @@ def random_metrics(outcomes: Sequence[Outcome], seeds: int = 10) -> Metrics:
 def oracle_metrics(outcomes: Sequence[Outcome]) -> Metrics:
     """Knows the answer: strong only where it beats weak."""
     return metrics(np.array([o.strong - o.weak for o in outcomes], dtype=np.float64), outcomes)
+
+
+def evaluate(scores_by_router: dict[str, np.ndarray], outcomes: Sequence[Outcome], seeds: int = 10
+             ) -> tuple[dict[str, Metrics], dict[str, Curve]]:
+    """Metrics and curves for each router's scores on `outcomes`, plus random (over seeds) and the oracle."""
+    strong = np.array([o.strong for o in outcomes], dtype=np.float64)
+    weak = np.array([o.weak for o in outcomes], dtype=np.float64)
+    found = {name: metrics(s, outcomes) for name, s in scores_by_router.items()}
+    curves = {name: curve(np.asarray(s), strong, weak) for name, s in scores_by_router.items()}
+    found["random"] = random_metrics(outcomes, seeds)
+    runs = [curve(np.random.default_rng(s).random(len(outcomes)), strong, weak) for s in range(seeds)]
+    curves["random"] = Curve(runs[0].fraction, np.mean([r.quality for r in runs], axis=0),
+                             np.mean([r.pgr for r in runs], axis=0))
+    found["oracle"] = oracle_metrics(outcomes)
+    curves["oracle"] = curve(strong - weak, strong, weak)
+    return found, curves

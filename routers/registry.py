@@ -8,11 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routers.base import CONFIG_FILE, WEIGHTS_FILE, Router, RouterRuntime, TrainOptions, version_of
+from routers.bert import BertRouter
+from routers.causal_llm import CausalLLMRouter
 from routers.data import Preference
 from routers.mf import MFRouter
 from routers.random_router import RandomRouter
+from routers.sw_ranking import SWRankingRouter
 
-ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (RandomRouter, MFRouter)}
+ROUTERS: dict[str, type[Router]] = {
+    cls.name: cls for cls in (RandomRouter, SWRankingRouter, MFRouter, BertRouter, CausalLLMRouter)
+}
 
 # Checkpoints shipped with the package, trained on the RouteLLM MMLU + GSM8K outcomes (see benchmarks/).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"

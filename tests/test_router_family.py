@@ -1,0 +1,130 @@
+"""The rest of the paper's routers: sw_ranking, bert, causal_llm; arena battles; the eval command."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers.base import RouterRuntime, TrainOptions
+from routers.causal_llm import SMOLLM2, resolve_base
+from routers.data import Preference, outcome_to_preference, read_arena_battles, read_routellm_evals
+from routers.evaluate import metrics, random_metrics
+from routers.registry import ROUTERS, load_router, train_router
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score of a strong-win prompt > score of a weak-or-tie prompt)."""
+    pos, neg = scores[labels == 1.0], scores[labels < 1.0]
+    return float((pos[:, None] > neg[None, :]).mean())
+
+
+@pytest.fixture(scope="module")
+def gsm8k(data_dir):
+    rows = read_routellm_evals(data_dir, ("gsm8k",))
+    order = np.random.default_rng(0).permutation(len(rows))
+    return [rows[i] for i in order[:800]], [rows[i] for i in order[800:]]
+
+
+@pytest.fixture(scope="module")
+def small(gsm8k):
+    """A balanced training slice: 48 strong wins, 48 ties/weak wins."""
+    train, _ = gsm8k
+    prefs = [outcome_to_preference(o) for o in train]
+    wins = [p for p in prefs if p.label == 1.0][:48]
+    rest = [p for p in prefs if p.label < 1.0][:48]
+    return wins + rest
+
+
+@pytest.fixture(scope="module")
+def runtime(embedding_cache):
+    return RouterRuntime(cache_dir=embedding_cache, batch_size=32)
+
+
+def test_the_registry_holds_all_five_routers_of_the_paper():
+    assert set(ROUTERS) == {"random", "sw_ranking", "mf", "bert", "causal_llm"}
+
+
+def test_sw_ranking_beats_random_on_held_out_prompts_and_round_trips(gsm8k, runtime, tmp_path):
+    train, test = gsm8k
+    router = train_router("sw_ranking", [outcome_to_preference(o) for o in train], runtime)
+    scores = router.win_rate([o.prompt for o in test])
+    assert metrics(scores, test).apgr > random_metrics(test).apgr + 0.03
+    router.save(tmp_path / "sw")
+    again = load_router(str(tmp_path / "sw"), runtime).router.win_rate([o.prompt for o in test[:20]])
+    np.testing.assert_allclose(again, scores[:20], atol=2e-3)  # float16 training embeddings on disk
+
+
+def test_sw_ranking_weights_similar_prompts_more(runtime):
+    rows = [Preference("Solve the integral of x squared from 0 to 3.", 1.0),
+            Preference("Compute the derivative of sin(x) times x.", 1.0),
+            Preference("Say hi to my grandmother.", 0.0), Preference("Wish my friend a happy birthday.", 0.0)]
+    router = train_router("sw_ranking", rows, runtime, TrainOptions(params={"gamma": 1000.0}))
+    math, greeting = router.win_rate(["Integrate x cubed from 1 to 2.", "Say hello to my aunt."])
+    assert math > 0.5 > greeting
+
+
+def test_bert_learns_from_preferences_and_saves_and_reloads(small, runtime, tmp_path):
+    labels = np.array([p.label for p in small])
+    router = train_router("bert", small, runtime,
+                          TrainOptions(epochs=4, params={"max_length": 128, "lr": 1e-4, "batch_size": 16}))
+    scores = router.win_rate([p.prompt for p in small])
+    assert auc(scores, labels) > 0.75
+    router.save(tmp_path / "bert")
+    loaded = load_router(str(tmp_path / "bert"), runtime)
+    assert loaded.name == "bert"
+    np.testing.assert_allclose(loaded.router.win_rate([p.prompt for p in small[:8]]), scores[:8], rtol=1e-4)
+
+
+def test_smollm2_resolves_to_the_offline_gguf_and_a_local_path():
+    folder, gguf = resolve_base(SMOLLM2)
+    assert gguf and gguf.endswith(".gguf") and (Path(folder) / gguf).is_file()
+    assert resolve_base(str(Path(folder) / gguf)) == (folder, gguf)
+
+
+def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, tmp_path):
+    labels = np.array([p.label for p in small])
+    router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128}))
+    scores = router.win_rate([p.prompt for p in small])
+    assert auc(scores, labels) > 0.75
+    router.save(tmp_path / "llm")
+    assert (tmp_path / "llm" / "model.safetensors").stat().st_size < 100_000  # the head, not the base
+    loaded = load_router(str(tmp_path / "llm"), runtime)
+    np.testing.assert_allclose(loaded.router.win_rate([p.prompt for p in small[:8]]), scores[:8], rtol=1e-4)
+
+
+def test_arena_battles_become_labels_from_the_strong_side(tmp_path):
+    path = tmp_path / "arena.jsonl"
+    rows = [("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1", "model_a"),
+            ("mixtral-8x7b-instruct-v0.1", "gpt-4-0613", "model_a"),
+            ("gpt-4-0613", "llama-2-70b-chat", "tie"),
+            ("gpt-4-0613", "gpt-4-1106-preview", "model_b"),  # strong vs strong: not a routing signal
+            ("unknown-model", "gpt-4-0613", "model_a")]
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "model_a": a, "model_b": b, "winner": w}) + "\n"
+                            for i, (a, b, w) in enumerate(rows)))
+    prefs = read_arena_battles(path)
+    assert [(p.prompt, p.label) for p in prefs] == [("p0", 1.0), ("p1", 0.0), ("p2", 0.5)]
+
+
+def test_router_eval_writes_metrics_and_a_plot(gsm8k, tmp_path, embedding_cache):
+    _, test = gsm8k
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(json.dumps({"prompt": o.prompt, "strong": o.strong, "weak": o.weak}) + "\n"
+                                for o in test[:200]))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(embedding_cache, target_is_directory=True)
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "router", "eval", "--router", "mf", "--router",
+                           "random", "--outcomes", str(outcomes), "--out", str(tmp_path / "eval")],
+                          env={"PATH": "/usr/bin:/bin", "ROUTEYARD_HOME": str(home), "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"random", "oracle"} <= set(found) and any(k.startswith("mf@") for k in found)
+    assert found["oracle"]["apgr"] > found["random"]["apgr"]
+    assert set(found["random"]["pgr_at"]) == {f"0.{i}" for i in range(1, 10)}
+    assert (tmp_path / "eval" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
