@@ -120,8 +120,22 @@ class CausalLLMRouter(Router):
         return cls(config, runtime, model.eval(), tokenizer)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
-                   int(self.config["max_length"]), self.device, progress)
+        if int(self.config.get("train_layers", 0)) == 0:
+            # Frozen base: the head reads cached features, so prompts seen before cost nothing.
+            done = 0
+
+            def report(_stage: str, n: int, _total: int) -> None:
+                nonlocal done
+                if progress:
+                    progress(n - done)
+                done = n
+
+            feats = _features(self.model, self.tokenizer, prompts, self.config, self.device,
+                              self.runtime.cache_dir, report)
+            z = (feats @ self.model.score.weight.detach().cpu().T).squeeze(-1).double().numpy()
+        else:
+            z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
+                       int(self.config["max_length"]), self.device, progress)
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod

@@ -12,6 +12,7 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.causal_llm import SMOLLM2, resolve_base
 from routers.data import Preference, outcome_to_preference, read_arena_battles, read_routellm_evals
 from routers.evaluate import metrics, random_metrics
+from routers.finetune import logits
 from routers.registry import ROUTERS, load_router, train_router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,9 @@ def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, t
     router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128}))
     scores = router.win_rate([p.prompt for p in small])
     assert auc(scores, labels) > 0.75
+    # Scoring from cached features is the model's own forward pass (classification head on the last token).
+    full = logits(router.model, router.tokenizer, [p.prompt for p in small[:8]], 4, 128, "cpu")
+    np.testing.assert_allclose(scores[:8], 1 / (1 + np.exp(-full)), rtol=1e-3)
     router.save(tmp_path / "llm")
     assert (tmp_path / "llm" / "model.safetensors").stat().st_size < 100_000  # the head, not the base
     loaded = load_router(str(tmp_path / "llm"), runtime)
