@@ -63,6 +63,7 @@ class Job(Base):
     router: Mapped[str] = mapped_column(String(500))
     router_version: Mapped[str | None] = mapped_column(String(100))
     strong_fraction: Mapped[float] = mapped_column(Float)
+    budget_usd: Mapped[float | None] = mapped_column(Float)  # when set, routing spends this instead of a fraction
     threshold: Mapped[float | None] = mapped_column(Float)
     strong_model: Mapped[str] = mapped_column(String(200))
     weak_model: Mapped[str] = mapped_column(String(200))
@@ -117,3 +118,51 @@ class RejectedLine(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     line_no: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class Feedback(Base):
+    """A user's judgement of a stored result: `prefer` (strong/weak/tie, when both answers exist), `rating`
+    of the routed answer (0..1), or `thumbs` (1 up, 0 down)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RouterVersion(Base):
+    """A trained router: where it lies, what it was trained on, how it evaluated, and whether it serves."""
+
+    __tablename__ = "router_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    router: Mapped[str] = mapped_column(String(40))
+    version: Mapped[str] = mapped_column(String(40))
+    path: Mapped[str] = mapped_column(String(1000))
+    apgr: Mapped[float | None] = mapped_column(Float)
+    baseline_apgr: Mapped[float | None] = mapped_column(Float)  # the serving router's, on the same held-out set
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    data: Mapped[dict[str, Any] | None] = mapped_column()  # rows, data hash, feedback rows used
+    decision: Mapped[str] = mapped_column(Text)  # why it was or was not promoted
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column()
+    serving: Mapped[bool] = mapped_column(default=False, index=True)
+
+
+class Schedule(Base):
+    """A periodic job that survives restarts: beat reads this table (see worker/tasks.py:run_schedules)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(40))  # what to run: "retrain"
+    cron: Mapped[str | None] = mapped_column(String(100))  # "0 2 * * *"
+    every_s: Mapped[float | None] = mapped_column(Float)  # or a fixed interval
+    args: Mapped[dict[str, Any]] = mapped_column()
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_run_at: Mapped[datetime | None] = mapped_column()
+    last_result: Mapped[str | None] = mapped_column(Text)

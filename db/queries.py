@@ -115,6 +115,13 @@ def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequenc
     job.threshold = threshold
 
 
+def item_bodies(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 1000):
+        out.update(session.execute(select(Item.id, Item.body).where(Item.id.in_(ids[start : start + 1000]))).all())
+    return out
+
+
 def item_ids(session: Session, job_id: str, status: str) -> list[int]:
     return list(session.scalars(select(Item.id).where(Item.job_id == job_id, Item.status == status)
                                 .order_by(Item.id)))

@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, UploadFile, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.session import open_database
 from jobs import runner
+from jobs.feedback import FeedbackError, FeedbackIn, record_feedback
 from jobs.input_formats import detect_format
 from jobs.query import export_results, job_status, page_results
 from jobs.spend import spend_report
@@ -43,6 +44,12 @@ class SubmitResponse(BaseModel):
 class CancelResponse(BaseModel):
     job_id: str
     cancelled_items: int
+
+
+class FeedbackBody(BaseModel):
+    custom_id: str
+    kind: Literal["prefer", "rating", "thumbs"]
+    value: float = Field(ge=0.0, le=1.0, description="prefer: 1 strong, 0.5 tie, 0 weak; rating 0..1; thumbs 1/0")
 
 
 class ResultsPage(BaseModel):
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tenant_id: Tenant,
         file: Annotated[UploadFile, File(description="JSONL (OpenAI Batch input or plain) or CSV")],
         strong_fraction: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
+        budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
         router: Annotated[str | None, Form(max_length=500)] = None,
         tag: Annotated[str | None, Form(max_length=200)] = None,
         input_format: Annotated[Literal["auto", "jsonl", "csv"], Form(alias="format")] = "auto",
@@ -98,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> SubmitResponse:
         s = get_settings()
         options = JobOptions(router=router or s.default_router, strong_fraction=strong_fraction,
-                             idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id)
+                             idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd)
         fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
         try:
             result = submit_job(db(), s, file.file, fmt, options, source_name=file.filename)
@@ -167,6 +175,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/spend")
     def spend(tenant_id: Tenant, s: Db) -> dict[str, Any]:
         return spend_report(s, get_settings(), tenant_id=tenant_id).to_dict()
+
+    @app.post("/v1/jobs/{job_id}/feedback", status_code=status.HTTP_201_CREATED)
+    def post_feedback(job_id: str, body: FeedbackBody, tenant_id: Tenant) -> dict[str, int]:
+        try:
+            return {"id": record_feedback(db(), FeedbackIn(job_id, body.custom_id, body.kind, body.value), tenant_id)}
+        except queries.JobNotFound as exc:
+            raise not_found(exc) from None
+        except FeedbackError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=CancelResponse)
     def cancel(job_id: str, tenant_id: Tenant, s: Db) -> CancelResponse:

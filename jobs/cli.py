@@ -117,6 +117,10 @@ def submit(
     router: Annotated[str | None, typer.Option(help="Registry name, directory or hub id.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: resubmitting is a no-op.")] = None,
     tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
+    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0.0,
+                                                     help="Spend at most this: strong calls go to the highest-"
+                                                          "scoring items that fit (instead of --strong-fraction).")
+                          ] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
     wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
@@ -126,7 +130,7 @@ def submit(
     with _user_errors():
         sf = open_database(settings.resolved_database_url)
         options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
-                             idempotency_key=key, tag=tag)
+                             idempotency_key=key, tag=tag, budget_usd=budget_usd)
         with file.open("rb") as source:
             result = submit_job(sf, settings, source, detect_format(file, fmt), options, source_name=file.name)
         _print_submit(result)
@@ -323,6 +327,58 @@ def _print_examples(session, job_id: str) -> None:  # noqa: ANN001
 
 
 @app.command()
+def feedback(
+    job_id: str,
+    custom_id: Annotated[str, typer.Argument(help="The item's id (custom_id) in the job.")],
+    prefer: Annotated[str | None, typer.Option(help="strong, weak or tie: which answer was better.")] = None,
+    rating: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Quality of the answer, 0..1.")] = None,
+    thumbs: Annotated[str | None, typer.Option(help="up or down.")] = None,
+) -> None:
+    """Judge a stored answer; judgements become preference rows for retraining."""
+    from jobs.feedback import PREFER, FeedbackIn, record_feedback
+
+    given = [(k, v) for k, v in (("prefer", prefer), ("rating", rating), ("thumbs", thumbs)) if v is not None]
+    if len(given) != 1:
+        err.print("[red]error:[/] give exactly one of --prefer, --rating, --thumbs")
+        raise typer.Exit(2)
+    kind, raw = given[0]
+    settings = _settings()
+    with _user_errors():
+        if kind == "prefer" and raw not in PREFER:
+            raise ValueError(f"--prefer must be strong, weak or tie, got {raw!r}")
+        if kind == "thumbs" and raw not in ("up", "down"):
+            raise ValueError(f"--thumbs must be up or down, got {raw!r}")
+        value = PREFER[raw] if kind == "prefer" else (1.0 if raw == "up" else 0.0) if kind == "thumbs" else raw
+        record_feedback(open_database(settings.resolved_database_url), FeedbackIn(job_id, custom_id, kind, value))
+    console.print(f"recorded {kind} feedback on {job_id}/{custom_id}")
+
+
+@app.command()
+def retrain(
+    router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = "mf",
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data (with the feedback).")
+                    ] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes to judge on.")
+                       ] = None,
+    margin: Annotated[float, typer.Option(help="APGR the candidate must gain to be promoted.")] = 0.0,
+) -> None:
+    """Train a candidate on base data + feedback; promote it only if it beats the serving router."""
+    from jobs.retrain import retrain as run_retrain
+    from routers.data import read_outcomes_jsonl, read_routellm_evals
+
+    settings = _settings()
+    with _user_errors():
+        if not heldout:
+            raise ValueError("--heldout is required: a promotion is decided on a fixed held-out set")
+        rows = []
+        for path in heldout:
+            rows += read_routellm_evals(path) if path.is_dir() else read_outcomes_jsonl(path)
+        result = run_retrain(open_database(settings.resolved_database_url), settings, router, data or [], rows,
+                             margin)
+    console.print(f"{router} {result.version}: {result.decision}")
+
+
+@app.command()
 def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
     import uvicorn
@@ -350,6 +406,73 @@ def worker(
         err.print("[red]error:[/] set ROUTEYARD_BROKER_URL (e.g. redis://localhost:6379/0) to run workers")
         raise typer.Exit(2)
     celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
+
+
+schedule_app = typer.Typer(help="Periodic jobs kept in the database (beat fires them).", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("retrain")
+def schedule_retrain(
+    cron: Annotated[str | None, typer.Option(help='Cron, UTC, e.g. "0 2 * * *" for 02:00 nightly.')] = None,
+    every: Annotated[float | None, typer.Option(help="Or a fixed interval in seconds.")] = None,
+    router: str = "mf",
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data.")] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes.")] = None,
+    margin: float = 0.0,
+) -> None:
+    """Retrain on a schedule (with the same promotion gate as `routeyard retrain`)."""
+    from jobs.schedule import add_schedule
+
+    settings = _settings()
+    with _user_errors():
+        if not heldout:
+            raise ValueError("--heldout is required: a promotion is decided on a fixed held-out set")
+        args = {"router": router, "data": [str(p.resolve()) for p in data or []],
+                "heldout": [str(p.resolve()) for p in heldout], "margin": margin}
+        schedule_id = add_schedule(open_database(settings.resolved_database_url), "retrain", args, cron, every)
+    console.print(f"schedule {schedule_id}: retrain {router} {cron or f'every {every:g}s'}")
+    if settings.embedded:
+        console.print("no broker configured: run `routeyard schedule run-due` from cron, or start beat + a worker")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """Stored schedules, when they run next and what they did last."""
+    from jobs.schedule import list_schedules, next_run
+
+    settings = _settings()
+    table = Table()
+    for col in ("id", "task", "when", "next run (UTC)", "last run", "last result"):
+        table.add_column(col)
+    with open_database(settings.resolved_database_url)() as session:
+        for row in list_schedules(session):
+            table.add_row(str(row.id), row.task, row.cron or f"every {row.every_s:g}s",
+                          next_run(row).strftime("%Y-%m-%d %H:%M:%S"),
+                          row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "-",
+                          row.last_result or "")
+    console.print(table)
+
+
+@schedule_app.command("remove")
+def schedule_remove(schedule_id: int) -> None:
+    from jobs.schedule import remove_schedule
+
+    settings = _settings()
+    with _user_errors():
+        remove_schedule(open_database(settings.resolved_database_url), schedule_id)
+    console.print(f"schedule {schedule_id} removed")
+
+
+@schedule_app.command("run-due")
+def schedule_run_due() -> None:
+    """Run the schedules that are due, here (the embedded default has no beat: call this from cron)."""
+    from jobs.schedule import claim_due
+    from worker.tasks import scheduled_retrain
+
+    settings = _settings()
+    for row in claim_due(open_database(settings.resolved_database_url)):
+        console.print(f"schedule {row.id}: {scheduled_retrain.run(row.id, row.args)}")
 
 
 tenant_app = typer.Typer(help="Tenants of the HTTP API and their keys.", no_args_is_help=True)
@@ -474,6 +597,64 @@ def router_eval(
                       *(f"{m.pgr_at[k]:.3f}" for k in ("0.2", "0.5", "0.8")))
     console.print(table)
     console.print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
+
+
+@router_app.command("versions")
+def router_versions() -> None:
+    """Trained router versions: metrics, data, the promotion decision, which one serves."""
+    from jobs.retrain import list_versions
+
+    settings = _settings()
+    table = Table()
+    for col in ("serving", "router", "version", "APGR", "serving APGR then", "rows", "created", "decision"):
+        table.add_column(col)
+    with open_database(settings.resolved_database_url)() as session:
+        for v in list_versions(session):
+            table.add_row("*" if v.serving else "", v.router, v.version, f"{v.apgr:.4f}" if v.apgr else "-",
+                          f"{v.baseline_apgr:.4f}" if v.baseline_apgr else "-", str((v.data or {}).get("rows", "")),
+                          v.created_at.strftime("%Y-%m-%d %H:%M"), v.decision)
+    console.print(table)
+
+
+@router_app.command("rollback")
+def router_rollback(version: str) -> None:
+    """Serve an earlier router version again."""
+    from jobs.retrain import rollback
+
+    settings = _settings()
+    with _user_errors():
+        v = rollback(open_database(settings.resolved_database_url), version)
+    console.print(f"now serving {v.router} {v.version} ({v.path})")
+
+
+@router_app.command("calibrate")
+def router_calibrate(
+    router: Annotated[str, typer.Option("--router", help="A router directory (the table is written into it).")],
+    sample: Annotated[Path, typer.Option("--sample", exists=True, help="Prompts like those to come: JSONL or CSV.")],
+) -> None:
+    """Thresholds for 5%..95% strong calls from a calibration sample, saved as calibration.json."""
+    from jobs.input_formats import ParsedItem, parse_stream
+    from jobs.runner import router_runtime
+    from routers.calibration import calibration_table
+    from routers.registry import load_router
+
+    settings = _settings()
+    with _user_errors():
+        if not Path(router).is_dir():
+            raise ValueError(f"--router must be a router directory to write calibration.json into, got {router!r}")
+        with sample.open("rb") as f:
+            prompts = [e.prompt for e in parse_stream(f, detect_format(sample)) if isinstance(e, ParsedItem)]
+        if len(prompts) < 20:
+            raise ValueError(f"{sample}: {len(prompts)} prompts; a calibration sample needs at least 20")
+        loaded = load_router(router, router_runtime(settings))
+        with _bars() as bars:
+            scores = loaded.router.win_rate(prompts, progress=RichProgress(bars).stage("scoring", len(prompts)))
+        table = calibration_table(scores)
+        (Path(router) / "calibration.json").write_text(json.dumps(
+            {"router_version": loaded.version, "sample": sample.name, "n": len(prompts), "thresholds": table},
+            indent=2) + "\n")
+    for fraction, threshold in table.items():
+        console.print(f"{float(fraction):>5.0%} strong: score >= {threshold:.4f}")
 
 
 @router_app.command("score")

@@ -66,7 +66,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
     if unscored:
         loaded = loaded or load_router(router_spec, router_runtime(settings))
         pipeline.score_items(sf, job_id, loaded, settings.score_batch_size, progress.stage("scoring", unscored))
-    pipeline.assign_routes(sf, job_id)
+    pipeline.assign_routes(sf, job_id, settings)
 
     with sf() as session:
         todo = queries.item_ids(session, job_id, ItemStatus.ROUTED)

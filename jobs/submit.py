@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from sqlalchemy.exc import IntegrityError
@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import LOCAL_TENANT, Job
 from jobs.input_formats import ParsedItem, Rejection, parse_stream
+from jobs.retrain import resolve_router_spec
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
-from worker.pricing import price_for
+from worker.pricing import cost_bound, price_for
 
 INSERT_CHUNK = 1000
 
@@ -33,6 +34,7 @@ class JobOptions:
     idempotency_key: str | None = None
     tag: str | None = None
     tenant_id: str = LOCAL_TENANT
+    budget_usd: float | None = None  # route to stay under this many dollars (strong_fraction is then unused)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class _HashingReader(io.RawIOBase):
 
 
 def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> str:
-    parts = [file_digest, options.router, repr(options.strong_fraction), settings.strong_model, settings.weak_model]
+    parts = [file_digest, options.router, repr(options.strong_fraction), repr(options.budget_usd),
+             settings.strong_model, settings.weak_model]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -72,14 +75,18 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                source_name: str | None = None) -> SubmitResult:
     if not 0.0 <= options.strong_fraction <= 1.0:
         raise SubmitError(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
-    for model in (settings.strong_model, settings.weak_model):
-        price_for(model, settings.price_table)  # refuse before storing anything if spend could not be counted
+    if options.budget_usd is not None and options.budget_usd <= 0:
+        raise SubmitError(f"budget must be a positive number of dollars, got {options.budget_usd}")
+    weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
+    price_for(settings.strong_model, settings.price_table)  # could not be counted
     if options.idempotency_key:
         with sf() as session:
             existing = queries.job_by_key(session, options.idempotency_key, options.tenant_id)
             if existing is not None:
                 return _existing(session, existing, source, options, settings)
 
+    requested = options  # idempotency compares what the client sent, not what it resolved to
+    options = replace(options, router=resolve_router_spec(sf, options.router))  # the exact version, recorded
     job_id = f"job_{uuid.uuid4().hex}"
     reader = _HashingReader(source)
     rejected: list[tuple[int, str]] = []
@@ -87,16 +94,23 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     with sf() as session:
         job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
                   request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=options.router,
-                  strong_fraction=options.strong_fraction, strong_model=settings.strong_model,
+                  strong_fraction=options.strong_fraction, budget_usd=options.budget_usd,
+                  strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url))
         session.add(job)
         session.flush()
         chunk: list[dict] = []
+        weak_bound = 0.0
         for entry in parse_stream(io.BufferedReader(reader), fmt):  # type: ignore[arg-type]
             if isinstance(entry, Rejection):
                 rejected.append((entry.line_no, entry.reason))
                 continue
+            if options.budget_usd is not None:
+                # A budget is only a promise if every answer has a length limit.
+                if not (entry.body.get("max_tokens") or entry.body.get("max_completion_tokens")):
+                    entry.body["max_tokens"] = settings.default_max_tokens
+                weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
             chunk.append(_row(job_id, entry))
             if len(chunk) >= INSERT_CHUNK:
                 queries.add_items(session, chunk)
@@ -108,8 +122,12 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
             session.rollback()
             detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
             raise SubmitError(f"no valid items in {source_name or 'the input'}: {detail}")
+        if options.budget_usd is not None and weak_bound > options.budget_usd:
+            session.rollback()
+            raise SubmitError(f"budget ${options.budget_usd:.4f} is below ${weak_bound:.4f}, the most these "
+                              f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
         queries.add_rejected(session, job_id, rejected)
-        job.request_hash = _request_hash(reader.digest.hexdigest(), options, settings)
+        job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)
         job.n_items, job.n_rejected = n_items, len(rejected)
         try:
             session.commit()

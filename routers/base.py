@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from routers.data import Preference
+from routers.embeddings import Embedder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +34,30 @@ class TrainOptions:
     epochs: int | None = None  # None: the router's own default
     params: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+
+    def config(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The router's defaults, overridden by `params` and `epochs`."""
+        config = {**defaults, **self.params}
+        if self.epochs is not None:
+            config["epochs"] = self.epochs
+        return config
+
+
+def embedder_for(encoder: str, runtime: RouterRuntime) -> Embedder:
+    return Embedder(encoder, cache_dir=runtime.cache_dir, device=runtime.device, batch_size=runtime.batch_size)
+
+
+def embed_rows(encoder: str, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> np.ndarray:
+    """Embeddings of the training prompts, reporting progress as the `embed` stage."""
+    done = 0
+
+    def on_embed(n: int) -> None:
+        nonlocal done
+        done += n
+        if options.progress:
+            options.progress("embed", done, len(data))
+
+    return embedder_for(encoder, runtime).embed([r.prompt for r in data], progress=on_embed)
 
 
 class Router(ABC):

@@ -12,7 +12,7 @@ import numpy as np
 from routers.base import Router, RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
-from routers.finetune import FitOptions, fit, logits, trainable_state
+from routers.finetune import FitOptions, fit, load_trained, logits, trainable_state
 
 DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 2, "lr": 5e-5, "batch_size": 16,
                             "max_length": 256, "weight_decay": 0.01}
@@ -42,11 +42,7 @@ class BertRouter(Router):
     def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> BertRouter:
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)
-        missing = set(tensors) - set(model.state_dict())
-        if missing:
-            raise ValueError(f"router weights do not fit base {config['base']!r}: {sorted(missing)[:3]}")
-        model.load_state_dict(tensors, strict=False)
-        return cls(config, runtime, model.eval(), tokenizer)
+        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         z = logits(self.model, self.tokenizer, prompts, max(self.runtime.batch_size, 16),
@@ -57,9 +53,7 @@ class BertRouter(Router):
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> BertRouter:
         import torch
 
-        config = {**DEFAULTS, **options.params}
-        if options.epochs is not None:
-            config["epochs"] = options.epochs
+        config = options.config(DEFAULTS)
         torch.manual_seed(options.seed)
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)

@@ -43,3 +43,32 @@ def threshold_for_fraction(calibration_scores: np.ndarray, fraction: float) -> f
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"strong fraction must be in [0, 1], got {fraction}")
     return float(np.quantile(calibration_scores, 1.0 - fraction, method="higher"))
+
+
+def calibration_table(calibration_scores: np.ndarray, fractions: np.ndarray | None = None) -> dict[str, float]:
+    """Threshold per target strong fraction (keys "0.05" .. "0.95"), from scores of a representative sample."""
+    fractions = np.round(np.arange(0.05, 0.951, 0.05), 2) if fractions is None else fractions
+    return {f"{f:.2f}": threshold_for_fraction(calibration_scores, float(f)) for f in fractions}
+
+
+def route_within_budget(scores: np.ndarray, weak_cost: np.ndarray, strong_cost: np.ndarray,
+                        budget: float) -> BatchRouting:
+    """Spend a dollar budget on strong calls for the highest-scoring items.
+
+    `weak_cost` and `strong_cost` are upper bounds of each item's cost on each model, so the batch cannot cost
+    more than `budget` whatever the models answer. Everything starts weak; in descending score order an item is
+    upgraded when its extra cost still fits (one that does not fit is skipped for cheaper ones after it)."""
+    n = len(scores)
+    strong = np.zeros(n, dtype=bool)
+    left = budget - float(weak_cost.sum())
+    if left < 0:
+        raise ValueError(f"budget ${budget:.4f} is below the cost bound of sending every item weak "
+                         f"(${float(weak_cost.sum()):.4f})")
+    for i in np.lexsort((np.arange(n), -scores)):
+        extra = float(strong_cost[i] - weak_cost[i])
+        if extra <= left:
+            strong[i] = True
+            left -= extra
+    threshold = float(scores[strong].min()) if strong.any() else math.nextafter(float(scores.max(initial=0.0)),
+                                                                                 math.inf)
+    return BatchRouting(strong, threshold, int(strong.sum()))

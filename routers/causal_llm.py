@@ -20,7 +20,7 @@ import numpy as np
 from routers.base import Router, RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache, resolve_device
-from routers.finetune import FitOptions, fit, logits, trainable_state
+from routers.finetune import FitOptions, fit, load_trained, logits, trainable_state
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "train_layers": 0, "epochs": 200, "lr": 1e-2, "batch_size": 8,
@@ -113,11 +113,7 @@ class CausalLLMRouter(Router):
     def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime
                      ) -> CausalLLMRouter:
         model, tokenizer = _build(config, resolve_device(runtime.device))
-        missing = set(tensors) - set(model.state_dict())
-        if missing:
-            raise ValueError(f"router weights do not fit base {config['base']!r}: {sorted(missing)[:3]}")
-        model.load_state_dict(tensors, strict=False)
-        return cls(config, runtime, model.eval(), tokenizer)
+        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         if int(self.config.get("train_layers", 0)) == 0:
@@ -142,9 +138,7 @@ class CausalLLMRouter(Router):
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> CausalLLMRouter:
         import torch
 
-        config = {**DEFAULTS, **options.params}
-        if options.epochs is not None:
-            config["epochs"] = options.epochs
+        config = options.config(DEFAULTS)
         torch.manual_seed(options.seed)
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)

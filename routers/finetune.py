@@ -81,3 +81,12 @@ def trainable_state(model: Any) -> dict[str, Any]:
     """Only what training changed: a head on a frozen base saves kilobytes, not the whole base model."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def load_trained(model: Any, tensors: dict[str, Any], base: str) -> Any:
+    """Put saved (trained) parameters into a freshly built base model."""
+    unknown = set(tensors) - set(model.state_dict())
+    if unknown:
+        raise ValueError(f"router weights do not fit base {base!r}: {sorted(unknown)[:3]}")
+    model.load_state_dict(tensors, strict=False)
+    return model.eval()

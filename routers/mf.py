@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
-from routers.embeddings import DEFAULT_ENCODER, Embedder
+from routers.embeddings import DEFAULT_ENCODER
 
 DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "dim": 128, "epochs": 20, "lr": 3e-3,
                             "weight_decay": 1e-4, "batch_size": 256}
@@ -47,8 +47,7 @@ class MFRouter(Router):
 
     def __init__(self, config: dict[str, Any], runtime: RouterRuntime, module: Any = None) -> None:
         super().__init__(config, runtime)
-        self.embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                                 batch_size=runtime.batch_size)
+        self.embedder = embedder_for(config["encoder"], runtime)
         self.module = module
 
     def tensors(self) -> dict[str, Any]:
@@ -73,20 +72,8 @@ class MFRouter(Router):
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> MFRouter:
         import torch
 
-        config = {**DEFAULTS, **options.params}
-        if options.epochs is not None:
-            config["epochs"] = options.epochs
-        embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                            batch_size=runtime.batch_size)
-        done = 0
-
-        def on_embed(n: int) -> None:
-            nonlocal done
-            done += n
-            if options.progress:
-                options.progress("embed", done, len(data))
-
-        x = torch.from_numpy(embedder.embed([r.prompt for r in data], progress=on_embed))
+        config = options.config(DEFAULTS)
+        x = torch.from_numpy(embed_rows(config["encoder"], data, runtime, options))
         y = torch.tensor([r.label for r in data], dtype=torch.float32)
         config["text_dim"] = int(x.shape[1])
         torch.manual_seed(options.seed)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
-from routers.embeddings import DEFAULT_ENCODER, Embedder
+from routers.embeddings import DEFAULT_ENCODER
 
 DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "gamma": 10.0, "chunk": 512}
 EPS = 1e-4
@@ -27,8 +27,7 @@ class SWRankingRouter(Router):
     def __init__(self, config: dict[str, Any], runtime: RouterRuntime, embeddings: np.ndarray | None = None,
                  labels: np.ndarray | None = None) -> None:
         super().__init__(config, runtime)
-        self.embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                                 batch_size=runtime.batch_size)
+        self.embedder = embedder_for(config["encoder"], runtime)
         self.embeddings = embeddings  # (n, d) unit rows of the training prompts
         self.labels = labels  # (n,) in [0, 1]
 
@@ -58,18 +57,8 @@ class SWRankingRouter(Router):
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> SWRankingRouter:
-        config = {**DEFAULTS, **options.params}
-        embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                            batch_size=runtime.batch_size)
-        done = 0
-
-        def on_embed(n: int) -> None:
-            nonlocal done
-            done += n
-            if options.progress:
-                options.progress("embed", done, len(data))
-
-        embeddings = embedder.embed([r.prompt for r in data], progress=on_embed)
+        config = options.config(DEFAULTS)
+        embeddings = embed_rows(config["encoder"], data, runtime, options)
         labels = np.array([r.label for r in data], dtype=np.float32)
         config["train"] = {"rows": len(data), "data_hash": data_hash(data)}
         return cls(config, runtime, embeddings, labels)

@@ -55,10 +55,11 @@ class Settings(BaseSettings):
 
     pricing: dict[str, Price] = Field(default_factory=dict)
 
-    default_router: str = "mf"
+    default_router: str = "serving"  # the promoted router version; the shipped `mf` until one is promoted
     concurrency: int = Field(default=16, ge=1, le=1024)
     max_retries: int = Field(default=5, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
+    default_max_tokens: int = Field(default=1024, ge=1)  # set on budgeted requests that give none: it bounds cost
     score_batch_size: int = Field(default=256, ge=1)
     embedding_batch_size: int = Field(default=64, ge=1)
     device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     stall_s: float = Field(default=120.0, gt=0)  # a job with no progress this long is re-enqueued
     reconcile_every_s: float = Field(default=30.0, gt=0)  # how often beat looks for stalled jobs
     visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: unacked tasks come back after this
+    schedule_poll_s: float = Field(default=30.0, gt=0)  # how often beat looks for due schedules
 
     @property
     def resolved_database_url(self) -> str:

@@ -36,6 +36,18 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gsm8k(data_dir):
+    """GSM8K outcomes split once: 800 prompts to train on, the other ~500 held out."""
+    import numpy as np
+
+    from routers.data import read_routellm_evals
+
+    rows = read_routellm_evals(data_dir, ("gsm8k",))
+    order = np.random.default_rng(0).permutation(len(rows))
+    return [rows[i] for i in order[:800]], [rows[i] for i in order[800:]]
+
+
+@pytest.fixture(scope="session")
 def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedding cache for the session: each prompt is embedded once however many tests use it."""
     return tmp_path_factory.mktemp("cache")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from conftest import STRONG, TEST_KEY, WEAK
 from jobs_helpers import server_stats
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db.models import Item
 from db.session import open_database
@@ -227,3 +227,39 @@ def test_a_job_completes_when_redis_restarts_mid_job(cluster, loopback, tmp_path
     assert_exactly_once(sf, base, key, job_id, 400, loopback)
     # The queued tasks were lost with Redis; the reconciler found the stalled job and re-enqueued its work.
     assert "stalled; re-enqueueing" in (tmp_path / "logs" / "worker.log").read_text()
+
+
+def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):
+    """The schedule is stored first (it survives restarts: it lives in PostgreSQL), then beat and a worker start;
+    beat finds it due and the worker retrains and records a router version with its promotion decision."""
+    train, test = gsm8k
+    data, heldout = tmp_path / "data.jsonl", tmp_path / "heldout.jsonl"
+    for path, rows in ((data, train[:200]), (heldout, test[:100])):
+        path.write_text("".join(json.dumps({"prompt": o.prompt, "strong": o.strong, "weak": o.weak}) + "\n"
+                                for o in rows))
+    env = cluster.env | {"ROUTEYARD_SCHEDULE_POLL_S": "1", "ROUTEYARD_DEFAULT_ROUTER": "random"}
+    cluster.env = env
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "schedule", "retrain", "--every", "3600", "--data",
+                          str(data), "--heldout", str(heldout), "--margin", "0.0"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    sf = open_database(cluster.database_url)
+    with sf() as session:  # make it due now (created an hour ago)
+        session.execute(text("UPDATE schedules SET created_at = created_at - interval '2 hours'"))
+        session.commit()
+    try:
+        cluster.worker("worker")
+        cluster.beat()
+
+        def fired():
+            with sf() as session:
+                return session.execute(text("SELECT last_result FROM schedules")).scalar()
+
+        result = wait_for(fired, 240, "the schedule to fire and the retrain to finish")
+    except AssertionError:
+        print(cluster.dump())
+        raise
+    assert "promoted" in result, result  # mf trained on real preferences beats the random router serving now
+    with sf() as session:
+        versions = session.execute(text("SELECT router, serving, decision FROM router_versions")).all()
+    assert len(versions) == 1 and versions[0].router == "mf" and versions[0].serving

@@ -5,17 +5,10 @@ import numpy as np
 import pytest
 
 from routers.base import RouterRuntime, TrainOptions, version_of
-from routers.data import outcome_to_preference, read_routellm_evals
+from routers.data import outcome_to_preference
 from routers.embeddings import Embedder, resolve_encoder_path
 from routers.evaluate import metrics, random_metrics
 from routers.registry import PRETRAINED_DIR, ROUTERS, load_router, train_router
-
-
-@pytest.fixture(scope="module")
-def gsm8k(data_dir):
-    rows = read_routellm_evals(data_dir, ("gsm8k",))
-    order = np.random.default_rng(0).permutation(len(rows))
-    return [rows[i] for i in order[:800]], [rows[i] for i in order[800:]]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
-        beat_schedule={"reconcile": {"task": "routeyard.reconcile", "schedule": settings.reconcile_every_s}},
+        beat_schedule={
+            "reconcile": {"task": "routeyard.reconcile", "schedule": settings.reconcile_every_s},
+            "schedules": {"task": "routeyard.run_schedules", "schedule": settings.schedule_poll_s},
+        },
     )
     return app
 

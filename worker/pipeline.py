@@ -15,12 +15,12 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import JobStatus, utcnow
-from routers.calibration import route_batch
+from db.models import Job, JobStatus, utcnow
+from routers.calibration import BatchRouting, route_batch, route_within_budget
 from routers.registry import LoadedRouter
 from routeyard.settings import Settings
 from worker.llm_client import CallResult, ModelClient
-from worker.pricing import cost_usd, price_for
+from worker.pricing import cost_bound, cost_usd, price_for
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,20 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
             progress(len(batch))
 
 
-def assign_routes(sf: sessionmaker[Session], job_id: str) -> float | None:
+def _route_budget(session: Session, job: Job, ids: list[int], scores: list[float], settings: Settings
+                  ) -> BatchRouting:
+    bodies = queries.item_bodies(session, ids)
+    weak, strong = (price_for(m, settings.price_table) for m in (job.weak_model, job.strong_model))
+    bound = settings.default_max_tokens
+    return route_within_budget(np.asarray(scores, dtype=np.float64),
+                               np.array([cost_bound(bodies[i], weak, bound) for i in ids]),
+                               np.array([cost_bound(bodies[i], strong, bound) for i in ids]), job.budget_usd)
+
+
+def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings | None = None) -> float | None:
     """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong.
     Returns the threshold if this call routed the job, None if it was routed already or cannot be yet."""
+    settings = settings or Settings()
     with sf() as session:
         job = queries.get_job(session, job_id, lock=True)
         if job.threshold is not None or job.status == JobStatus.CANCELLED:  # never route twice
@@ -75,7 +86,10 @@ def assign_routes(sf: sessionmaker[Session], job_id: str) -> float | None:
         if queries.unscored_items(session, job_id, 1):
             return None
         ids, scores = queries.item_scores(session, job_id)
-        routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
+        if job.budget_usd is None:
+            routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
+        else:
+            routing = _route_budget(session, job, ids, scores, settings)
         queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
         queries.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()

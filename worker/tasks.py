@@ -94,7 +94,7 @@ def score_batch(job_id: str, item_ids: list[int]) -> None:
 @app.task(name="routeyard.route_job", **RETRY)
 def route_job(job_id: str) -> None:
     """Route once every item is scored (the last scoring batch gets here first), then fan out the calls."""
-    if pipeline.assign_routes(_db(), job_id) is not None:
+    if pipeline.assign_routes(_db(), job_id, _settings()) is not None:
         enqueue_completion(job_id)
 
 
@@ -139,3 +139,35 @@ def reconcile() -> int:
         else:
             start_job.delay(job_id)
     return len(stalled)
+
+
+@app.task(name="routeyard.run_schedules", **RETRY)
+def run_schedules() -> int:
+    """Beat runs this often: every stored schedule that is due is claimed once and its task enqueued."""
+    from jobs.schedule import claim_due
+
+    due = claim_due(_db())
+    for row in due:
+        scheduled_retrain.delay(row.id, row.args)
+    return len(due)
+
+
+@app.task(name="routeyard.scheduled_retrain", acks_late=False)  # a retrain is not worth running twice
+def scheduled_retrain(schedule_id: int, args: dict) -> str:
+    from pathlib import Path
+
+    from jobs.retrain import retrain
+    from jobs.schedule import record_result
+    from routers.data import read_outcomes_jsonl, read_routellm_evals
+
+    heldout = []
+    for p in args.get("heldout", []):
+        heldout += read_routellm_evals(Path(p)) if Path(p).is_dir() else read_outcomes_jsonl(Path(p))
+    try:
+        result = retrain(_db(), _settings(), args.get("router", "mf"), [Path(p) for p in args.get("data", [])],
+                         heldout, float(args.get("margin", 0.0)))
+        message = f"{result.version}: {result.decision}"
+    except (ValueError, OSError) as exc:
+        message = f"failed: {exc}"
+    record_result(_db(), schedule_id, message)
+    return message

@@ -1,0 +1,48 @@
+"""--budget-usd: the strong calls go to the highest-scoring items that fit, and the bill never exceeds it."""
+
+import numpy as np
+import pytest
+from jobs_helpers import items, submit, submit_and_run, write_batch
+
+from jobs.submit import SubmitError
+from routers.calibration import route_within_budget
+from worker.pricing import cost_bound
+
+PROMPTS = [f"Budget question {i}: " + "explain in detail " * (i % 7) for i in range(40)]
+
+
+def test_the_budget_buys_strong_calls_in_score_order_and_skips_what_does_not_fit():
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    weak, strong = np.array([1.0, 1.0, 1.0, 1.0]), np.array([3.0, 6.0, 2.0, 2.0])
+    routing = route_within_budget(scores, weak, strong, budget=4 + 2 + 1)  # room for 3 dollars of upgrades
+    assert routing.strong.tolist() == [True, False, True, False] and routing.threshold == 0.7
+    assert (np.where(routing.strong, strong, weak)).sum() <= 7
+    with pytest.raises(ValueError, match="below the cost bound"):
+        route_within_budget(scores, weak, strong, budget=3.5)
+
+
+def test_a_budgeted_job_never_costs_more_than_its_budget(settings, tmp_path):
+    path = write_batch(tmp_path / "b.jsonl", PROMPTS)  # max_tokens 200 on every line
+    sf, probe = submit(settings, path)  # to read the bodies as stored
+    bodies = [r.body for r in items(sf, probe.job_id)]
+    weak = sum(cost_bound(b, settings.price_table[settings.weak_model], 1024) for b in bodies)
+    strong = sum(cost_bound(b, settings.price_table[settings.strong_model], 1024) for b in bodies)
+    budget = weak + 0.25 * (strong - weak)
+    sf, result, summary = submit_and_run(settings, path, budget_usd=budget)
+    assert summary.counts == {"succeeded": 40}
+    rows = items(sf, result.job_id)
+    n_strong = sum(r.tier == "strong" for r in rows)
+    assert 0 < n_strong < 40
+    assert sum(r.cost_usd for r in rows) <= budget
+    strong_scores = [r.score for r in rows if r.tier == "strong"]
+    weak_scores = [r.score for r in rows if r.tier == "weak"]
+    assert np.median(strong_scores) > np.median(weak_scores)
+
+
+def test_a_budget_too_small_for_all_weak_is_refused_and_unbounded_answers_get_a_cap(settings, tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text('{"id": "a", "prompt": "no max_tokens here"}\n{"id": "b", "prompt": "nor here"}\n')
+    with pytest.raises(SubmitError, match=r"budget \$0.0000 is below"):
+        submit(settings, path, budget_usd=1e-9)
+    sf, result = submit(settings, path, budget_usd=1.0)
+    assert all(r.body["max_tokens"] == settings.default_max_tokens for r in items(sf, result.job_id))
