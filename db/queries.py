@@ -288,3 +288,45 @@ def spend_rows(session: Session, job_id: str | None = None, since: datetime | No
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
     return [SpendRow(t, m, sm, int(c), int(p), int(o), float(d)) for t, m, sm, c, p, o, d in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class PeriodRow:
+    period: str  # ISO date of the period's first day (UTC)
+    tag: str | None
+    tier: str
+    model: str
+    strong_model: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def _period_start(dialect: str, period: str) -> Any:
+    """The first day of an item's day or ISO week (Monday), as text, in the database's own SQL."""
+    if dialect == "postgresql":
+        return func.to_char(func.date_trunc(period, func.timezone("UTC", Item.finished_at)), "YYYY-MM-DD")
+    if period == "day":
+        return func.strftime("%Y-%m-%d", Item.finished_at)
+    return func.date(Item.finished_at, "-6 days", "weekday 1")  # the Monday on or before
+
+
+def spend_by_period(session: Session, period: str, tag: str | None = None, tenant_id: str | None = None,
+                    since: datetime | None = None) -> list[PeriodRow]:
+    if period not in ("day", "week"):
+        raise ValueError(f"period must be day or week, got {period!r}")
+    start = _period_start(session.get_bind().dialect.name, period).label("period")
+    query = (select(start, Job.tag, Item.tier, Item.model, Job.strong_model, func.count(),
+                    func.coalesce(func.sum(Item.prompt_tokens), 0), func.coalesce(func.sum(Item.completion_tokens), 0),
+                    func.coalesce(func.sum(Item.cost_usd), 0.0))
+             .join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
+             .group_by(start, Job.tag, Item.tier, Item.model, Job.strong_model).order_by(start))
+    if tag is not None:
+        query = query.where(Job.tag == tag)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    if since is not None:
+        query = query.where(Item.finished_at >= since)
+    return [PeriodRow(str(p), t, tier, m, sm, int(c), int(pt), int(ct), float(d))
+            for p, t, tier, m, sm, c, pt, ct, d in session.execute(query)]

@@ -261,18 +261,56 @@ def results(
 @app.command()
 def spend(
     job_id: Annotated[str | None, typer.Argument(help="One job; all jobs when left out.")] = None,
+    by: Annotated[str | None, typer.Option(help="day or week: spend over time instead of one total.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag (with --by).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="With --by: one CSV row per period.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="With --by: a PNG of cost and router quality over time.")] = None,
 ) -> None:
-    """Calls, tokens and dollars per model, and the saving against an all-strong run."""
+    """Calls, tokens and dollars per model, and the saving against an all-strong run; or the same over time."""
     settings = _settings()
     with _user_errors():
         sf = open_database(settings.resolved_database_url)
         with sf() as session:
-            report = spend_report(session, settings, job_id)
+            if by is None:
+                report = spend_report(session, settings, job_id)
+            else:
+                from jobs.retrain import list_versions
+                from jobs.spend import spend_over_time
+
+                periods = spend_over_time(session, settings, by, tag)
+                versions = list_versions(session)
+    if by is None:
+        if as_json:
+            console.print_json(json.dumps(report.to_dict()))
+        else:
+            _print_spend(report)
+        return
+    if plot:
+        from jobs.report_plot import plot_cost_and_quality
+
+        plot_cost_and_quality(periods, versions, plot)
+        err.print(f"wrote {plot}")
     if as_json:
-        console.print_json(json.dumps(report.to_dict()))
+        console.print_json(json.dumps([p.__dict__ for p in periods]))
+    elif as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["period", "calls", "strong_calls", "cost_usd", "strong_cost_usd", "weak_cost_usd",
+                         "all_strong_cost_usd", "saving_usd"])
+        for p in periods:
+            writer.writerow([p.period, p.calls, p.strong_calls, f"{p.cost_usd:.6f}", f"{p.strong_cost_usd:.6f}",
+                             f"{p.weak_cost_usd:.6f}", f"{p.all_strong_cost_usd:.6f}", f"{p.saving_usd:.6f}"])
     else:
-        _print_spend(report)
+        table = Table(title=f"Spend per {by}" + (f" (tag {tag})" if tag else ""))
+        for col in ("period", "calls", "strong %", "cost $", "all-strong $", "saving $", "by tag"):
+            table.add_column(col)
+        for p in periods:
+            table.add_row(p.period, str(p.calls), f"{100 * p.strong_calls / p.calls:.0f}", f"{p.cost_usd:.4f}",
+                          f"{p.all_strong_cost_usd:.4f}", f"{p.saving_usd:.4f}",
+                          ", ".join(f"{t or '-'} {c:.4f}" for t, c in p.by_tag.items()))
+        console.print(table)
 
 
 @app.command()

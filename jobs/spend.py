@@ -65,3 +65,40 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
     return SpendReport(job_id, models, calls, total, all_strong, saving,
                        100.0 * saving / all_strong if all_strong else 0.0,
                        strong_calls / calls if calls else 0.0)
+
+
+@dataclass(frozen=True)
+class PeriodSpend:
+    period: str
+    calls: int
+    strong_calls: int
+    cost_usd: float
+    strong_cost_usd: float
+    weak_cost_usd: float
+    all_strong_cost_usd: float
+    saving_usd: float
+    by_model: dict[str, float]  # model -> dollars
+    by_tag: dict[str, float]  # tag ("" for none) -> dollars
+
+
+def spend_over_time(session: Session, settings: Settings, period: str = "day", tag: str | None = None,
+                    tenant_id: str | None = None) -> list[PeriodSpend]:
+    """Spend per day or week, per model and per job tag, with the saving against all-strong (as spend_report)."""
+    buckets: dict[str, dict] = {}
+    for row in queries.spend_by_period(session, period, tag, tenant_id):
+        b = buckets.setdefault(row.period, {"calls": 0, "strong_calls": 0, "cost": 0.0, "strong": 0.0, "weak": 0.0,
+                                            "all_strong": 0.0, "by_model": {}, "by_tag": {}})
+        b["calls"] += row.calls
+        b["cost"] += row.cost_usd
+        b["by_model"][row.model] = b["by_model"].get(row.model, 0.0) + row.cost_usd
+        b["by_tag"][row.tag or ""] = b["by_tag"].get(row.tag or "", 0.0) + row.cost_usd
+        if row.tier == "strong":
+            b["strong_calls"] += row.calls
+            b["strong"] += row.cost_usd
+            b["all_strong"] += row.cost_usd
+        else:
+            b["weak"] += row.cost_usd
+            b["all_strong"] += cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens,
+                                        row.completion_tokens)
+    return [PeriodSpend(p, b["calls"], b["strong_calls"], b["cost"], b["strong"], b["weak"], b["all_strong"],
+                        b["all_strong"] - b["cost"], b["by_model"], b["by_tag"]) for p, b in sorted(buckets.items())]
