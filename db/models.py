@@ -64,6 +64,7 @@ class Job(Base):
     router_version: Mapped[str | None] = mapped_column(String(100))
     strong_fraction: Mapped[float] = mapped_column(Float)
     budget_usd: Mapped[float | None] = mapped_column(Float)  # when set, routing spends this instead of a fraction
+    target_pgr: Mapped[float | None] = mapped_column(Float)  # when set, strong_fraction was derived from it
     threshold: Mapped[float | None] = mapped_column(Float)
     strong_model: Mapped[str] = mapped_column(String(200))
     weak_model: Mapped[str] = mapped_column(String(200))

@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="JSONL (OpenAI Batch input or plain) or CSV")],
         strong_fraction: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
         budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
+        target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5)] = None,
         router: Annotated[str | None, Form(max_length=500)] = None,
         tag: Annotated[str | None, Form(max_length=200)] = None,
         input_format: Annotated[Literal["auto", "jsonl", "csv"], Form(alias="format")] = "auto",
@@ -106,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> SubmitResponse:
         s = get_settings()
         options = JobOptions(router=router or s.default_router, strong_fraction=strong_fraction,
-                             idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd)
+                             idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd,
+                             target_pgr=target_pgr)
         fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
         try:
             result = submit_job(db(), s, file.file, fmt, options, source_name=file.filename)

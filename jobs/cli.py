@@ -121,6 +121,9 @@ def submit(
                                                      help="Spend at most this: strong calls go to the highest-"
                                                           "scoring items that fit (instead of --strong-fraction).")
                           ] = None,
+    target_pgr: Annotated[float | None, typer.Option("--target-pgr", help="Reach this share of the strong "
+                                                     "model's quality gain (from the router's held-out curve).")
+                          ] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
     wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
@@ -130,7 +133,7 @@ def submit(
     with _user_errors():
         sf = open_database(settings.resolved_database_url)
         options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
-                             idempotency_key=key, tag=tag, budget_usd=budget_usd)
+                             idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr)
         with file.open("rb") as source:
             result = submit_job(sf, settings, source, detect_format(file, fmt), options, source_name=file.name)
         _print_submit(result)
@@ -585,6 +588,8 @@ def router_eval(
     out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
     contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds the random baseline is averaged over.")] = 10,
+    save_curve: Annotated[bool, typer.Option(help="Save each router directory's PGR curve on these outcomes "
+                                                  "(quality.json), for --target-pgr.")] = False,
 ) -> None:
     """PGR at 10%..90% strong calls, APGR, CPT(50%), CPT(80%) for each router, random and the oracle."""
     from jobs.runner import router_runtime
@@ -622,6 +627,13 @@ def router_eval(
                 scores[f"{loaded.name}@{loaded.version}"] = loaded.router.win_rate([r.prompt for r in rows],
                                                                                   progress=advance)
         found, curves = evaluate(scores, rows, seeds)
+        if save_curve:
+            from routers.calibration import save_quality_curve
+
+            for spec, name in zip(routers, scores, strict=True):
+                if Path(spec).is_dir():
+                    save_quality_curve(Path(spec), curves[name].fraction, curves[name].pgr,
+                                       ", ".join(p.name for p in outcomes))
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
         first = next(iter(found.values()))

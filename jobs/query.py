@@ -31,6 +31,7 @@ class JobStatusView:
     router_version: str | None
     strong_fraction: float
     budget_usd: float | None
+    target_pgr: float | None
     threshold: float | None
     strong_model: str
     weak_model: str
@@ -55,7 +56,7 @@ def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_
     rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job_id)[:rejected_limit]]
     return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
                          ",".join(queries.router_versions(session, job_id)) or None, job.strong_fraction,
-                         job.budget_usd, job.threshold,
+                         job.budget_usd, job.target_pgr, job.threshold,
                          job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts, job.created_at,
                          job.finished_at, rejected)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,8 +20,9 @@ from db.models import RouterVersion, utcnow
 from jobs.feedback import feedback_preferences
 from jobs.runner import router_runtime
 from routers.base import TrainOptions
+from routers.calibration import save_quality_curve
 from routers.data import Outcome, Preference, data_hash, load_preferences
-from routers.evaluate import metrics
+from routers.evaluate import curve, metrics
 from routers.registry import load_router, train_router
 from routeyard.settings import Settings
 
@@ -69,7 +71,10 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
     out = settings.home / "routers" / f"{router}-{stamp}"
     version = candidate.save(out)
     prompts = [o.prompt for o in heldout]
-    candidate_m = metrics(candidate.win_rate(prompts), heldout)
+    candidate_scores = candidate.win_rate(prompts)
+    candidate_m = metrics(candidate_scores, heldout)
+    c = curve(candidate_scores, np.array([o.strong for o in heldout]), np.array([o.weak for o in heldout]))
+    save_quality_curve(out, c.fraction, c.pgr, f"{len(heldout)} held-out prompts")
     serving_spec = resolve_router_spec(sf, SERVING, settings.default_router if settings.default_router != SERVING
                                        else "mf")
     serving_m = metrics(load_router(serving_spec, runtime).router.win_rate(prompts), heldout)

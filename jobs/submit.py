@@ -11,6 +11,7 @@ import io
 import json
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from db import queries
 from db.models import LOCAL_TENANT, Job
 from jobs.input_formats import ParsedItem, Rejection, parse_stream
 from jobs.retrain import resolve_router_spec
+from routers.calibration import fraction_for_target_pgr
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from worker.pricing import cost_bound, price_for
@@ -35,6 +37,7 @@ class JobOptions:
     tag: str | None = None
     tenant_id: str = LOCAL_TENANT
     budget_usd: float | None = None  # route to stay under this many dollars (strong_fraction is then unused)
+    target_pgr: float | None = None  # route at the fraction whose held-out PGR reaches this (from the router's curve)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class _HashingReader(io.RawIOBase):
 
 def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> str:
     parts = [file_digest, options.router, repr(options.strong_fraction), repr(options.budget_usd),
+             repr(options.target_pgr),
              settings.strong_model, settings.weak_model]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -87,6 +91,17 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
 
     requested = options  # idempotency compares what the client sent, not what it resolved to
     options = replace(options, router=resolve_router_spec(sf, options.router))  # the exact version, recorded
+    if options.target_pgr is not None:
+        if not 0.0 < options.target_pgr <= 1.5:
+            raise SubmitError(f"target PGR must be in (0, 1.5], got {options.target_pgr}")
+        if not Path(options.router).is_dir():
+            raise SubmitError(f"--target-pgr needs a router directory with a held-out quality curve, got "
+                              f"{options.router!r}")
+        try:
+            options = replace(options, strong_fraction=fraction_for_target_pgr(Path(options.router),
+                                                                               options.target_pgr))
+        except ValueError as exc:
+            raise SubmitError(str(exc)) from None
     job_id = f"job_{uuid.uuid4().hex}"
     reader = _HashingReader(source)
     rejected: list[tuple[int, str]] = []
@@ -95,6 +110,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
                   request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=options.router,
                   strong_fraction=options.strong_fraction, budget_usd=options.budget_usd,
+                  target_pgr=options.target_pgr,
                   strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url))

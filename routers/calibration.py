@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -72,3 +74,28 @@ def route_within_budget(scores: np.ndarray, weak_cost: np.ndarray, strong_cost: 
     threshold = float(scores[strong].min()) if strong.any() else math.nextafter(float(scores.max(initial=0.0)),
                                                                                  math.inf)
     return BatchRouting(strong, threshold, int(strong.sum()))
+
+
+QUALITY_FILE = "quality.json"  # a router's PGR curve on held-out data, written beside its weights
+
+
+def save_quality_curve(router_dir: Path, fractions: np.ndarray, pgr: np.ndarray, heldout: str) -> Path:
+    """Keep the held-out PGR curve with the router, thinned to 101 points (0%, 1%, ..., 100% strong)."""
+    grid = np.linspace(0.0, 1.0, 101)
+    curve = np.interp(grid, fractions, pgr)
+    path = router_dir / QUALITY_FILE
+    path.write_text(json.dumps({"heldout": heldout, "fraction": grid.round(4).tolist(),
+                                "pgr": curve.round(6).tolist()}, indent=1) + "\n")
+    return path
+
+
+def fraction_for_target_pgr(router_dir: Path, target: float) -> float:
+    """The smallest strong fraction whose held-out PGR reaches `target`, from the router's saved curve."""
+    path = router_dir / QUALITY_FILE
+    if not path.exists():
+        raise ValueError(f"router {router_dir} has no held-out quality curve ({QUALITY_FILE}); make one with "
+                         "`routeyard router eval --router DIR --outcomes HELDOUT --save-curve`")
+    data = json.loads(path.read_text())
+    fractions, pgr = np.asarray(data["fraction"]), np.asarray(data["pgr"])
+    hits = np.nonzero(pgr >= target)[0]
+    return float(fractions[hits[0]]) if len(hits) else 1.0

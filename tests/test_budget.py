@@ -46,3 +46,25 @@ def test_a_budget_too_small_for_all_weak_is_refused_and_unbounded_answers_get_a_
         submit(settings, path, budget_usd=1e-9)
     sf, result = submit(settings, path, budget_usd=1.0)
     assert all(r.body["max_tokens"] == settings.default_max_tokens for r in items(sf, result.job_id))
+
+
+def test_target_pgr_routes_at_the_fraction_the_held_out_curve_gives(settings, tmp_path):
+    import shutil
+
+    from routers.calibration import save_quality_curve
+    from routers.registry import PRETRAINED_DIR
+
+    router_dir = tmp_path / "router"
+    shutil.copytree(PRETRAINED_DIR / "mf", router_dir)
+    with pytest.raises(SubmitError, match="no held-out quality curve"):
+        submit(settings, write_batch(tmp_path / "a.jsonl", PROMPTS), router=str(router_dir), target_pgr=0.5)
+    fractions = np.linspace(0, 1, 41)
+    save_quality_curve(router_dir, fractions, np.sqrt(fractions), "synthetic")  # PGR 0.5 at 25% strong
+    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS),
+                                   router=str(router_dir), target_pgr=0.5)
+    assert sum(r.tier == "strong" for r in items(sf, result.job_id)) == 10  # 25% of 40
+    with sf() as session:
+        from db.models import Job
+
+        job = session.get(Job, result.job_id)
+        assert job.target_pgr == 0.5 and job.strong_fraction == pytest.approx(0.25)

@@ -1,6 +1,7 @@
 """Feedback -> preference rows -> retrain -> promotion gate -> router versions recorded per item."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,7 @@ def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_item
 
     good = retrain(sf, settings, "mf", [], heldout, margin=0.02)
     assert good.promoted and good.candidate_apgr > good.serving_apgr + 0.02, good.decision
+    assert (Path(good.path) / "quality.json").exists()  # its held-out curve, for --target-pgr
 
     with sf() as session:
         session.execute(delete(Feedback))
