@@ -65,6 +65,7 @@ class Job(Base):
     strong_fraction: Mapped[float] = mapped_column(Float)
     budget_usd: Mapped[float | None] = mapped_column(Float)  # when set, routing spends this instead of a fraction
     target_pgr: Mapped[float | None] = mapped_column(Float)  # when set, strong_fraction was derived from it
+    shadow_fraction: Mapped[float | None] = mapped_column(Float)  # share of weak items also sent strong
     threshold: Mapped[float | None] = mapped_column(Float)
     strong_model: Mapped[str] = mapped_column(String(200))
     weak_model: Mapped[str] = mapped_column(String(200))
@@ -108,6 +109,13 @@ class Item(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    # A shadow item is weak-routed and also sent to the strong model, so both answers can be compared.
+    shadow: Mapped[bool] = mapped_column(default=False)
+    shadow_answer: Mapped[str | None] = mapped_column(Text)
+    shadow_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    shadow_completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    shadow_cost_usd: Mapped[float | None] = mapped_column(Float)
+    shadow_error: Mapped[str | None] = mapped_column(Text)
 
 
 class RejectedLine(Base):

@@ -35,6 +35,7 @@ class CallOutcome(Protocol):
 class Claim:
     tier: str
     body: dict[str, Any]
+    shadow: bool = False
 
 
 def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
@@ -189,19 +190,30 @@ def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> 
     row = session.execute(
         update(Item).where(Item.id == item_id, claimable)
         .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
-        .returning(Item.tier, Item.body)
+        .returning(Item.tier, Item.body, Item.shadow)
     ).first()
-    return Claim(row.tier, row.body) if row else None
+    return Claim(row.tier, row.body, bool(row.shadow)) if row else None
 
 
-def record_result(session: Session, item_id: int, result: CallOutcome, cost: float) -> bool:
-    """Store a call's result unless the item already succeeded (a duplicate delivery); True if stored."""
+def mark_shadow(session: Session, ids: Sequence[int]) -> None:
+    if ids:
+        session.execute(update(Item).where(Item.id.in_(ids)).values(shadow=True))
+
+
+def record_result(session: Session, item_id: int, result: CallOutcome, cost: float,
+                  shadow: CallOutcome | None = None, shadow_cost: float = 0.0) -> bool:
+    """Store a call's result (and its shadow call's) unless the item already succeeded (a duplicate delivery);
+    True if stored."""
     values: dict[str, Any] = {
         "status": ItemStatus.SUCCEEDED if result.ok else ItemStatus.FAILED,
         "status_code": result.status_code, "response": result.response, "answer": result.answer,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
         "cost_usd": cost, "latency_ms": result.latency_ms, "error": result.error, "finished_at": utcnow(),
     }
+    if shadow is not None:
+        values.update(shadow_answer=shadow.answer, shadow_prompt_tokens=shadow.prompt_tokens,
+                      shadow_completion_tokens=shadow.completion_tokens, shadow_cost_usd=shadow_cost,
+                      shadow_error=shadow.error)
     res = session.execute(update(Item).where(Item.id == item_id, Item.status != ItemStatus.SUCCEEDED).values(**values))
     return res.rowcount == 1
 
@@ -255,6 +267,24 @@ def iter_items(session: Session, job_id: str, chunk: int = 1000) -> Iterator[Ite
             return
         yield from rows
         last = rows[-1].line_no
+
+
+def shadow_spend(session: Session, job_id: str | None = None, since: datetime | None = None,
+                 tenant_id: str | None = None) -> list[SpendRow]:
+    """Shadow calls (weak items also sent to the strong model) per strong model."""
+    query = (select(Job.strong_model, func.count(), func.coalesce(func.sum(Item.shadow_prompt_tokens), 0),
+                    func.coalesce(func.sum(Item.shadow_completion_tokens), 0),
+                    func.coalesce(func.sum(Item.shadow_cost_usd), 0.0))
+             .join(Job, Job.id == Item.job_id)
+             .where(Item.shadow.is_(True), Item.shadow_answer.is_not(None), Item.status == ItemStatus.SUCCEEDED)
+             .group_by(Job.strong_model))
+    if job_id is not None:
+        query = query.where(Item.job_id == job_id)
+    if since is not None:
+        query = query.where(Item.finished_at >= since)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return [SpendRow("shadow", m, m, int(c), int(p), int(o), float(d)) for m, c, p, o, d in session.execute(query)]
 
 
 def items_page(session: Session, job_id: str, offset: int, limit: int) -> list[Item]:

@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         strong_fraction: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
         budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
         target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5)] = None,
+        shadow: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
         router: Annotated[str | None, Form(max_length=500)] = None,
         tag: Annotated[str | None, Form(max_length=200)] = None,
         input_format: Annotated[Literal["auto", "jsonl", "csv"], Form(alias="format")] = "auto",
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = get_settings()
         options = JobOptions(router=router or s.default_router, strong_fraction=strong_fraction,
                              idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd,
-                             target_pgr=target_pgr)
+                             target_pgr=target_pgr, shadow_fraction=shadow)
         fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
         try:
             result = submit_job(db(), s, file.file, fmt, options, source_name=file.filename)

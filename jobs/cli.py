@@ -124,6 +124,9 @@ def submit(
     target_pgr: Annotated[float | None, typer.Option("--target-pgr", help="Reach this share of the strong "
                                                      "model's quality gain (from the router's held-out curve).")
                           ] = None,
+    shadow: Annotated[float | None, typer.Option("--shadow", min=0.0, max=1.0,
+                                                 help="Also send this share of weak items to the strong model "
+                                                      "(both answers kept, for feedback).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
     wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
@@ -133,7 +136,8 @@ def submit(
     with _user_errors():
         sf = open_database(settings.resolved_database_url)
         options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
-                             idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr)
+                             idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr,
+                             shadow_fraction=shadow)
         with file.open("rb") as source:
             result = submit_job(sf, settings, source, detect_format(file, fmt), options, source_name=file.name)
         _print_submit(result)

@@ -18,7 +18,8 @@ from db.models import Item, Job
 ResultFormat = Literal["jsonl", "csv", "openai"]
 
 RECORD_FIELDS = ["custom_id", "line", "status", "tier", "model", "score", "threshold", "router_version",
-                 "answer", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "attempts", "error"]
+                 "answer", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "attempts", "error",
+                 "shadow_answer", "shadow_cost_usd"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def record(item: Item) -> dict[str, Any]:
             "model": item.model, "score": item.score, "threshold": item.threshold,
             "router_version": item.router_version, "answer": item.answer, "prompt_tokens": item.prompt_tokens,
             "completion_tokens": item.completion_tokens, "cost_usd": item.cost_usd, "latency_ms": item.latency_ms,
-            "attempts": item.attempts, "error": item.error}
+            "attempts": item.attempts, "error": item.error, "shadow_answer": item.shadow_answer,
+            "shadow_cost_usd": item.shadow_cost_usd}
 
 
 def openai_batch_record(item: Item) -> dict[str, Any]:

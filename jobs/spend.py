@@ -28,7 +28,7 @@ class SpendReport:
     models: list[ModelSpend]
     calls: int
     cost_usd: float
-    all_strong_cost_usd: float  # the same calls, all sent to the strong model
+    all_strong_cost_usd: float  # the same calls, all sent to the strong model (shadow calls are extra spend)
     saving_usd: float
     saving_pct: float
     strong_share: float  # of the calls made
@@ -45,10 +45,12 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
         queries.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
     merged: dict[tuple[str, str], ModelSpend] = {}
     all_strong = 0.0
-    for row in queries.spend_rows(session, job_id, since, tenant_id):
+    rows = queries.spend_rows(session, job_id, since, tenant_id) + queries.shadow_spend(session, job_id, since,
+                                                                                        tenant_id)
+    for row in rows:
         if row.tier == "strong":
             all_strong += row.cost_usd
-        else:
+        elif row.tier == "weak":
             all_strong += cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens,
                                    row.completion_tokens)
         key = (row.tier, row.model)
@@ -57,8 +59,8 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
                                  row.prompt_tokens + (prev.prompt_tokens if prev else 0),
                                  row.completion_tokens + (prev.completion_tokens if prev else 0),
                                  row.cost_usd + (prev.cost_usd if prev else 0.0))
-    models = sorted(merged.values(), key=lambda m: (m.tier != "strong", m.model))
-    calls = sum(m.calls for m in models)
+    models = sorted(merged.values(), key=lambda m: ({"strong": 0, "weak": 1}.get(m.tier, 2), m.model))
+    calls = sum(m.calls for m in models if m.tier != "shadow")
     total = sum(m.cost_usd for m in models)
     strong_calls = sum(m.calls for m in models if m.tier == "strong")
     saving = all_strong - total

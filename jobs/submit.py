@@ -38,6 +38,7 @@ class JobOptions:
     tenant_id: str = LOCAL_TENANT
     budget_usd: float | None = None  # route to stay under this many dollars (strong_fraction is then unused)
     target_pgr: float | None = None  # route at the fraction whose held-out PGR reaches this (from the router's curve)
+    shadow_fraction: float | None = None  # also send this share of weak items to the strong model, for comparison
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class _HashingReader(io.RawIOBase):
 
 def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> str:
     parts = [file_digest, options.router, repr(options.strong_fraction), repr(options.budget_usd),
-             repr(options.target_pgr),
+             repr(options.target_pgr), repr(options.shadow_fraction),
              settings.strong_model, settings.weak_model]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -79,6 +80,8 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                source_name: str | None = None) -> SubmitResult:
     if not 0.0 <= options.strong_fraction <= 1.0:
         raise SubmitError(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
+    if options.shadow_fraction is not None and not 0.0 <= options.shadow_fraction <= 1.0:
+        raise SubmitError(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
     if options.budget_usd is not None and options.budget_usd <= 0:
         raise SubmitError(f"budget must be a positive number of dollars, got {options.budget_usd}")
     weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
@@ -110,7 +113,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
                   request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=options.router,
                   strong_fraction=options.strong_fraction, budget_usd=options.budget_usd,
-                  target_pgr=options.target_pgr,
+                  target_pgr=options.target_pgr, shadow_fraction=options.shadow_fraction,
                   strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -99,3 +100,10 @@ def fraction_for_target_pgr(router_dir: Path, target: float) -> float:
     fractions, pgr = np.asarray(data["fraction"]), np.asarray(data["pgr"])
     hits = np.nonzero(pgr >= target)[0]
     return float(fractions[hits[0]]) if len(hits) else 1.0
+
+
+def shadow_sample(keys: list[str], fraction: float, salt: str) -> set[str]:
+    """Exactly round(fraction * n) of `keys`, chosen by a salted hash: the same on every run, unrelated to score."""
+    k = strong_count(len(keys), fraction)
+    ranked = sorted(keys, key=lambda key: hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest())
+    return set(ranked[:k])

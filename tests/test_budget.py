@@ -68,3 +68,28 @@ def test_target_pgr_routes_at_the_fraction_the_held_out_curve_gives(settings, tm
 
         job = session.get(Job, result.job_id)
         assert job.target_pgr == 0.5 and job.strong_fraction == pytest.approx(0.25)
+
+
+def test_shadow_sends_a_share_of_weak_items_to_the_strong_model_too(settings, tmp_path, loopback):
+    from conftest import STRONG, WEAK
+    from jobs_helpers import server_stats
+
+    from jobs.loopback_llm import compose_answer
+    from jobs.spend import spend_report
+
+    sf, result, summary = submit_and_run(settings, write_batch(tmp_path / "s.jsonl", PROMPTS), strong_fraction=0.3,
+                                         shadow_fraction=0.25)
+    assert summary.counts == {"succeeded": 40}
+    rows = items(sf, result.job_id)
+    shadows = [r for r in rows if r.shadow]
+    assert len(shadows) == 7 and all(r.tier == "weak" for r in shadows)  # 25% of the 28 weak items
+    for r in shadows:
+        assert r.answer == compose_answer(WEAK, r.prompt, 40)
+        assert r.shadow_answer == compose_answer(STRONG, r.prompt, 60)
+        assert r.shadow_cost_usd > 0
+    assert server_stats(loopback.base_url)["by_model"] == {STRONG: 12 + 7, WEAK: 28}
+    with sf() as session:
+        report = spend_report(session, settings, result.job_id)
+    shadow_row = next(m for m in report.models if m.tier == "shadow")
+    assert shadow_row.calls == 7 and report.calls == 40
+    assert report.cost_usd == pytest.approx(sum(r.cost_usd for r in rows) + sum(r.shadow_cost_usd for r in shadows))

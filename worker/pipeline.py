@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Job, JobStatus, utcnow
-from routers.calibration import BatchRouting, route_batch, route_within_budget
+from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
 from routers.registry import LoadedRouter
 from routeyard.settings import Settings
 from worker.llm_client import CallResult, ModelClient
@@ -91,6 +91,10 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings | N
         else:
             routing = _route_budget(session, job, ids, scores, settings)
         queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
+        if job.shadow_fraction:
+            weak = {str(i): i for i, s in zip(ids, routing.strong.tolist(), strict=True) if not s}
+            chosen = shadow_sample(list(weak), job.shadow_fraction, job.id)
+            queries.mark_shadow(session, [weak[k] for k in chosen])
         queries.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()
         return routing.threshold
@@ -111,10 +115,16 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
             if claim is None:  # finished meanwhile (another worker, a redelivered task)
                 return
             client = clients.for_tier(claim.tier)
-            result = await client.complete(claim.body)
+            shadow = shadow_cost = None
+            if claim.shadow:  # both answers, for comparison; recorded together so a resume never splits them
+                result, shadow = await asyncio.gather(client.complete(claim.body), clients.strong.complete(claim.body))
+                shadow_cost = cost_usd(price_for(clients.strong.model, prices), shadow.prompt_tokens,
+                                       shadow.completion_tokens) if shadow.ok else 0.0
+            else:
+                result = await client.complete(claim.body)
             cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
             with sf() as session:
-                queries.record_result(session, item_id, result, cost if result.ok else 0.0)
+                queries.record_result(session, item_id, result, cost if result.ok else 0.0, shadow, shadow_cost or 0.0)
                 session.commit()
             if on_done:
                 on_done(result)
