@@ -278,12 +278,7 @@ def shadow_spend(session: Session, job_id: str | None = None, since: datetime | 
              .join(Job, Job.id == Item.job_id)
              .where(Item.shadow.is_(True), Item.shadow_answer.is_not(None), Item.status == ItemStatus.SUCCEEDED)
              .group_by(Job.strong_model))
-    if job_id is not None:
-        query = query.where(Item.job_id == job_id)
-    if since is not None:
-        query = query.where(Item.finished_at >= since)
-    if tenant_id is not None:
-        query = query.where(Job.tenant_id == tenant_id)
+    query = _spend_filters(query, job_id, since, tenant_id)
     return [SpendRow("shadow", m, m, int(c), int(p), int(o), float(d)) for m, c, p, o, d in session.execute(query)]
 
 
@@ -311,13 +306,18 @@ def spend_rows(session: Session, job_id: str | None = None, since: datetime | No
                     func.coalesce(func.sum(Item.cost_usd), 0.0))
              .join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
              .group_by(Item.tier, Item.model, Job.strong_model).order_by(Item.tier, Item.model))
+    query = _spend_filters(query, job_id, since, tenant_id)
+    return [SpendRow(t, m, sm, int(c), int(p), int(o), float(d)) for t, m, sm, c, p, o, d in session.execute(query)]
+
+
+def _spend_filters(query: Any, job_id: str | None, since: datetime | None, tenant_id: str | None) -> Any:
     if job_id is not None:
         query = query.where(Item.job_id == job_id)
     if since is not None:
         query = query.where(Item.finished_at >= since)
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
-    return [SpendRow(t, m, sm, int(c), int(p), int(o), float(d)) for t, m, sm, c, p, o, d in session.execute(query)]
+    return query
 
 
 @dataclass(frozen=True)

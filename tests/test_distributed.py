@@ -156,6 +156,11 @@ def submit_over_http(base: str, key: str, path: Path, fraction: float = 0.3) -> 
     return r.json()["job_id"]
 
 
+def wait_completed(base: str, key: str, job_id: str, what: str) -> None:
+    wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+             .json()["status"] == "completed", 300, what, interval=1)
+
+
 def succeeded(sf) -> int:
     with sf() as session:
         return session.scalar(select(func.count()).where(Item.status == "succeeded"))
@@ -192,8 +197,7 @@ def test_a_thousand_items_survive_a_killed_worker_and_a_flaky_model_server(clust
             done_at_kill = set(session.scalars(select(Item.prompt).where(Item.status == "succeeded")))
         assert len(done_at_kill) < 1000, "worker A finished the whole job before it could be killed"
         cluster.worker("worker-b")
-        wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
-                 .json()["status"] == "completed", 300, "the job to complete on worker B", interval=1)
+        wait_completed(base, key, job_id, "the job to complete on worker B")
     except AssertionError:
         print(cluster.dump())
         raise
@@ -219,8 +223,7 @@ def test_a_job_completes_when_redis_restarts_mid_job(cluster, loopback, tmp_path
         cluster.redis.stop()  # queued tasks are lost with it: no persistence
         time.sleep(2)
         cluster.redis.start()
-        wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
-                 .json()["status"] == "completed", 300, "the job to complete after the restart", interval=1)
+        wait_completed(base, key, job_id, "the job to complete after the restart")
     except AssertionError:
         print(cluster.dump())
         raise
