@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
-from routers.finetune import FitOptions, fit, load_trained, logits, trainable_state
+from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 
 DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 2, "lr": 5e-5, "batch_size": 16,
                             "max_length": 256, "weight_decay": 0.01}
@@ -27,22 +27,9 @@ def _build(config: dict[str, Any], device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-class BertRouter(Router):
+class BertRouter(ClassifierRouter):
     name = "bert"
-
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, model: Any, tokenizer: Any) -> None:
-        super().__init__(config, runtime)
-        self.model, self.tokenizer = model, tokenizer
-        self.device = resolve_device(runtime.device)
-
-    def tensors(self) -> dict[str, Any]:
-        return trainable_state(self.model)
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> BertRouter:
-        device = resolve_device(runtime.device)
-        model, tokenizer = _build(config, device)
-        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)
+    build = staticmethod(_build)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         z = logits(self.model, self.tokenizer, prompts, max(self.runtime.batch_size, 16),

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache, resolve_device
-from routers.finetune import FitOptions, fit, load_trained, logits, trainable_state
+from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "train_layers": 0, "epochs": 200, "lr": 1e-2, "batch_size": 8,
@@ -98,22 +98,9 @@ def _features(model: Any, tokenizer: Any, texts: Sequence[str], config: dict[str
     return torch.from_numpy(np.stack([found[k] for k in keys]))
 
 
-class CausalLLMRouter(Router):
+class CausalLLMRouter(ClassifierRouter):
     name = "causal_llm"
-
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, model: Any, tokenizer: Any) -> None:
-        super().__init__(config, runtime)
-        self.model, self.tokenizer = model, tokenizer
-        self.device = resolve_device(runtime.device)
-
-    def tensors(self) -> dict[str, Any]:
-        return trainable_state(self.model)
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime
-                     ) -> CausalLLMRouter:
-        model, tokenizer = _build(config, resolve_device(runtime.device))
-        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)
+    build = staticmethod(_build)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         if int(self.config.get("train_layers", 0)) == 0:

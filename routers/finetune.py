@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from routers.base import Router, RouterRuntime
+from routers.embeddings import resolve_device
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,24 @@ def load_trained(model: Any, tensors: dict[str, Any], base: str) -> Any:
         raise ValueError(f"router weights do not fit base {base!r}: {sorted(unknown)[:3]}")
     model.load_state_dict(tensors, strict=False)
     return model.eval()
+
+
+class ClassifierRouter(Router):
+    """A router that is a transformers sequence classifier (bert, causal_llm): the model and tokenizer are
+    built from a base (`_build`), and only the trained parameters are saved on top of it."""
+
+    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, model: Any, tokenizer: Any) -> None:
+        super().__init__(config, runtime)
+        self.model, self.tokenizer = model, tokenizer
+        self.device = resolve_device(runtime.device)
+
+    build: ClassVar[Callable[[dict[str, Any], str], tuple[Any, Any]]]  # (config, device) -> (model, tokenizer)
+
+    def tensors(self) -> dict[str, Any]:
+        return trainable_state(self.model)
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime
+                     ) -> ClassifierRouter:
+        model, tokenizer = cls.build(config, resolve_device(runtime.device))
+        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)

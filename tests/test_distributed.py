@@ -156,6 +156,15 @@ def submit_over_http(base: str, key: str, path: Path, fraction: float = 0.3) -> 
     return r.json()["job_id"]
 
 
+def tenant_and_api(cluster: Cluster) -> tuple:
+    """A tenant and the API serving it: (session factory, the tenant's key, the API's base URL)."""
+    sf = open_database(cluster.database_url)
+    _, key = create_tenant(sf, "acme")
+    port = free_port()
+    cluster.api(port)
+    return sf, key, f"http://127.0.0.1:{port}"
+
+
 def wait_completed(base: str, key: str, job_id: str, what: str) -> None:
     wait_for(lambda: httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
              .json()["status"] == "completed", 300, what, interval=1)
@@ -181,12 +190,8 @@ def assert_exactly_once(sf, base: str, key: str, job_id: str, n: int, loopback) 
 def test_a_thousand_items_survive_a_killed_worker_and_a_flaky_model_server(cluster, loopback, tmp_path):
     loopback.config.latency_scale = 2.0
     loopback.config.error_rate, loopback.config.timeout_rate, loopback.config.hang_s = 0.05, 0.01, 2.0
-    sf = open_database(cluster.database_url)
-    _, key = create_tenant(sf, "acme")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    sf, key, base = tenant_and_api(cluster)
     try:
-        cluster.api(port)
         first = cluster.worker("worker-a")
         cluster.beat()
         job_id = submit_over_http(base, key, batch_file(tmp_path / "big.jsonl", 1000))
@@ -210,12 +215,8 @@ def test_a_thousand_items_survive_a_killed_worker_and_a_flaky_model_server(clust
 
 def test_a_job_completes_when_redis_restarts_mid_job(cluster, loopback, tmp_path):
     loopback.config.latency_scale = 4.0
-    sf = open_database(cluster.database_url)
-    _, key = create_tenant(sf, "acme")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    sf, key, base = tenant_and_api(cluster)
     try:
-        cluster.api(port)
         cluster.worker("worker")
         cluster.beat()
         job_id = submit_over_http(base, key, batch_file(tmp_path / "restart.jsonl", 400))
