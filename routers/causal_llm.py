@@ -21,10 +21,13 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache, resolve_device
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
+from routers.linear_head import choose_l2, fit_logistic
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "train_layers": 0, "epochs": 200, "lr": 1e-2, "batch_size": 8,
-                            "max_length": 256, "weight_decay": 1e-3}
+# epochs/lr/weight_decay apply when train_layers > 0; the frozen-base head is a logistic regression whose L2
+# strength (`l2`, None: chosen by grouped validation) is its only knob.
+DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "train_layers": 0, "l2": None, "epochs": 2, "lr": 2e-5,
+                            "batch_size": 8, "max_length": 256, "weight_decay": 0.01}
 
 
 def resolve_base(base: str) -> tuple[str, str | None]:
@@ -116,9 +119,11 @@ class CausalLLMRouter(ClassifierRouter):
             feats = _features(self.model, self.tokenizer, prompts, self.config, self.device,
                               self.runtime.cache_dir, report)
             z = (feats @ self.model.score.weight.detach().cpu().T).squeeze(-1).double().numpy()
+            z = z + float(self.config.get("head_bias", 0.0))
         else:
             z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
                        int(self.config["max_length"]), self.device, progress)
+            z = z + float(self.config.get("head_bias", 0.0))
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod
@@ -132,35 +137,35 @@ class CausalLLMRouter(ClassifierRouter):
         texts, labels = [r.prompt for r in data], [r.label for r in data]
         if int(config["train_layers"]) == 0:
             feats = _features(model, tokenizer, texts, config, device, runtime.cache_dir, options.progress)
-            loss = _fit_head(model.score, feats, torch.tensor(labels), config, options)
+            fitted = _fit_head(model.score, feats, data, config, options)
         else:
             loss = fit(model, tokenizer, texts, labels,
                        FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
                                   int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
                        device, options.progress)
+            fitted = {"final_loss": loss}
         config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
-                           "final_loss": loss, "device": device}
+                           "device": device, **fitted}
         return cls(config, runtime, model.eval(), tokenizer)
 
 
-def _fit_head(head: Any, feats: Any, y: Any, config: dict[str, Any], options: TrainOptions) -> float:
-    """Full-batch AdamW on the cached features, standardised through the head's own weights."""
+def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[str, Any],
+              options: TrainOptions) -> dict[str, Any]:
+    """A logistic head on the standardised features, its L2 strength chosen by grouped validation; the
+    standardisation is folded into the head's weights and the intercept kept in the config (the model's
+    score layer has no bias)."""
     import torch
 
-    mean, std = feats.mean(0), feats.std(0) + 1e-6
-    x = ((feats - mean) / std).to(head.weight.device)
-    w = torch.zeros(feats.shape[1], requires_grad=True, device=head.weight.device)
-    opt = torch.optim.AdamW([w], lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    epochs = int(config["epochs"])
-    for step in range(epochs):
-        opt.zero_grad()
-        loss = loss_fn(x @ w, y.to(x.device).float())
-        loss.backward()
-        opt.step()
-        if options.progress:
-            options.progress("train", step + 1, epochs)
-    with torch.no_grad():  # fold the standardisation into the head: logit = w . (h - mean) / std
-        # The head has no bias, so the mean shift is folded in only through w/std; ranking is unaffected.
-        head.weight.copy_((w.cpu() / std).unsqueeze(0).to(head.weight.device))
-    return float(loss.detach())
+    x = feats.double().numpy()
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    y = np.array([r.label for r in data], dtype=np.float64)
+    groups = [r.group for r in data]
+    l2, tried = (float(config["l2"]), {}) if config.get("l2") is not None else choose_l2(z, y, groups)
+    if options.progress:
+        options.progress("train", 1, 1)
+    w, b = fit_logistic(z, y, l2)
+    with torch.no_grad():  # logit = w . (h - mean) / std + b = (w / std) . h + (b - w . mean / std)
+        head.weight.copy_(torch.from_numpy(w / std).float().unsqueeze(0).to(head.weight.device))
+    config["head_bias"] = float(b - (w / std) @ mean)
+    return {"l2": l2, "l2_validation_apgr": tried}

@@ -54,14 +54,32 @@ def cpt(c: Curve, target: float) -> float:
     return float(c.fraction[hits[0]]) if len(hits) else 1.0
 
 
+def summarize(c: Curve, n: int, quality_strong: float, quality_weak: float) -> Metrics:
+    pgr_at = {f"{x:.1f}": float(np.interp(x, c.fraction, c.pgr)) for x in PGR_POINTS}
+    return Metrics(n, quality_strong, quality_weak, float(np.trapezoid(c.pgr, c.fraction)), cpt(c, 0.5),
+                   cpt(c, 0.8), pgr_at)
+
+
 def metrics(scores: np.ndarray, outcomes: Sequence[Outcome]) -> Metrics:
     strong = np.array([o.strong for o in outcomes], dtype=np.float64)
     weak = np.array([o.weak for o in outcomes], dtype=np.float64)
-    c = curve(np.asarray(scores), strong, weak)
-    n = len(outcomes)
-    pgr_at = {f"{x:.1f}": float(c.pgr[round(x * n)]) for x in PGR_POINTS}
-    return Metrics(n, float(strong.mean()), float(weak.mean()), float(np.trapezoid(c.pgr, c.fraction)),
-                   cpt(c, 0.5), cpt(c, 0.8), pgr_at)
+    return summarize(curve(np.asarray(scores), strong, weak), len(outcomes), float(strong.mean()),
+                     float(weak.mean()))
+
+
+def mean_curve(curves: Sequence[Curve], points: int = 1001) -> Curve:
+    """The average of curves over a common grid of strong-call shares (e.g. one per cross-validation fold).
+
+    Folds are averaged, not pooled: each fold's router ranks only its own held-out batch (as a job routes by
+    its own batch quantile). Pooling the scores of different fold models into one ranking mixes in their
+    offsets, and in leave-groups-out validation those offsets are anti-correlated with the held-out base
+    rate (the training share is the complement of the test share), a known pessimistic bias of pooled
+    cross-validated ranking metrics (Airola et al., 2011, "An experimental comparison of cross-validation
+    techniques for estimating the area under the ROC curve").
+    """
+    grid = np.linspace(0.0, 1.0, points)
+    return Curve(grid, np.mean([np.interp(grid, c.fraction, c.quality) for c in curves], axis=0),
+                 np.mean([np.interp(grid, c.fraction, c.pgr) for c in curves], axis=0))
 
 
 def random_metrics(outcomes: Sequence[Outcome], seeds: int = 10) -> Metrics:

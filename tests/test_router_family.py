@@ -87,6 +87,7 @@ def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, t
     assert auc(scores, labels) > 0.75
     # Scoring from cached features is the model's own forward pass (classification head on the last token).
     full = logits(router.model, router.tokenizer, [p.prompt for p in small[:8]], 4, 128, "cpu")
+    full += router.config["head_bias"]
     np.testing.assert_allclose(scores[:8], 1 / (1 + np.exp(-full)), rtol=1e-3)
     router.save(tmp_path / "llm")
     assert (tmp_path / "llm" / "model.safetensors").stat().st_size < 100_000  # the head, not the base

@@ -1,0 +1,80 @@
+"""A logistic head on fixed features, with its L2 strength chosen by grouped cross-validation.
+
+Used where a router reads frozen features (causal_llm's SmolLM2 states) and as the linear-probe start of
+bert's fine-tuning (LP-FT, Kumar et al. 2022: a probed head keeps the pretrained features intact early in
+fine-tuning, which helps out of distribution).
+
+The L2 strength is picked by held-out routing quality (APGR from the labels), with whole groups (benchmark,
+subject) held out when the rows carry several: a router must rank prompts of subjects it never saw, and
+within-group validation would reward memorising each subject's base rate instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+MIN_GROUPS = 4  # fewer distinct groups than this: validate on random folds instead
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 200) -> tuple[np.ndarray, float]:
+    """Minimise mean BCE(sigmoid(x w + b), y) + l2 |w|^2 (soft labels allowed); returns (w, b)."""
+    import torch
+
+    xt, yt = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.float32))
+    w = torch.zeros(xt.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy().astype(np.float64), float(b.detach())
+
+
+def label_apgr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """APGR on preference labels: a label y stands for strong quality y and weak quality 1 - y."""
+    from routers.evaluate import curve
+
+    c = curve(np.asarray(scores), np.asarray(labels, dtype=np.float64), 1.0 - np.asarray(labels, dtype=np.float64))
+    return float(np.trapezoid(c.pgr, c.fraction))
+
+
+def validation_folds(groups: Sequence[str], k: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """Index arrays of k validation folds: whole groups when there are enough of them, else random rows."""
+    n = len(groups)
+    rng = np.random.default_rng(seed)
+    names = sorted(set(groups))
+    if len(names) >= MIN_GROUPS:
+        order = rng.permutation(len(names))
+        fold_of = {names[j]: i % k for i, j in enumerate(order)}
+        assign = np.array([fold_of[g] for g in groups])
+    else:
+        assign = rng.permutation(n) % k
+    return [np.nonzero(assign == i)[0] for i in range(min(k, len(set(assign.tolist()))))]
+
+
+def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], grid: Sequence[float] = L2_GRID,
+              seed: int = 0) -> tuple[float, dict[str, float]]:
+    """The grid value with the best mean held-out APGR over the folds (and every value's score)."""
+    folds = validation_folds(groups, seed=seed)
+    if len(folds) < 2:
+        return float(grid[len(grid) // 2]), {}
+    found: dict[str, float] = {}
+    for l2 in grid:
+        per_fold = []
+        for held in folds:
+            train = np.ones(len(y), dtype=bool)
+            train[held] = False
+            w, b = fit_logistic(x[train], y[train], l2)
+            if len(set(y[held].tolist())) > 1:
+                per_fold.append(label_apgr(x[held] @ w + b, y[held]))
+        found[f"{l2:g}"] = float(np.mean(per_fold)) if per_fold else 0.0
+    best = max(grid, key=lambda v: found[f"{v:g}"])
+    return float(best), found
