@@ -31,3 +31,19 @@ def test_random_averages_near_half_and_oracle_beats_everything():
     rows = [Outcome(str(i), s, w) for i, (s, w) in enumerate(zip(strong, weak, strict=True))]
     assert random_metrics(rows, seeds=20).apgr == pytest.approx(0.5, abs=0.03)
     assert oracle_metrics(rows).apgr > 0.9
+
+
+def test_folds_are_averaged_not_pooled_so_one_folds_offset_cannot_reorder_another():
+    from routers.evaluate import mean_curve
+
+    rng = np.random.default_rng(2)
+    folds = []
+    for offset in (0.0, 5.0):  # the second fold's router scores everything 5 higher: irrelevant within a fold
+        strong = (rng.random(500) < 0.8).astype(float)
+        weak = (rng.random(500) < 0.6).astype(float)
+        folds.append((strong - weak + rng.normal(0, 0.8, 500) + offset, strong, weak))
+    per_fold = [curve(s, st, w) for s, st, w in folds]
+    mean = mean_curve(per_fold)
+    apgrs = [float(np.trapezoid(c.pgr, c.fraction)) for c in per_fold]
+    assert float(np.trapezoid(mean.pgr, mean.fraction)) == pytest.approx(np.mean(apgrs), abs=2e-3)
+    assert mean.fraction[0] == 0.0 and mean.fraction[-1] == 1.0 and mean.pgr[-1] == pytest.approx(1.0)
