@@ -4,8 +4,9 @@ any local directory or hub id of a BERT-family model works too.
 
 The head reads the mean-pooled, unit-normalised token states (how sentence encoders such as MiniLM were
 trained, rather than an untrained [CLS] pooler), and training is LP-FT (Kumar et al. 2022): first a
-linear probe on the cached sentence embeddings of every row (seconds, L2 chosen by grouped validation),
-then fine-tuning of the whole encoder from that head at a small learning rate. `finetune_rows` caps the
+linear probe on the cached sentence embeddings of every row (seconds, L2 chosen by grouped validation, one
+bias per group: routers/groups.py), then fine-tuning of the whole encoder from that head at a small learning
+rate, each row keeping its group's bias. `finetune_rows` caps the
 rows of the costly second step (a CPU budget); the probe always sees every row.
 """
 
@@ -21,7 +22,8 @@ from routers.base import RouterRuntime, TrainOptions, embed_rows
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
-from routers.linear_head import choose_l2, fit_logistic
+from routers.groups import GroupPrior
+from routers.linear_head import fit_head
 
 DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 1, "lr": 2e-5, "batch_size": 16,
                             "max_length": 256, "weight_decay": 0.01, "probe_l2": None, "finetune_rows": None}
@@ -57,6 +59,7 @@ class BertRouter(ClassifierRouter):
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         z = logits(self.model, self.tokenizer, prompts, max(self.runtime.batch_size, 16),
                    int(self.config["max_length"]), self.device, progress)
+        z = z + GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod
@@ -67,31 +70,26 @@ class BertRouter(ClassifierRouter):
         torch.manual_seed(options.seed)
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)
-        # 1. Linear probe on the sentence embeddings (the same pooling, from the shared cache).
+        # 1. Linear probe on the sentence embeddings (the same pooling, from the shared cache), group-robust.
         x = embed_rows(config["base"], data, runtime, options).astype(np.float64)
-        y = np.array([r.label for r in data], dtype=np.float64)
-        tried: dict[str, float] = {}
-        if config.get("probe_l2") is not None:
-            l2 = float(config["probe_l2"])
-        else:
-            l2, tried = choose_l2(x, y, [r.group for r in data], seed=options.seed)
-        w, b = fit_logistic(x, y, l2)
+        probe = fit_head(x, np.array([r.label for r in data], dtype=np.float64), [r.group for r in data],
+                         [r.prompt for r in data], config.get("probe_l2"), options.seed)
         with torch.no_grad():
-            model.head.weight.copy_(torch.from_numpy(w).float().unsqueeze(0))
-            model.head.bias.fill_(b)
-        # 2. Fine-tune everything from the probed head.
-        rows = list(data)
+            model.head.weight.copy_(torch.from_numpy(probe.w).float().unsqueeze(0))
+            model.head.bias.zero_()  # intercepts live in the group biases / prior
+        config["group_prior"] = probe.prior.to_config()
+        # 2. Fine-tune everything from the probed head, each row keeping its group's bias.
+        pick = np.arange(len(data))
         cap = config.get("finetune_rows")
-        if cap and len(rows) > int(cap):
-            pick = np.random.default_rng(options.seed).permutation(len(rows))[: int(cap)]
-            rows = [rows[i] for i in sorted(pick)]
+        if cap and len(data) > int(cap):
+            pick = np.sort(np.random.default_rng(options.seed).permutation(len(data))[: int(cap)])
         loss = None
         if int(config["epochs"]) > 0:
-            loss = fit(model, tokenizer, [r.prompt for r in rows], [r.label for r in rows],
+            loss = fit(model, tokenizer, [data[i].prompt for i in pick], [data[i].label for i in pick],
                        FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
                                   int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
-                       device, options.progress)
-        config["train"] = {"rows": len(data), "finetune_rows": len(rows), "data_hash": data_hash(data),
-                           "seed": options.seed, "probe_l2": l2, "probe_validation_apgr": tried,
+                       device, options.progress, offsets=probe.row_bias[pick].tolist())
+        config["train"] = {"rows": len(data), "finetune_rows": len(pick), "data_hash": data_hash(data),
+                           "seed": options.seed, "probe_l2": probe.l2, "probe_validation_apgr": probe.tried,
                            "final_loss": loss, "device": device}
         return cls(config, runtime, model.eval(), tokenizer)

@@ -3,8 +3,9 @@ hidden state of the prompt's last token. Offline base: SmolLM2-135M-Instruct as 
 package (transformers loads it with `gguf`); a hub id or local directory of any causal LM works too.
 
 `train_layers` = 0 (the default, for CPUs) trains the head on a frozen base: the base's features are computed
-once and the head fits on them in seconds. `train_layers` = k also fine-tunes the top k decoder layers (for a
-GPU). Only the trained parameters are saved: the head alone is a few kilobytes.
+once and the head (a group-robust logistic regression, routers/linear_head.py) fits on them in seconds.
+`train_layers` = k then also fine-tunes the top k decoder layers from that head (LP-FT; for a GPU). Only the
+trained parameters are saved: the head alone is a few kilobytes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache, resolve_device
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
-from routers.linear_head import choose_l2, fit_logistic
+from routers.groups import GroupPrior
+from routers.linear_head import fit_head
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # epochs/lr/weight_decay apply when train_layers > 0; the frozen-base head is a logistic regression whose L2
@@ -119,11 +121,10 @@ class CausalLLMRouter(ClassifierRouter):
             feats = _features(self.model, self.tokenizer, prompts, self.config, self.device,
                               self.runtime.cache_dir, report)
             z = (feats @ self.model.score.weight.detach().cpu().T).squeeze(-1).double().numpy()
-            z = z + float(self.config.get("head_bias", 0.0))
         else:
             z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
                        int(self.config["max_length"]), self.device, progress)
-            z = z + float(self.config.get("head_bias", 0.0))
+        z = z + GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod
@@ -135,37 +136,39 @@ class CausalLLMRouter(ClassifierRouter):
         device = resolve_device(runtime.device)
         model, tokenizer = _build(config, device)
         texts, labels = [r.prompt for r in data], [r.label for r in data]
-        if int(config["train_layers"]) == 0:
-            feats = _features(model, tokenizer, texts, config, device, runtime.cache_dir, options.progress)
-            fitted = _fit_head(model.score, feats, data, config, options)
-        else:
-            loss = fit(model, tokenizer, texts, labels,
-                       FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
-                                  int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
-                       device, options.progress)
-            fitted = {"final_loss": loss}
+        # LP-FT: the head is first fitted on the frozen base's (cached) states; with train_layers > 0 the top
+        # layers then fine-tune from it, each row keeping its group's bias.
+        feats = _features(model, tokenizer, texts, config, device, runtime.cache_dir, options.progress)
+        fitted, row_offsets = _fit_head(model.score, feats, data, config, options)
+        if int(config["train_layers"]) > 0:
+            fitted["final_loss"] = fit(
+                model, tokenizer, texts, labels,
+                FitOptions(int(config["epochs"]), float(config["lr"]), int(config["batch_size"]),
+                           int(config["max_length"]), float(config["weight_decay"]), seed=options.seed),
+                device, options.progress, offsets=row_offsets.tolist())
         config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
                            "device": device, **fitted}
         return cls(config, runtime, model.eval(), tokenizer)
 
 
 def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[str, Any],
-              options: TrainOptions) -> dict[str, Any]:
-    """A logistic head on the standardised features, its L2 strength chosen by grouped validation; the
-    standardisation is folded into the head's weights and the intercept kept in the config (the model's
-    score layer has no bias)."""
+              options: TrainOptions) -> tuple[dict[str, Any], np.ndarray]:
+    """A logistic head on the standardised features, group-robust, its L2 strength chosen by grouped
+    validation (routers/linear_head.py). The standardisation is folded into the head's weights; the
+    intercept and length prior live in the config (the model's score layer has no bias)."""
     import torch
 
     x = feats.double().numpy()
     mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    y = np.array([r.label for r in data], dtype=np.float64)
-    groups = [r.group for r in data]
-    l2, tried = (float(config["l2"]), {}) if config.get("l2") is not None else choose_l2(z, y, groups)
+    prompts = [r.prompt for r in data]
+    fitted = fit_head((x - mean) / std, np.array([r.label for r in data], dtype=np.float64),
+                      [r.group for r in data], prompts, config.get("l2"), options.seed)
     if options.progress:
         options.progress("train", 1, 1)
-    w, b = fit_logistic(z, y, l2)
-    with torch.no_grad():  # logit = w . (h - mean) / std + b = (w / std) . h + (b - w . mean / std)
-        head.weight.copy_(torch.from_numpy(w / std).float().unsqueeze(0).to(head.weight.device))
-    config["head_bias"] = float(b - (w / std) @ mean)
-    return {"l2": l2, "l2_validation_apgr": tried}
+    w = fitted.w / std  # logit = w . (h - mean) / std + prior = (w / std) . h - (w / std) . mean + prior
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w).float().unsqueeze(0).to(head.weight.device))
+    prior = fitted.prior
+    shift = float(w @ mean)
+    config["group_prior"] = GroupPrior(prior.intercept - shift, prior.slope, prior.groups).to_config()
+    return {"l2": fitted.l2, "l2_validation_apgr": fitted.tried}, fitted.row_bias - shift

@@ -46,8 +46,9 @@ def logits(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int, ma
 
 
 def fit(model: Any, tokenizer: Any, texts: Sequence[str], labels: Sequence[float], opts: FitOptions, device: str,
-        progress: Callable[[str, int, int], None] | None = None) -> float:
-    """Train the parameters of `model` that require grad; returns the last epoch's mean loss."""
+        progress: Callable[[str, int, int], None] | None = None, offsets: Sequence[float] | None = None) -> float:
+    """Train the parameters of `model` that require grad; returns the last epoch's mean loss. `offsets` are
+    fixed per-row additions to the logit (group biases, routers/groups.py)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -57,6 +58,7 @@ def fit(model: Any, tokenizer: Any, texts: Sequence[str], labels: Sequence[float
     schedule = get_linear_schedule_with_warmup(optimizer, int(opts.warmup * steps), max(steps, 1))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     y = torch.tensor(labels, dtype=torch.float32)
+    shift = torch.tensor(offsets if offsets is not None else [0.0] * len(texts), dtype=torch.float32)
     gen = torch.Generator().manual_seed(opts.seed)
     step, mean = 0, 0.0
     model.train()
@@ -65,7 +67,8 @@ def fit(model: Any, tokenizer: Any, texts: Sequence[str], labels: Sequence[float
         for idx in torch.randperm(len(texts), generator=gen).split(opts.batch_size):
             enc = tokenizer([texts[i] for i in idx.tolist()], padding=True, truncation=True,
                             max_length=opts.max_length, return_tensors="pt").to(device)
-            loss = loss_fn(model(**enc).logits.squeeze(-1).float(), y[idx].to(device))
+            logit = model(**enc).logits.squeeze(-1).float() + shift[idx].to(device)
+            loss = loss_fn(logit, y[idx].to(device))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

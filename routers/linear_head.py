@@ -2,7 +2,8 @@
 
 Used where a router reads frozen features (causal_llm's SmolLM2 states) and as the linear-probe start of
 bert's fine-tuning (LP-FT, Kumar et al. 2022: a probed head keeps the pretrained features intact early in
-fine-tuning, which helps out of distribution).
+fine-tuning, which helps out of distribution). The head is fitted with one bias per group and a
+`GroupPrior` for unseen groups (see routers/groups.py).
 
 The L2 strength is picked by held-out routing quality (APGR from the labels), with whole groups (benchmark,
 subject) held out when the rows carry several: a router must rank prompts of subjects it never saw, and
@@ -12,30 +13,63 @@ within-group validation would reward memorising each subject's base rate instead
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from routers.groups import MIN_GROUPS, GroupPrior, group_ids
+
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-MIN_GROUPS = 4  # fewer distinct groups than this: validate on random folds instead
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 200) -> tuple[np.ndarray, float]:
-    """Minimise mean BCE(sigmoid(x w + b), y) + l2 |w|^2 (soft labels allowed); returns (w, b)."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, ids: np.ndarray | None = None,
+                 max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise mean BCE(sigmoid(x w + b[ids]), y) + l2 |w|^2 (soft labels allowed); returns (w, b).
+    `ids` gives each row's bias (fixed effects, unpenalised); None: one bias for all rows."""
     import torch
 
     xt, yt = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.float32))
+    it = torch.zeros(len(y), dtype=torch.long) if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64))
     w = torch.zeros(xt.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
+    b = torch.zeros(int(it.max()) + 1 if len(it) else 1, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b[it], yt) + l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return w.detach().numpy().astype(np.float64), float(b.detach())
+    return w.detach().numpy().astype(np.float64), b.detach().numpy().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Head:
+    """logit(prompt) = features . w + prior.offsets(prompt)."""
+
+    w: np.ndarray
+    prior: GroupPrior
+    l2: float
+    row_bias: np.ndarray  # each training row's own group bias (what fine-tuning continues from)
+    tried: dict[str, float] = field(default_factory=dict)  # held-out APGR of each L2 tried
+
+
+def _fit_head(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequence[str], l2: float
+              ) -> tuple[np.ndarray, GroupPrior, np.ndarray]:
+    _, ids = group_ids(groups)
+    w, b = fit_logistic(x, y, l2, ids)
+    return w, GroupPrior.fit(b, ids, prompts), b[ids]
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequence[str],
+             l2: float | None = None, seed: int = 0) -> Head:
+    """The head on all rows; `l2` None: chosen by `choose_l2` first."""
+    tried: dict[str, float] = {}
+    if l2 is None:
+        l2, tried = choose_l2(x, y, groups, prompts, seed=seed)
+    w, prior, row_bias = _fit_head(x, y, groups, prompts, l2)
+    return Head(w, prior, float(l2), row_bias, tried)
 
 
 def label_apgr(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -60,9 +94,10 @@ def validation_folds(groups: Sequence[str], k: int = 5, seed: int = 0) -> list[n
     return [np.nonzero(assign == i)[0] for i in range(min(k, len(set(assign.tolist()))))]
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], grid: Sequence[float] = L2_GRID,
-              seed: int = 0) -> tuple[float, dict[str, float]]:
-    """The grid value with the best mean held-out APGR over the folds (and every value's score)."""
+def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequence[str],
+              grid: Sequence[float] = L2_GRID, seed: int = 0) -> tuple[float, dict[str, float]]:
+    """The grid value with the best mean held-out APGR over the folds (and every value's score). A held-out
+    group is scored as an unseen one would be: through the prior, not a bias of its own."""
     folds = validation_folds(groups, seed=seed)
     if len(folds) < 2:
         return float(grid[len(grid) // 2]), {}
@@ -72,9 +107,10 @@ def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], grid: Sequenc
         for held in folds:
             train = np.ones(len(y), dtype=bool)
             train[held] = False
-            w, b = fit_logistic(x[train], y[train], l2)
+            rows = np.nonzero(train)[0]
+            w, prior, _ = _fit_head(x[rows], y[rows], [groups[i] for i in rows], [prompts[i] for i in rows], l2)
             if len(set(y[held].tolist())) > 1:
-                per_fold.append(label_apgr(x[held] @ w + b, y[held]))
+                per_fold.append(label_apgr(x[held] @ w + prior.offsets([prompts[i] for i in held]), y[held]))
         found[f"{l2:g}"] = float(np.mean(per_fold)) if per_fold else 0.0
     best = max(grid, key=lambda v: found[f"{v:g}"])
     return float(best), found

@@ -3,6 +3,9 @@
 Each model has a learned vector v_m; a prompt's embedding e(q) is projected to the same space; the
 model's score is s(m, q) = w . (v_m/|v_m| * W e(q)) and P(strong beats weak | q) = sigmoid(s(strong, q) -
 s(weak, q) + b). Trained with binary cross-entropy on preference labels (ties as 0.5).
+
+Group-robust (routers/groups.py): trained with one free bias per group of rows, so the factorisation learns
+what separates prompts within a group; unseen prompts get the group prior learned from those biases.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
+from routers.groups import GroupPrior, group_ids
 
 DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "dim": 128, "epochs": 20, "lr": 3e-3,
                             "weight_decay": 1e-4, "batch_size": 256}
@@ -65,8 +69,9 @@ class MFRouter(Router):
 
         emb = self.embedder.embed(prompts, progress=progress)
         with torch.inference_mode():
-            logits = self.module(torch.from_numpy(emb))
-        return torch.sigmoid(logits).double().numpy()
+            logits = self.module(torch.from_numpy(emb)).double().numpy()
+        logits += GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
+        return 1.0 / (1.0 + np.exp(-logits))
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> MFRouter:
@@ -78,8 +83,11 @@ class MFRouter(Router):
         config["text_dim"] = int(x.shape[1])
         torch.manual_seed(options.seed)
         module = _module(config["text_dim"], int(config["dim"]))
-        opt = torch.optim.AdamW(module.parameters(), lr=float(config["lr"]),
-                                weight_decay=float(config["weight_decay"]))
+        names, ids = group_ids([r.group for r in data])
+        gid = torch.from_numpy(ids)
+        group_bias = torch.nn.Parameter(torch.zeros(len(names)))
+        opt = torch.optim.AdamW([{"params": module.parameters()}, {"params": [group_bias], "weight_decay": 0.0}],
+                                lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
         loss_fn = torch.nn.BCEWithLogitsLoss()
         gen = torch.Generator().manual_seed(options.seed)
         epochs, bs = int(config["epochs"]), int(config["batch_size"])
@@ -87,12 +95,14 @@ class MFRouter(Router):
         for epoch in range(epochs):
             for idx in torch.randperm(len(y), generator=gen).split(bs):
                 opt.zero_grad()
-                loss = loss_fn(module(x[idx]), y[idx])
+                loss = loss_fn(module(x[idx]) + group_bias[gid[idx]], y[idx])
                 loss.backward()
                 opt.step()
             if options.progress:
                 options.progress("train", epoch + 1, epochs)
         module.eval()
+        config["group_prior"] = GroupPrior.fit(group_bias.detach().double().numpy(), ids,
+                                               [r.prompt for r in data]).to_config()
         config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
                            "final_loss": float(loss.detach())}
         return cls(config, runtime, module)

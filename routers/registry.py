@@ -32,7 +32,7 @@ class LoadedRouter:
 
     @property
     def label(self) -> str:
-        """What items record: `mf@a0f1ea86e630`."""
+        """What items record: `mf@cd63313ce1f1`."""
         return f"{self.name}@{self.version}"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
+from routers.groups import GroupPrior, group_ids
 
 DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "gamma": 10.0, "chunk": 512}
 EPS = 1e-4
@@ -43,6 +44,7 @@ class SWRankingRouter(Router):
         return cls(config, runtime, tensors["embeddings"].float().numpy(), tensors["labels"].numpy())
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        prior = GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
         queries = self.embedder.embed(prompts, progress=progress)
         gamma, chunk = float(self.config["gamma"]), int(self.config["chunk"])
         out = np.empty(len(prompts), dtype=np.float64)
@@ -53,12 +55,17 @@ class SWRankingRouter(Router):
             logw = (1.0 + sims / top) * np.log(gamma)
             w = np.exp(logw - logw.max(axis=1, keepdims=True))
             out[start : start + chunk] = (w @ self.labels) / w.sum(axis=1)
-        return np.clip(out, EPS, 1 - EPS)
+        return np.clip(out + prior, EPS, 1 - EPS)
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> SWRankingRouter:
         config = options.config(DEFAULTS)
         embeddings = embed_rows(config["encoder"], data, runtime, options)
-        labels = np.array([r.label for r in data], dtype=np.float32)
+        labels = np.array([r.label for r in data], dtype=np.float64)
+        # Stored relative to each group's mean; the prior adds the between-group part back.
+        names, ids = group_ids([r.group for r in data])
+        means = np.bincount(ids, weights=labels, minlength=len(names)) / np.bincount(ids, minlength=len(names))
+        config["group_prior"] = GroupPrior.fit(means, ids, [r.prompt for r in data]).to_config()
+        labels = (labels - means[ids]).astype(np.float32)
         config["train"] = {"rows": len(data), "data_hash": data_hash(data)}
         return cls(config, runtime, embeddings, labels)

@@ -11,7 +11,8 @@ def test_fit_logistic_recovers_the_direction_that_separates_the_labels():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 5))
     y = (1 / (1 + np.exp(-(2 * x[:, 1] - x[:, 3]))) > rng.random(2000)).astype(float)
-    w, _ = fit_logistic(x, y, l2=1e-4)
+    w, b = fit_logistic(x, y, l2=1e-4)
+    assert b.shape == (1,)
     assert np.argmax(w) == 1 and np.argmin(w) == 3 and abs(w[0]) < 0.3
     strong, _ = fit_logistic(x, y, l2=1.0)
     assert np.linalg.norm(strong) < 0.5 * np.linalg.norm(w)  # the penalty shrinks
@@ -39,5 +40,5 @@ def test_choose_l2_prefers_more_penalty_when_the_features_are_noise_beyond_one()
     rng = np.random.default_rng(1)
     x = np.hstack([rng.normal(size=(600, 1)), rng.normal(size=(600, 300))])
     y = (x[:, 0] + rng.normal(0, 1.0, 600) > 0).astype(float)
-    best, tried = choose_l2(x, y, [f"g{i % 10}" for i in range(600)], grid=(1e-5, 1e-1))
+    best, tried = choose_l2(x, y, [f"g{i % 10}" for i in range(600)], ["p"] * 600, grid=(1e-5, 1e-1))
     assert set(tried) == {"1e-05", "0.1"} and best == 0.1 and tried["0.1"] > tried["1e-05"]

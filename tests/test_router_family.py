@@ -13,6 +13,7 @@ from routers.causal_llm import SMOLLM2, resolve_base
 from routers.data import Preference, outcome_to_preference, read_arena_battles
 from routers.evaluate import metrics, random_metrics
 from routers.finetune import logits
+from routers.groups import GroupPrior
 from routers.registry import ROUTERS, load_router, train_router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def test_bert_starts_fine_tuning_from_a_linear_probe_on_the_same_sentence_embedd
     # With no fine-tuning the model is exactly the probe: its pooled states are the cached sentence embeddings.
     emb = embedder_for(router.config["base"], runtime).embed([p.prompt for p in small])
     w, b = fit_logistic(emb.astype(np.float64), np.array([p.label for p in small]), 1e-3)
-    np.testing.assert_allclose(router.win_rate([p.prompt for p in small]), 1 / (1 + np.exp(-(emb @ w + b))),
+    np.testing.assert_allclose(router.win_rate([p.prompt for p in small]), 1 / (1 + np.exp(-(emb @ w + b[0]))),
                                atol=2e-3)
 
 
@@ -100,7 +101,7 @@ def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, t
     assert auc(scores, labels) > 0.75
     # Scoring from cached features is the model's own forward pass (classification head on the last token).
     full = logits(router.model, router.tokenizer, [p.prompt for p in small[:8]], 4, 128, "cpu")
-    full += router.config["head_bias"]
+    full += GroupPrior.from_config(router.config["group_prior"]).offsets([p.prompt for p in small[:8]])
     np.testing.assert_allclose(scores[:8], 1 / (1 + np.exp(-full)), rtol=1e-3)
     router.save(tmp_path / "llm")
     assert (tmp_path / "llm" / "model.safetensors").stat().st_size < 100_000  # the head, not the base
