@@ -557,6 +557,9 @@ def router_train(
     out: Annotated[Path, typer.Option("--out", help="Directory to write config.json + model.safetensors.")],
     router: Annotated[str, typer.Option("--router", help="Registry name.")] = "mf",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (router default when left out).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="A router setting as key=value (JSON values), e.g. gamma=100, l2=0.01, "
+                        "finetune_rows=2000, train_layers=2; repeat for more.")] = None,
     seed: int = 0,
 ) -> None:
     """Train a router on preference data and save it."""
@@ -567,6 +570,7 @@ def router_train(
 
     settings = _settings()
     with _user_errors():
+        params = _parse_params(param or [])
         rows = load_preferences(data)
         console.print(f"{len(rows)} preference rows")
         with _bars() as bars:
@@ -578,9 +582,23 @@ def router_train(
                 bars.update(tasks[stage], completed=done)
 
             trained = train_router(router, rows, router_runtime(settings),
-                                   TrainOptions(seed=seed, epochs=epochs, progress=report))
+                                   TrainOptions(seed=seed, epochs=epochs, params=params, progress=report))
         version = trained.save(out)
     console.print(f"saved {router} router version {version} to {out}")
+
+
+def _parse_params(items: list[str]) -> dict[str, object]:
+    """`key=value` pairs; a value is read as JSON (numbers, true/false, null) and otherwise kept as text."""
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: expected key=value, e.g. gamma=100")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
 
 
 @router_app.command("eval")

@@ -36,7 +36,10 @@ class TrainOptions:
     progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
 
     def config(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        """The router's defaults, overridden by `params` and `epochs`."""
+        """The router's defaults, overridden by `params` and `epochs`; a setting the router lacks is an error."""
+        unknown = sorted(set(self.params) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown router setting(s) {unknown}; this router takes {sorted(defaults)}")
         config = {**defaults, **self.params}
         if self.epochs is not None:
             config["epochs"] = self.epochs

@@ -122,3 +122,24 @@ def test_the_demo_runs_a_whole_routed_job_on_the_embedded_default(tmp_path):
         assert sum(r.tier == "strong" for r in rows) == 9
         assert {r.router_version for r in rows} == {f"mf@{version_of(PRETRAINED_DIR / 'mf')}"}
         assert all(r.cost_usd > 0 for r in rows)
+
+
+def test_router_train_takes_settings_and_names_a_bad_or_unknown_one(tmp_path, embedding_cache):
+    data = tmp_path / "outcomes.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i * 7}?", "strong": i % 2,
+                                        "weak": 0}) + "\n" for i in range(12)))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(embedding_cache, target_is_directory=True)
+    env = cli_env(home)
+    routeyard("router", "train", "--router", "sw_ranking", "--data", str(data), "--out", str(tmp_path / "sw"),
+              "--param", "gamma=100", "--param", "chunk=64", env=env)
+    config = json.loads((tmp_path / "sw" / "config.json").read_text())
+    assert config["gamma"] == 100 and config["chunk"] == 64
+    bad = routeyard("router", "train", "--router", "sw_ranking", "--data", str(data), "--out", str(tmp_path / "x"),
+                    "--param", "gama=100", env=env, check=False)
+    assert bad.returncode == 2 and "gama" in bad.stderr and "gamma" in bad.stderr
+    malformed = routeyard("router", "train", "--router", "mf", "--data", str(data), "--out", str(tmp_path / "y"),
+                          "--param", "dim", env=env, check=False)
+    assert malformed.returncode == 2 and "'dim'" in malformed.stderr and "key=value" in malformed.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
