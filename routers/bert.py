@@ -22,7 +22,7 @@ from routers.base import RouterRuntime, TrainOptions, embed_rows
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
-from routers.groups import GroupPrior
+from routers.groups import win_probability
 from routers.linear_head import fit_head
 
 DEFAULTS: dict[str, Any] = {"base": DEFAULT_ENCODER, "epochs": 1, "lr": 2e-5, "batch_size": 16,
@@ -59,8 +59,7 @@ class BertRouter(ClassifierRouter):
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         z = logits(self.model, self.tokenizer, prompts, max(self.runtime.batch_size, 16),
                    int(self.config["max_length"]), self.device, progress)
-        z = z + GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
-        return 1.0 / (1.0 + np.exp(-z))
+        return win_probability(z, prompts, self.config)
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> BertRouter:

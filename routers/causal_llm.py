@@ -22,7 +22,7 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache, resolve_device
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
-from routers.groups import GroupPrior
+from routers.groups import GroupPrior, win_probability
 from routers.linear_head import fit_head
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -124,8 +124,7 @@ class CausalLLMRouter(ClassifierRouter):
         else:
             z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
                        int(self.config["max_length"]), self.device, progress)
-        z = z + GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
-        return 1.0 / (1.0 + np.exp(-z))
+        return win_probability(z, prompts, self.config)
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> CausalLLMRouter:

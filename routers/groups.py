@@ -69,3 +69,9 @@ class GroupPrior:
     @classmethod
     def from_config(cls, config: dict | None) -> GroupPrior:
         return cls(**config) if config else cls(0.0)
+
+
+def win_probability(logits: np.ndarray, prompts: Sequence[str], config: dict) -> np.ndarray:
+    """sigmoid(prompt-model logit + the saved group prior's offset): the score of a logit-based router."""
+    z = np.asarray(logits, dtype=np.float64) + GroupPrior.from_config(config.get("group_prior")).offsets(prompts)
+    return 1.0 / (1.0 + np.exp(-z))

@@ -18,7 +18,7 @@ import numpy as np
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
-from routers.groups import GroupPrior, group_ids
+from routers.groups import GroupPrior, group_ids, win_probability
 
 DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "dim": 128, "epochs": 20, "lr": 3e-3,
                             "weight_decay": 1e-4, "batch_size": 256}
@@ -70,8 +70,7 @@ class MFRouter(Router):
         emb = self.embedder.embed(prompts, progress=progress)
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(emb)).double().numpy()
-        logits += GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return win_probability(logits, prompts, self.config)
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> MFRouter:
