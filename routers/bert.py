@@ -20,7 +20,7 @@ import numpy as np
 
 from routers.base import RouterRuntime, TrainOptions, embed_rows
 from routers.data import Preference, data_hash
-from routers.embeddings import DEFAULT_ENCODER, resolve_device, resolve_encoder_path
+from routers.embeddings import DEFAULT_ENCODER, resolve_encoder_path
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 from routers.groups import win_probability
 from routers.linear_head import fit_head
@@ -65,10 +65,7 @@ class BertRouter(ClassifierRouter):
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> BertRouter:
         import torch
 
-        config = options.config(DEFAULTS)
-        torch.manual_seed(options.seed)
-        device = resolve_device(runtime.device)
-        model, tokenizer = _build(config, device)
+        config, device, model, tokenizer = cls.start_training(options, runtime, DEFAULTS)
         # 1. Linear probe on the sentence embeddings (the same pooling, from the shared cache), group-robust.
         x = embed_rows(config["base"], data, runtime, options).astype(np.float64)
         probe = fit_head(x, np.array([r.label for r in data], dtype=np.float64), [r.group for r in data],

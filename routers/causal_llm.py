@@ -20,7 +20,7 @@ import numpy as np
 
 from routers.base import RouterRuntime, TrainOptions
 from routers.data import Preference, data_hash
-from routers.embeddings import EmbeddingCache, resolve_device
+from routers.embeddings import EmbeddingCache
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 from routers.groups import GroupPrior, win_probability
 from routers.linear_head import fit_head
@@ -128,12 +128,8 @@ class CausalLLMRouter(ClassifierRouter):
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> CausalLLMRouter:
-        import torch
 
-        config = options.config(DEFAULTS)
-        torch.manual_seed(options.seed)
-        device = resolve_device(runtime.device)
-        model, tokenizer = _build(config, device)
+        config, device, model, tokenizer = cls.start_training(options, runtime, DEFAULTS)
         texts, labels = [r.prompt for r in data], [r.label for r in data]
         # LP-FT: the head is first fitted on the frozen base's (cached) states; with train_layers > 0 the top
         # layers then fine-tune from it, each row keeping its group's bias.

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime
+from routers.base import Router, RouterRuntime, TrainOptions
 from routers.embeddings import resolve_device
 
 
@@ -111,6 +111,18 @@ class ClassifierRouter(Router):
 
     def tensors(self) -> dict[str, Any]:
         return trainable_state(self.model)
+
+    @classmethod
+    def start_training(cls, options: TrainOptions, runtime: RouterRuntime, defaults: dict[str, Any]
+                       ) -> tuple[dict[str, Any], str, Any, Any]:
+        """(config, device, model, tokenizer) for a seeded training run from the base model."""
+        import torch
+
+        config = options.config(defaults)
+        torch.manual_seed(options.seed)
+        device = resolve_device(runtime.device)
+        model, tokenizer = cls.build(config, device)
+        return config, device, model, tokenizer
 
     @classmethod
     def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime
