@@ -76,6 +76,7 @@ def main() -> None:
         pooled: dict[str, list[np.ndarray]] = {n: [] for n in names if n != "random"}
         train_s: dict[str, list[float]] = {n: [] for n in names}
         speed: dict[str, list[float]] = {n: [] for n in names}
+        chosen: dict[str, list[dict]] = {n: [] for n in names}  # what each fold's router picked by validation
         tests: list[Outcome] = []
         for k, (train, test) in enumerate(folds):
             tests += test
@@ -90,6 +91,7 @@ def main() -> None:
                 start = time.perf_counter()
                 router = train_router(name, prefs, runtime, opts)
                 train_s[name].append(time.perf_counter() - start)
+                chosen[name].append({k: router.config[k] for k in ("layer",) if k in router.config})
                 scores[name] = router.win_rate([o.prompt for o in test])
                 pooled[name].append(scores[name])
                 if k == 0:  # speed on prompts never seen (cold caches), as a new batch would be
@@ -97,7 +99,7 @@ def main() -> None:
                     start = time.perf_counter()
                     router.win_rate(fresh)
                     speed[name].append(len(fresh) / (time.perf_counter() - start))
-                print(f"{set_name} fold {k} {name}: trained {train_s[name][-1]:.0f}s", flush=True)
+                print(f"{set_name} fold {k} {name}: trained {train_s[name][-1]:.0f}s {chosen[name][-1]}", flush=True)
             _, curves = evaluate(scores, test)
             for name, c in curves.items():
                 fold_curves.setdefault(name, []).append(c)
@@ -115,6 +117,8 @@ def main() -> None:
             m["apgr_pooled"] = pooled_found[name].apgr
             m["train_s_median"] = statistics.median(train_s[name]) if train_s.get(name) else 0.0
             m["score_per_s_median"] = statistics.median(speed[name]) if speed.get(name) else None
+            if any(chosen.get(name, [])):
+                m["chosen_per_fold"] = chosen[name]
             per_router[name] = m
         table[set_name] = per_router
         plot_curves(mean_curves, strong, weak, args.out / f"router_quality_{set_name.replace('->', '_to_')}.png",

@@ -6,6 +6,12 @@ package (transformers loads it with `gguf`); a hub id or local directory of any 
 once and the head (a group-robust logistic regression, routers/linear_head.py) fits on them in seconds.
 `train_layers` = k then also fine-tunes the top k decoder layers from that head (LP-FT; for a GPU). Only the
 trained parameters are saved: the head alone is a few kilobytes.
+
+The classifier reads the base truncated to its first `layer` decoder layers (then the base's final norm).
+A small LM's last layers specialise in predicting the next token; what a prompt asks for is often clearer
+in the middle of the stack (Skean et al. 2025, "Layer by layer"). `layer` None (the default) picks the depth
+by grouped validation inside the training rows, among `LAYER_DEPTHS` of the stack, as the head's L2 is
+picked: one forward pass yields every candidate, and scoring then stops at the chosen layer.
 """
 
 from __future__ import annotations
@@ -23,13 +29,27 @@ from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 from routers.groups import GroupPrior, win_probability
-from routers.linear_head import fit_head
+from routers.linear_head import L2_GRID, choose_l2, fit_head
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # epochs/lr/weight_decay apply when train_layers > 0; the frozen-base head is a logistic regression whose L2
-# strength (`l2`, None: chosen by grouped validation) is its only knob.
-DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "train_layers": 0, "l2": None, "epochs": 2, "lr": 2e-5,
-                            "batch_size": 8, "max_length": 256, "weight_decay": 0.01}
+# strength (`l2`) and depth (`layer`) are chosen by grouped validation when None.
+DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "layer": None, "train_layers": 0, "l2": None, "epochs": 2,
+                            "lr": 2e-5, "batch_size": 8, "max_length": 256, "weight_decay": 0.01}
+LAYER_DEPTHS = (0.5, 2 / 3, 5 / 6, 1.0)  # candidate depths, as shares of the base's decoder layers
+
+
+def candidate_layers(depth: int) -> list[int]:
+    return sorted({max(1, round(f * depth)) for f in LAYER_DEPTHS})
+
+
+def truncate(model: Any, layer: int) -> None:
+    """Keep the first `layer` decoder layers (the final norm and head then read layer `layer`'s output)."""
+    body = model.model
+    if not 1 <= layer <= len(body.layers):
+        raise ValueError(f"layer must be in 1..{len(body.layers)} for this base, got {layer}")
+    body.layers = body.layers[:layer]
+    model.config.num_hidden_layers = layer
 
 
 def resolve_base(base: str) -> tuple[str, str | None]:
@@ -60,47 +80,80 @@ def _build(config: dict[str, Any], device: str) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, torch_dtype=torch.float32,
+    model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype=torch.float32,
                                                                **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.get("layer") is not None:
+        truncate(model, int(config["layer"]))
+    _set_trainable(model, int(config.get("train_layers", 0)))
+    return model.to(device), tokenizer
+
+
+def _set_trainable(model: Any, k: int) -> None:
+    """The head, and with k > 0 the top k decoder layers and the final norm."""
     model.requires_grad_(False)
-    head = model.score
-    head.requires_grad_(True)
-    k = int(config.get("train_layers", 0))
+    model.score.requires_grad_(True)
     if k:
         for layer in model.model.layers[-k:]:
             layer.requires_grad_(True)
         model.model.norm.requires_grad_(True)
-    return model.to(device), tokenizer
+
+
+class _Enough(Exception):
+    """Raised by the deepest hook: the layers above it are not needed."""
 
 
 def _features(model: Any, tokenizer: Any, texts: Sequence[str], config: dict[str, Any], device: str,
-              cache_dir: Path | None, progress: Callable[[str, int, int], None] | None) -> Any:
-    """The frozen base's hidden state at each prompt's last token (what the head reads), cached on disk like
-    embeddings: retraining on mostly the same prompts (folds, nightly runs) costs only the new ones."""
+              cache_dir: Path | None, progress: Callable[[str, int, int], None] | None,
+              layers: Sequence[int] | None = None) -> dict[int, Any]:
+    """layer -> the frozen base's normed state at each prompt's last token after that layer (what the head
+    reads), for each of `layers` (None: the model's own depth). Cached on disk like embeddings: retraining on
+    mostly the same prompts (folds, nightly runs) costs only the new ones."""
     import torch
 
+    body = model.model
+    layers = sorted(set(layers or [len(body.layers)]))
     batch_size, max_length = int(config["batch_size"]), int(config["max_length"])
     cache = EmbeddingCache(cache_dir / "llm_features.sqlite") if cache_dir else None
-    keys = [hashlib.sha256(f"{config['base']}\x00{max_length}\x00{t}".encode()).digest() for t in texts]
-    found = cache.get_many(keys) if cache else {}
-    todo = [i for i, k in enumerate(keys) if k not in found]
+    keys = {layer: [hashlib.sha256(f"{config['base']}\x00{max_length}\x00{layer}\x00{t}".encode()).digest()
+                    for t in texts] for layer in layers}
+    found = cache.get_many([k for ks in keys.values() for k in ks]) if cache else {}
+    todo = [i for i in range(len(texts)) if any(keys[layer][i] not in found for layer in layers)]
     order = sorted(todo, key=lambda i: len(texts[i]))
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt").to(device)
-            hidden = model.model(**enc).last_hidden_state
-            last = enc["attention_mask"].sum(dim=1) - 1
-            rows = hidden[torch.arange(len(idx)), last].float().cpu().numpy()
-            batch = {keys[i]: row for i, row in zip(idx, rows, strict=True)}
-            found.update(batch)
-            if cache:
-                cache.put_many(batch)
-            if progress:
-                progress("features", min(start + batch_size, len(order)), len(order))
-    return torch.from_numpy(np.stack([found[k] for k in keys]))
+    captured: dict[int, Any] = {}
+
+    def hook(layer: int) -> Callable[..., None]:
+        def keep(_module: Any, _args: Any, output: Any) -> None:
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == layers[-1]:
+                raise _Enough
+        return keep
+
+    handles = [body.layers[layer - 1].register_forward_hook(hook(layer)) for layer in layers]
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                                return_tensors="pt").to(device)
+                try:
+                    body(**enc)
+                except _Enough:
+                    pass
+                last = enc["attention_mask"].sum(dim=1) - 1
+                batch = {}
+                for layer in layers:
+                    rows = body.norm(captured[layer][torch.arange(len(idx)), last]).float().cpu().numpy()
+                    batch.update({keys[layer][i]: row for i, row in zip(idx, rows, strict=True)})
+                found.update(batch)
+                if cache:
+                    cache.put_many(batch)
+                if progress:
+                    progress("features", min(start + batch_size, len(order)), len(order))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: torch.from_numpy(np.stack([found[k] for k in keys[layer]])) for layer in layers}
 
 
 class CausalLLMRouter(ClassifierRouter):
@@ -118,8 +171,8 @@ class CausalLLMRouter(ClassifierRouter):
                     progress(n - done)
                 done = n
 
-            feats = _features(self.model, self.tokenizer, prompts, self.config, self.device,
-                              self.runtime.cache_dir, report)
+            feats = next(iter(_features(self.model, self.tokenizer, prompts, self.config, self.device,
+                                        self.runtime.cache_dir, report).values()))
             z = (feats @ self.model.score.weight.detach().cpu().T).squeeze(-1).double().numpy()
         else:
             z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
@@ -133,8 +186,16 @@ class CausalLLMRouter(ClassifierRouter):
         texts, labels = [r.prompt for r in data], [r.label for r in data]
         # LP-FT: the head is first fitted on the frozen base's (cached) states; with train_layers > 0 the top
         # layers then fine-tune from it, each row keeping its group's bias.
-        feats = _features(model, tokenizer, texts, config, device, runtime.cache_dir, options.progress)
-        fitted, row_offsets = _fit_head(model.score, feats, data, config, options)
+        depth = len(model.model.layers)
+        tried = candidate_layers(depth) if config["layer"] is None else [depth]
+        by_layer = _features(model, tokenizer, texts, config, device, runtime.cache_dir, options.progress, tried)
+        layer, l2, layer_scores = choose_layer(by_layer, data, config, options)
+        if config["layer"] is None:
+            config["layer"] = layer
+            truncate(model, layer)
+            _set_trainable(model, int(config["train_layers"]))
+        fitted, row_offsets = _fit_head(model.score, by_layer[layer], data, config, l2, options)
+        fitted["layer_validation_apgr"] = layer_scores
         if int(config["train_layers"]) > 0:
             fitted["final_loss"] = fit(
                 model, tokenizer, texts, labels,
@@ -146,18 +207,43 @@ class CausalLLMRouter(ClassifierRouter):
         return cls(config, runtime, model.eval(), tokenizer)
 
 
-def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[str, Any],
+def choose_layer(by_layer: dict[int, Any], data: Sequence[Preference], config: dict[str, Any],
+                  options: TrainOptions) -> tuple[int, float | None, dict[str, float]]:
+    """(layer, its L2, every layer's score): the layer whose features give the best held-out APGR at their
+    best L2, by grouped validation. Too few rows to validate: the deepest layer, the L2 left to the head."""
+    deepest = max(by_layer)
+    if len(by_layer) == 1:
+        return deepest, config.get("l2"), {}
+    y = np.array([r.label for r in data], dtype=np.float64)
+    groups, prompts = [r.group for r in data], [r.prompt for r in data]
+    grid = L2_GRID if config.get("l2") is None else (float(config["l2"]),)
+    found: dict[int, tuple[float, float]] = {}
+    for layer, feats in by_layer.items():
+        l2, tried = choose_l2(_standardise(feats.double().numpy())[0], y, groups, prompts, grid, options.seed)
+        if tried:
+            found[layer] = (tried[f"{l2:g}"], l2)
+    if not found:
+        return deepest, config.get("l2"), {}
+    best = max(found, key=lambda layer: (found[layer][0], layer))  # a tie goes deeper
+    return best, found[best][1], {str(layer): score for layer, (score, _) in found.items()}
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    return (x - mean) / std, mean, std
+
+
+def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[str, Any], l2: float | None,
               options: TrainOptions) -> tuple[dict[str, Any], np.ndarray]:
     """A logistic head on the standardised features, group-robust, its L2 strength chosen by grouped
     validation (routers/linear_head.py). The standardisation is folded into the head's weights; the
     intercept and length prior live in the config (the model's score layer has no bias)."""
     import torch
 
-    x = feats.double().numpy()
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, mean, std = _standardise(feats.double().numpy())
     prompts = [r.prompt for r in data]
-    fitted = fit_head((x - mean) / std, np.array([r.label for r in data], dtype=np.float64),
-                      [r.group for r in data], prompts, config.get("l2"), options.seed)
+    fitted = fit_head(x, np.array([r.label for r in data], dtype=np.float64),
+                      [r.group for r in data], prompts, l2, options.seed)
     if options.progress:
         options.progress("train", 1, 1)
     w = fitted.w / std  # logit = w . (h - mean) / std + prior = (w / std) . h - (w / std) . mean + prior

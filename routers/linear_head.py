@@ -103,14 +103,18 @@ def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequ
         return float(grid[len(grid) // 2]), {}
     found: dict[str, float] = {}
     for l2 in grid:
-        per_fold = []
+        per_fold, spans = [], []
         for held in folds:
             train = np.ones(len(y), dtype=bool)
             train[held] = False
             rows = np.nonzero(train)[0]
             w, prior, _ = _fit_head(x[rows], y[rows], [groups[i] for i in rows], [prompts[i] for i in rows], l2)
-            if len(set(y[held].tolist())) > 1:
+            span = float(np.mean(2 * y[held] - 1))  # strong minus weak quality on the held-out rows
+            if span > 0:
                 per_fold.append(label_apgr(x[held] @ w + prior.offsets([prompts[i] for i in held]), y[held]))
-        found[f"{l2:g}"] = float(np.mean(per_fold)) if per_fold else 0.0
+                spans.append(span)
+        # Weighted by span: PGR divides by it, so a fold where the two models nearly tie has a huge, noisy
+        # APGR (ratio of sums, not mean of ratios).
+        found[f"{l2:g}"] = float(np.average(per_fold, weights=spans)) if per_fold else 0.0
     best = max(grid, key=lambda v: found[f"{v:g}"])
     return float(best), found

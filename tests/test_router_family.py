@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from routers.base import RouterRuntime, TrainOptions
-from routers.causal_llm import SMOLLM2, resolve_base
+from routers.causal_llm import DEFAULTS as CAUSAL_DEFAULTS
+from routers.causal_llm import SMOLLM2, CausalLLMRouter, candidate_layers, choose_layer, resolve_base
 from routers.data import Preference, outcome_to_preference, read_arena_battles
 from routers.evaluate import metrics, random_metrics
 from routers.finetune import logits
@@ -99,14 +100,47 @@ def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, t
     router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128}))
     scores = router.win_rate([p.prompt for p in small])
     assert auc(scores, labels) > 0.75
-    # Scoring from cached features is the model's own forward pass (classification head on the last token).
+    # The depth was chosen among the candidates by validation, and the model now stops there.
+    layer = router.config["layer"]
+    assert layer in candidate_layers(30) and set(router.config["train"]["layer_validation_apgr"]) == {
+        str(n) for n in candidate_layers(30)}
+    assert len(router.model.model.layers) == layer
+    # Scoring from cached features is the truncated model's own forward pass (head on the last token).
     full = logits(router.model, router.tokenizer, [p.prompt for p in small[:8]], 4, 128, "cpu")
     full += GroupPrior.from_config(router.config["group_prior"]).offsets([p.prompt for p in small[:8]])
     np.testing.assert_allclose(scores[:8], 1 / (1 + np.exp(-full)), rtol=1e-3)
     router.save(tmp_path / "llm")
     assert (tmp_path / "llm" / "model.safetensors").stat().st_size < 100_000  # the head, not the base
     loaded = load_router(str(tmp_path / "llm"), runtime)
+    assert len(loaded.router.model.model.layers) == layer
     np.testing.assert_allclose(loaded.router.win_rate([p.prompt for p in small[:8]]), scores[:8], rtol=1e-4)
+
+
+def test_causal_llm_picks_the_layer_whose_features_carry_the_signal():
+    """Layer choice by grouped validation: signal in one layer's features, noise in the other's."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    n = 600
+    signal = rng.normal(size=(n, 8))
+    latent = signal[:, 0] + 0.5 * rng.normal(size=n)
+    y = np.where(latent > 0.8, 1.0, np.where(latent < -1.5, 0.0, 0.5))  # strong wins, ties, weak wins
+    data = [Preference(f"prompt {i}", float(y[i]), f"g{i % 6}") for i in range(n)]
+    by_layer = {10: torch.from_numpy(rng.normal(size=(n, 8))), 20: torch.from_numpy(signal)}
+    layer, l2, scores = choose_layer(by_layer, data, {"l2": None}, TrainOptions())
+    assert layer == 20 and l2 is not None and scores["20"] > scores["10"] + 0.2
+    # and the other way round, so the choice is not just "the deepest"
+    layer, _, _ = choose_layer({10: by_layer[20], 20: by_layer[10]}, data, {"l2": None}, TrainOptions())
+    assert layer == 10
+
+
+def test_causal_llm_layer_setting_truncates_the_base():
+    model, _ = CausalLLMRouter.build({**CAUSAL_DEFAULTS, "layer": 5, "train_layers": 2}, "cpu")
+    assert len(model.model.layers) == 5 and model.config.num_hidden_layers == 5
+    trained = {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad and ".layers." in n}
+    assert trained == {"3", "4"}
+    with pytest.raises(ValueError, match=r"layer must be in 1\.\.30"):
+        CausalLLMRouter.build({**CAUSAL_DEFAULTS, "layer": 31}, "cpu")
 
 
 def test_arena_battles_become_labels_from_the_strong_side(tmp_path):
