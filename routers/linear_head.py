@@ -96,7 +96,7 @@ def validation_folds(groups: Sequence[str], k: int = 5, seed: int = 0) -> list[n
 
 def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequence[str],
               grid: Sequence[float] = L2_GRID, seed: int = 0) -> tuple[float, dict[str, float]]:
-    """The grid value with the best mean held-out APGR over the folds (and every value's score). A held-out
+    """The grid value with the best held-out APGR over the folds (and every value's score). A held-out
     group is scored as an unseen one would be: through the prior, not a bias of its own."""
     folds = validation_folds(groups, seed=seed)
     if len(folds) < 2:
