@@ -91,7 +91,7 @@ def main() -> None:
                 start = time.perf_counter()
                 router = train_router(name, prefs, runtime, opts)
                 train_s[name].append(time.perf_counter() - start)
-                chosen[name].append({k: router.config[k] for k in ("layer",) if k in router.config})
+                chosen[name].append({k: router.config[k] for k in ("layer", "target") if k in router.config})
                 scores[name] = router.win_rate([o.prompt for o in test])
                 pooled[name].append(scores[name])
                 if k == 0:  # speed on prompts never seen (cold caches), as a new batch would be

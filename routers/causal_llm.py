@@ -12,6 +12,9 @@ A small LM's last layers specialise in predicting the next token; what a prompt 
 in the middle of the stack (Skean et al. 2025, "Layer by layer"). `layer` None (the default) picks the depth
 by grouped validation inside the training rows, among `LAYER_DEPTHS` of the stack, as the head's L2 is
 picked: one forward pass yields every candidate, and scoring then stops at the chosen layer.
+
+Rows made from per-prompt outcomes carry each model's quality; on those (and a frozen base) the router fits
+two quality heads instead of one preference head (routers/linear_head.py `fit_outcome_heads`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,16 @@ from routers.data import Preference, data_hash
 from routers.embeddings import EmbeddingCache
 from routers.finetune import ClassifierRouter, FitOptions, fit, logits
 from routers.groups import GroupPrior, win_probability
-from routers.linear_head import L2_GRID, choose_l2, fit_head
+from routers.linear_head import L2_GRID, choose_l2, fit_head, fit_outcome_heads, outcome_score
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # epochs/lr/weight_decay apply when train_layers > 0; the frozen-base head is a logistic regression whose L2
 # strength (`l2`) and depth (`layer`) are chosen by grouped validation when None.
-DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "layer": None, "train_layers": 0, "l2": None, "epochs": 2,
-                            "lr": 2e-5, "batch_size": 8, "max_length": 256, "weight_decay": 0.01}
+# `target` "auto": two quality heads (strong right, weak right) when every training row carries both
+# models' outcomes and the base is frozen, else one head on the preference label.
+DEFAULTS: dict[str, Any] = {"base": SMOLLM2, "layer": None, "train_layers": 0, "l2": None, "target": "auto",
+                            "epochs": 2, "lr": 2e-5, "batch_size": 8, "max_length": 256, "weight_decay": 0.01}
+TARGETS = ("auto", "preference", "outcomes")
 LAYER_DEPTHS = (0.5, 2 / 3, 5 / 6, 1.0)  # candidate depths, as shares of the base's decoder layers
 
 
@@ -80,7 +87,8 @@ def _build(config: dict[str, Any], device: str) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype=torch.float32,
+    heads = 2 if config.get("target") == "outcomes" else 1
+    model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=heads, dtype=torch.float32,
                                                                **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.get("layer") is not None:
@@ -173,7 +181,11 @@ class CausalLLMRouter(ClassifierRouter):
 
             feats = next(iter(_features(self.model, self.tokenizer, prompts, self.config, self.device,
                                         self.runtime.cache_dir, report).values()))
-            z = (feats @ self.model.score.weight.detach().cpu().T).squeeze(-1).double().numpy()
+            z = (feats @ self.model.score.weight.detach().cpu().T).double().numpy()
+            if z.shape[1] == 2:  # quality heads: strong right, weak right
+                strong, weak = (GroupPrior.from_config(c).offsets(prompts) for c in self.config["group_prior"])
+                return outcome_score(z[:, 0] + strong, z[:, 1] + weak)
+            z = z[:, 0]
         else:
             z = logits(self.model, self.tokenizer, prompts, int(self.config["batch_size"]),
                        int(self.config["max_length"]), self.device, progress)
@@ -182,6 +194,8 @@ class CausalLLMRouter(ClassifierRouter):
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> CausalLLMRouter:
 
+        # "auto" resolves first: the head's shape (one output or two) is fixed when the model is built.
+        options = replace(options, params={**options.params, "target": _target(options.config(DEFAULTS), data)})
         config, device, model, tokenizer = cls.start_training(options, runtime, DEFAULTS)
         texts, labels = [r.prompt for r in data], [r.label for r in data]
         # LP-FT: the head is first fitted on the frozen base's (cached) states; with train_layers > 0 the top
@@ -217,15 +231,33 @@ def choose_layer(by_layer: dict[int, Any], data: Sequence[Preference], config: d
     y = np.array([r.label for r in data], dtype=np.float64)
     groups, prompts = [r.group for r in data], [r.prompt for r in data]
     grid = L2_GRID if config.get("l2") is None else (float(config["l2"]),)
+    outcomes = _outcomes(data) if config.get("target") == "outcomes" else None
     found: dict[int, tuple[float, float]] = {}
     for layer, feats in by_layer.items():
-        l2, tried = choose_l2(_standardise(feats.double().numpy())[0], y, groups, prompts, grid, options.seed)
+        l2, tried = choose_l2(_standardise(feats.double().numpy())[0], y, groups, prompts, grid, options.seed,
+                              outcomes)
         if tried:
             found[layer] = (tried[f"{l2:g}"], l2)
     if not found:
         return deepest, config.get("l2"), {}
     best = max(found, key=lambda layer: (found[layer][0], layer))  # a tie goes deeper
     return best, found[best][1], {str(layer): score for layer, (score, _) in found.items()}
+
+
+def _target(config: dict[str, Any], data: Sequence[Preference]) -> str:
+    target = config["target"]
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    has_outcomes = bool(data) and all(r.strong is not None and r.weak is not None for r in data)
+    if target == "outcomes" and (not has_outcomes or int(config["train_layers"]) > 0):
+        raise ValueError("target 'outcomes' needs every row's strong and weak quality, and train_layers 0")
+    if target == "auto":
+        return "outcomes" if has_outcomes and int(config["train_layers"]) == 0 else "preference"
+    return target
+
+
+def _outcomes(data: Sequence[Preference]) -> np.ndarray:
+    return np.array([(r.strong, r.weak) for r in data], dtype=np.float64)
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,21 +267,30 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[str, Any], l2: float | None,
               options: TrainOptions) -> tuple[dict[str, Any], np.ndarray]:
-    """A logistic head on the standardised features, group-robust, its L2 strength chosen by grouped
-    validation (routers/linear_head.py). The standardisation is folded into the head's weights; the
-    intercept and length prior live in the config (the model's score layer has no bias)."""
+    """The logistic head(s) on the standardised features, group-robust, the L2 strength chosen by grouped
+    validation (routers/linear_head.py) unless given. The standardisation is folded into the head's weights;
+    the intercepts and length priors live in the config (the model's score layer has no bias)."""
     import torch
 
     x, mean, std = _standardise(feats.double().numpy())
-    prompts = [r.prompt for r in data]
-    fitted = fit_head(x, np.array([r.label for r in data], dtype=np.float64),
-                      [r.group for r in data], prompts, l2, options.seed)
+    y = np.array([r.label for r in data], dtype=np.float64)
+    groups, prompts = [r.group for r in data], [r.prompt for r in data]
+    tried: dict[str, float] = {}
+    if config["target"] == "outcomes":
+        if l2 is None:
+            l2, tried = choose_l2(x, y, groups, prompts, seed=options.seed, outcomes=_outcomes(data))
+        heads = list(fit_outcome_heads(x, _outcomes(data), groups, prompts, l2))
+    else:
+        heads = [fit_head(x, y, groups, prompts, l2, options.seed)]
+        tried = heads[0].tried
     if options.progress:
         options.progress("train", 1, 1)
-    w = fitted.w / std  # logit = w . (h - mean) / std + prior = (w / std) . h - (w / std) . mean + prior
+    # logit = w . (h - mean) / std + prior = (w / std) . h - (w / std) . mean + prior
+    weights = np.stack([h.w / std for h in heads])
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(w).float().unsqueeze(0).to(head.weight.device))
-    prior = fitted.prior
-    shift = float(w @ mean)
-    config["group_prior"] = GroupPrior(prior.intercept - shift, prior.slope, prior.groups).to_config()
-    return {"l2": fitted.l2, "l2_validation_apgr": fitted.tried}, fitted.row_bias - shift
+        head.weight.copy_(torch.from_numpy(weights).float().to(head.weight.device))
+    shifts = weights @ mean
+    priors = [GroupPrior(h.prior.intercept - shift, h.prior.slope, h.prior.groups).to_config()
+              for h, shift in zip(heads, shifts, strict=True)]
+    config["group_prior"] = priors if len(heads) == 2 else priors[0]
+    return {"l2": heads[0].l2, "l2_validation_apgr": tried}, heads[0].row_bias - shifts[0]

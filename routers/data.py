@@ -23,6 +23,10 @@ class Preference:
     prompt: str
     label: float  # STRONG_WINS, TIE or WEAK_WINS (or a soft value in between)
     group: str = ""  # where it came from (benchmark, subject): for holding out whole groups
+    # Each model's own quality, when the row came from per-prompt outcomes: a tie of two right answers and a
+    # tie of two wrong ones then stay apart (routers that can use it model each model's quality).
+    strong: float | None = None
+    weak: float | None = None
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,8 @@ class Outcome:
 
 
 def outcome_to_preference(o: Outcome) -> Preference:
-    if o.strong > o.weak:
-        return Preference(o.prompt, STRONG_WINS, o.group)
-    if o.strong < o.weak:
-        return Preference(o.prompt, WEAK_WINS, o.group)
-    return Preference(o.prompt, TIE, o.group)
+    label = STRONG_WINS if o.strong > o.weak else WEAK_WINS if o.strong < o.weak else TIE
+    return Preference(o.prompt, label, o.group, o.strong, o.weak)
 
 
 def _truthy(value: str) -> float:
@@ -95,7 +96,8 @@ def drop_contaminated(rows: Sequence[Outcome], contaminated: set[str]) -> list[O
 def data_hash(rows: Sequence[Preference]) -> str:
     digest = hashlib.sha256()
     for r in rows:
-        digest.update(f"{r.prompt}\x00{r.label}\x00{r.group}\x01".encode())
+        qualities = "" if r.strong is None else f"\x00{r.strong}\x00{r.weak}"
+        digest.update(f"{r.prompt}\x00{r.label}\x00{r.group}{qualities}\x01".encode())
     return digest.hexdigest()[:16]
 
 

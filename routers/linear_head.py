@@ -72,6 +72,24 @@ def fit_head(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Seque
     return Head(w, prior, float(l2), row_bias, tried)
 
 
+def outcome_score(z_strong: np.ndarray, z_weak: np.ndarray) -> np.ndarray:
+    """The preference-scale score from two quality heads: 0.5 + 0.5 (P(strong right) - P(weak right)), what a
+    preference classifier's output tracks too."""
+    return 0.5 * (1.0 + 1.0 / (1.0 + np.exp(-z_strong)) - 1.0 / (1.0 + np.exp(-z_weak)))
+
+
+def fit_outcome_heads(x: np.ndarray, outcomes: np.ndarray, groups: Sequence[str], prompts: Sequence[str],
+                      l2: float) -> tuple[Head, Head]:
+    """One group-robust head per model's quality (columns of `outcomes`: strong, weak). Outcome rows say
+    more than their preference label: a tie of two right answers (an easy prompt) and of two wrong ones (a
+    prompt neither model can do) are the same label, but not the same prompt."""
+    heads = []
+    for column in (0, 1):
+        w, prior, row_bias = _fit_head(x, outcomes[:, column], groups, prompts, l2)
+        heads.append(Head(w, prior, float(l2), row_bias))
+    return heads[0], heads[1]
+
+
 def label_apgr(scores: np.ndarray, labels: np.ndarray) -> float:
     """APGR on preference labels: a label y stands for strong quality y and weak quality 1 - y."""
     from routers.evaluate import curve
@@ -95,9 +113,11 @@ def validation_folds(groups: Sequence[str], k: int = 5, seed: int = 0) -> list[n
 
 
 def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequence[str],
-              grid: Sequence[float] = L2_GRID, seed: int = 0) -> tuple[float, dict[str, float]]:
+              grid: Sequence[float] = L2_GRID, seed: int = 0, outcomes: np.ndarray | None = None
+              ) -> tuple[float, dict[str, float]]:
     """The grid value with the best held-out APGR over the folds (and every value's score). A held-out
-    group is scored as an unseen one would be: through the prior, not a bias of its own."""
+    group is scored as an unseen one would be: through the prior, not a bias of its own. With `outcomes`
+    (strong, weak quality per row) the candidate is the pair of quality heads (`fit_outcome_heads`)."""
     folds = validation_folds(groups, seed=seed)
     if len(folds) < 2:
         return float(grid[len(grid) // 2]), {}
@@ -108,11 +128,20 @@ def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequ
             train = np.ones(len(y), dtype=bool)
             train[held] = False
             rows = np.nonzero(train)[0]
-            w, prior, _ = _fit_head(x[rows], y[rows], [groups[i] for i in rows], [prompts[i] for i in rows], l2)
             span = float(np.mean(2 * y[held] - 1))  # strong minus weak quality on the held-out rows
-            if span > 0:
-                per_fold.append(label_apgr(x[held] @ w + prior.offsets([prompts[i] for i in held]), y[held]))
-                spans.append(span)
+            if span <= 0:
+                continue
+            fold_groups, fold_prompts = [groups[i] for i in rows], [prompts[i] for i in rows]
+            held_prompts = [prompts[i] for i in held]
+            if outcomes is None:
+                w, prior, _ = _fit_head(x[rows], y[rows], fold_groups, fold_prompts, l2)
+                scores = x[held] @ w + prior.offsets(held_prompts)
+            else:
+                strong, weak = fit_outcome_heads(x[rows], outcomes[rows], fold_groups, fold_prompts, l2)
+                scores = outcome_score(x[held] @ strong.w + strong.prior.offsets(held_prompts),
+                                       x[held] @ weak.w + weak.prior.offsets(held_prompts))
+            per_fold.append(label_apgr(scores, y[held]))
+            spans.append(span)
         # Weighted by span: PGR divides by it, so a fold where the two models nearly tie has a huge, noisy
         # APGR (ratio of sums, not mean of ratios).
         found[f"{l2:g}"] = float(np.average(per_fold, weights=spans)) if per_fold else 0.0

@@ -15,6 +15,7 @@ from routers.data import Preference, outcome_to_preference, read_arena_battles
 from routers.evaluate import metrics, random_metrics
 from routers.finetune import logits
 from routers.groups import GroupPrior
+from routers.linear_head import outcome_score
 from routers.registry import ROUTERS, load_router, train_router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,8 @@ def test_smollm2_resolves_to_the_offline_gguf_and_a_local_path():
 
 def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, tmp_path):
     labels = np.array([p.label for p in small])
-    router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128}))
+    router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128,
+                                                                          "target": "preference"}))
     scores = router.win_rate([p.prompt for p in small])
     assert auc(scores, labels) > 0.75
     # The depth was chosen among the candidates by validation, and the model now stops there.
@@ -114,6 +116,28 @@ def test_causal_llm_head_learns_and_saves_only_what_it_trained(small, runtime, t
     loaded = load_router(str(tmp_path / "llm"), runtime)
     assert len(loaded.router.model.model.layers) == layer
     np.testing.assert_allclose(loaded.router.win_rate([p.prompt for p in small[:8]]), scores[:8], rtol=1e-4)
+
+
+def test_causal_llm_fits_two_quality_heads_on_outcome_rows_and_one_on_preferences(small, runtime, tmp_path):
+    prompts, labels = [p.prompt for p in small], np.array([p.label for p in small])
+    router = train_router("causal_llm", small, runtime, TrainOptions(params={"max_length": 128}))
+    assert router.config["target"] == "outcomes" and router.model.score.out_features == 2
+    scores = router.win_rate(prompts)
+    assert auc(scores, labels) > 0.75 and scores.min() >= 0 and scores.max() <= 1
+    # The score is 0.5 (1 + P(strong right) - P(weak right)) from the model's own two logits.
+    enc = router.tokenizer(prompts[:8], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    z = router.model(**enc).logits.detach().double().numpy()
+    strong, weak = (GroupPrior.from_config(c).offsets(prompts[:8]) for c in router.config["group_prior"])
+    np.testing.assert_allclose(scores[:8], outcome_score(z[:, 0] + strong, z[:, 1] + weak), rtol=1e-3)
+    router.save(tmp_path / "llm")
+    loaded = load_router(str(tmp_path / "llm"), runtime).router
+    np.testing.assert_allclose(loaded.win_rate(prompts[:8]), scores[:8], rtol=1e-4)
+    # Rows without both qualities (battles, feedback): the preference head; asking for outcomes is an error.
+    bare = [Preference(p.prompt, p.label, p.group) for p in small]
+    options = TrainOptions(params={"max_length": 128, "layer": 20})
+    assert train_router("causal_llm", bare, runtime, options).config["target"] == "preference"
+    with pytest.raises(ValueError, match="target 'outcomes' needs"):
+        train_router("causal_llm", bare, runtime, TrainOptions(params={"layer": 20, "target": "outcomes"}))
 
 
 def test_causal_llm_picks_the_layer_whose_features_carry_the_signal():
