@@ -277,9 +277,10 @@ def _fit_head(head: Any, feats: Any, data: Sequence[Preference], config: dict[st
     groups, prompts = [r.group for r in data], [r.prompt for r in data]
     tried: dict[str, float] = {}
     if config["target"] == "outcomes":
+        outcomes = _outcomes(data)
         if l2 is None:
-            l2, tried = choose_l2(x, y, groups, prompts, seed=options.seed, outcomes=_outcomes(data))
-        heads = list(fit_outcome_heads(x, _outcomes(data), groups, prompts, l2))
+            l2, tried = choose_l2(x, y, groups, prompts, seed=options.seed, outcomes=outcomes)
+        heads = list(fit_outcome_heads(x, outcomes, groups, prompts, l2))
     else:
         heads = [fit_head(x, y, groups, prompts, l2, options.seed)]
         tried = heads[0].tried
