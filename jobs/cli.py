@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,6 +24,8 @@ from jobs.query import export_results, job_status
 from jobs.runner import RunSummary, enqueue, run_embedded
 from jobs.spend import SpendReport, spend_report
 from jobs.submit import JobOptions, SubmitError, SubmitResult, submit_job
+from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, DataRead, Outcome, pgr_caveats, read_data
+from routers.registry import DEFAULT_ROUTER
 from routeyard.redact import install_log_redaction, safe_url
 from routeyard.settings import Settings
 from worker.pricing import UnknownPriceError
@@ -108,6 +111,26 @@ def _print_spend(report: SpendReport) -> None:
 
 StrongFraction = Annotated[float, typer.Option("--strong-fraction", "-s", min=0.0, max=1.0,
                                                help="Share of this batch's items sent to the strong model.")]
+StrongColumn = Annotated[str, typer.Option("--strong-column", help="The strong model's quality column in outcome "
+                                           "files (a column named `strong` is taken when this one is absent).")]
+WeakColumn = Annotated[str, typer.Option("--weak-column", help="The weak model's quality column in outcome files "
+                                         "(a column named `weak` is taken when this one is absent).")]
+DATA_HELP = ("Files or directories (any layout, read recursively) of outcome CSV/TSV/JSONL/JSON, arena battles; "
+             "contaminated_prompts.jsonl files found there are dropped.")
+
+
+def _read_data(paths: list[Path], strong_column: str, weak_column: str, outcomes_only: bool = False,
+               contaminated: list[Path] | None = None) -> DataRead:
+    """One reader for every command that takes outcome data; notes on what it left out go to stderr."""
+    found = read_data(paths, strong_column, weak_column, contaminated or [], outcomes_only)
+    for note in found.notes():
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    return found
+
+
+def _warn_pgr(outcomes: list[Outcome], what: str) -> None:
+    for caveat in pgr_caveats(outcomes):
+        err.print(f"[yellow]warning ({escape(what)}):[/] {caveat}")
 
 
 @app.command()
@@ -400,26 +423,26 @@ def feedback(
 
 @app.command()
 def retrain(
-    router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = "mf",
-    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data (with the feedback).")
-                    ] = None,
-    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes to judge on.")
-                       ] = None,
+    router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = DEFAULT_ROUTER,
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data (with the feedback). "
+                                                    + DATA_HELP)] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes to judge on, as "
+                                                       "`router eval --outcomes` takes them.")] = None,
     margin: Annotated[float, typer.Option(help="APGR the candidate must gain to be promoted.")] = 0.0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
 ) -> None:
-    """Train a candidate on base data + feedback; promote it only if it beats the serving router."""
+    """Train a candidate on base data + feedback; promote it only if it beats the serving router on held-out
+    prompts that neither router trained on."""
     from jobs.retrain import retrain as run_retrain
-    from routers.data import read_outcomes_jsonl, read_routellm_evals
 
     settings = _settings()
     with _user_errors():
         if not heldout:
             raise ValueError("--heldout is required: a promotion is decided on a fixed held-out set")
-        rows = []
-        for path in heldout:
-            rows += read_routellm_evals(path) if path.is_dir() else read_outcomes_jsonl(path)
+        rows = _read_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes
         result = run_retrain(open_database(settings.resolved_database_url), settings, router, data or [], rows,
-                             margin)
+                             margin, strong_column=strong_column, weak_column=weak_column)
     console.print(f"{router} {result.version}: {result.decision}")
 
 
@@ -461,10 +484,14 @@ app.add_typer(schedule_app, name="schedule")
 def schedule_retrain(
     cron: Annotated[str | None, typer.Option(help='Cron, UTC, e.g. "0 2 * * *" for 02:00 nightly.')] = None,
     every: Annotated[float | None, typer.Option(help="Or a fixed interval in seconds.")] = None,
-    router: str = "mf",
-    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data.")] = None,
-    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes.")] = None,
+    router: str = DEFAULT_ROUTER,
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data. " + DATA_HELP)
+                    ] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes, as `router eval "
+                                                       "--outcomes` takes them.")] = None,
     margin: float = 0.0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
 ) -> None:
     """Retrain on a schedule (with the same promotion gate as `routeyard retrain`)."""
     from jobs.schedule import add_schedule
@@ -473,8 +500,10 @@ def schedule_retrain(
     with _user_errors():
         if not heldout:
             raise ValueError("--heldout is required: a promotion is decided on a fixed held-out set")
+        _read_data(heldout, strong_column, weak_column, outcomes_only=True)  # a bad file fails now, not at 02:00
         args = {"router": router, "data": [str(p.resolve()) for p in data or []],
-                "heldout": [str(p.resolve()) for p in heldout], "margin": margin}
+                "heldout": [str(p.resolve()) for p in heldout], "margin": margin,
+                "strong_column": strong_column, "weak_column": weak_column}
         schedule_id = add_schedule(open_database(settings.resolved_database_url), "retrain", args, cron, every)
     console.print(f"schedule {schedule_id}: retrain {router} {cron or f'every {every:g}s'}")
     if settings.embedded:
@@ -552,27 +581,29 @@ def router_list() -> None:
 
 @router_app.command("train")
 def router_train(
-    data: Annotated[list[Path], typer.Option("--data", exists=True,
-                                             help="Outcomes: a routellm-evals dir, CSV or JSONL.")],
+    data: Annotated[list[Path], typer.Option("--data", exists=True, help=DATA_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Directory to write config.json + model.safetensors.")],
-    router: Annotated[str, typer.Option("--router", help="Registry name.")] = "mf",
+    router: Annotated[str, typer.Option("--router", help="Registry name.")] = DEFAULT_ROUTER,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (router default when left out).")] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", help="A router setting as key=value (JSON values), e.g. gamma=100, l2=0.01, "
                         "finetune_rows=2000, train_layers=2; repeat for more.")] = None,
     seed: int = 0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
 ) -> None:
-    """Train a router on preference data and save it."""
+    """Train a router on preference data and save it, with a record of the prompts it trained on."""
     from jobs.runner import router_runtime
     from routers.base import TrainOptions
-    from routers.data import load_preferences
+    from routers.data import save_training_prompts
     from routers.registry import train_router
 
     settings = _settings()
     with _user_errors():
         params = _parse_params(param or [])
-        rows = load_preferences(data)
-        console.print(f"{len(rows)} preference rows")
+        found = _read_data(data, strong_column, weak_column)
+        rows = found.preferences()
+        console.print(f"{len(rows)} preference rows from {len(found.files)} files")
         with _bars() as bars:
             tasks: dict[str, int] = {}
 
@@ -584,6 +615,7 @@ def router_train(
             trained = train_router(router, rows, router_runtime(settings),
                                    TrainOptions(seed=seed, epochs=epochs, params=params, progress=report))
         version = trained.save(out)
+        save_training_prompts(out, [r.prompt for r in rows], version)
     console.print(f"saved {router} router version {version} to {out}")
 
 
@@ -605,42 +637,29 @@ def _parse_params(items: list[str]) -> dict[str, object]:
 def router_eval(
     routers: Annotated[list[str], typer.Option("--router", help="Registry name or directory; repeat to compare.")],
     outcomes: Annotated[list[Path], typer.Option("--outcomes", exists=True,
-                                                 help="JSONL {prompt, strong, weak}, outcome CSV, or a "
-                                                      "routellm-evals directory.")],
+                                                 help="Outcome files or directories of them, any layout: CSV/TSV "
+                                                      "with a prompt column and the two models' columns, JSONL "
+                                                      "{prompt, strong, weak}, a routellm-evals directory.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
     contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds the random baseline is averaged over.")] = 10,
     save_curve: Annotated[bool, typer.Option(help="Save each router directory's PGR curve on these outcomes "
                                                   "(quality.json), for --target-pgr.")] = False,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
 ) -> None:
     """PGR at 10%..90% strong calls, APGR, CPT(50%), CPT(80%) for each router, random and the oracle."""
     from jobs.runner import router_runtime
-    from routers.data import (
-        ROUTELLM_STRONG,
-        ROUTELLM_WEAK,
-        drop_contaminated,
-        read_contaminated,
-        read_outcomes_csv,
-        read_outcomes_jsonl,
-        read_routellm_evals,
-    )
     from routers.evaluate import evaluate
     from routers.plot import plot_curves
     from routers.registry import load_router
 
     settings = _settings()
     with _user_errors():
-        rows = []
-        for path in outcomes:
-            if path.is_dir():
-                rows += read_routellm_evals(path)
-            elif path.suffix.lower() == ".csv":
-                rows += read_outcomes_csv(path, ROUTELLM_STRONG, ROUTELLM_WEAK)
-            else:
-                rows += read_outcomes_jsonl(path)
-        rows = drop_contaminated(rows, read_contaminated(contaminated or []))
+        rows = _read_data(outcomes, strong_column, weak_column, outcomes_only=True, contaminated=contaminated).outcomes
         if not rows:
-            raise ValueError("no outcome rows to evaluate on")
+            raise ValueError("no outcome rows to evaluate on (all were contaminated)")
+        _warn_pgr(rows, ", ".join(p.name for p in outcomes))
         scores = {}
         with _bars() as bars:
             for spec in routers:
@@ -673,29 +692,32 @@ def router_eval(
 
 @router_app.command("versions")
 def router_versions() -> None:
-    """Trained router versions: metrics, data, the promotion decision, which one serves."""
-    from jobs.retrain import list_versions
+    """Trained router versions, then the shipped one: metrics, data, the promotion decision, which one serves."""
+    from jobs.retrain import version_rows
 
     settings = _settings()
     table = Table()
     for col in ("serving", "router", "version", "APGR", "serving APGR then", "rows", "created", "decision"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "decision")
     with open_database(settings.resolved_database_url)() as session:
-        for v in list_versions(session):
-            table.add_row("*" if v.serving else "", v.router, v.version, f"{v.apgr:.4f}" if v.apgr else "-",
-                          f"{v.baseline_apgr:.4f}" if v.baseline_apgr else "-", str((v.data or {}).get("rows", "")),
-                          v.created_at.strftime("%Y-%m-%d %H:%M"), v.decision)
+        for v in version_rows(session, settings):
+            table.add_row("*" if v.serving else "", v.router, v.version,
+                          f"{v.apgr:.4f}" if v.apgr is not None else "-",
+                          f"{v.baseline_apgr:.4f}" if v.baseline_apgr is not None else "-",
+                          "" if v.rows is None else str(v.rows),
+                          v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "shipped", v.decision)
     console.print(table)
 
 
 @router_app.command("rollback")
-def router_rollback(version: str) -> None:
-    """Serve an earlier router version again."""
+def router_rollback(version: Annotated[str, typer.Argument(help="A version from `router versions`, or `shipped`.")]
+                    ) -> None:
+    """Serve an earlier router version again (the shipped one too)."""
     from jobs.retrain import rollback
 
     settings = _settings()
     with _user_errors():
-        v = rollback(open_database(settings.resolved_database_url), version)
+        v = rollback(open_database(settings.resolved_database_url), version, settings)
     console.print(f"now serving {v.router} {v.version} ({v.path})")
 
 

@@ -1,12 +1,24 @@
 """Retraining with a promotion gate, and the router versions that jobs are routed with.
 
 A candidate is trained on the base preference data plus the feedback collected so far, then it and the
-router now serving are scored on the same fixed held-out outcomes. The candidate serves only if its APGR beats
-the serving router's by `margin`; either way its version row says why. Held-out prompts never train.
+router now serving are scored on the same fixed held-out outcomes. Held-out prompts never train the
+candidate, and the gate judges both routers only on the held-out prompts that neither trained on: a saved
+router records the fingerprints of its training prompts (`routers.data.TRAINING_PROMPTS_FILE`), and the
+held-out prompts the serving router saw are set aside, since it would be judged on answers it learned. When
+fewer than `MIN_GATE_PROMPTS` remain, or the strong and weak models are too close on them for PGR to mean
+anything, the retrain is refused before anything trains. A serving router without that record (a checkpoint
+saved before it existed, a hub id) has unknown training prompts: the gate says so and compares on the whole
+held-out set. Having seen prompts can only flatter the serving router, so a promotion there is still earned,
+while a rejection may be unfair to the candidate; it is never the other way round.
+
+The candidate serves only if its APGR beats the serving router's by `margin`; either way its version row
+says why. Before any promotion the shipped default router serves; it is listed as a version and can be
+rolled back to.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,15 +31,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import RouterVersion, utcnow
 from jobs.feedback import feedback_preferences
 from jobs.runner import router_runtime
-from routers.base import TrainOptions
+from routers.base import CONFIG_FILE, TrainOptions, version_of
 from routers.calibration import save_quality_curve
-from routers.data import Outcome, Preference, data_hash, load_preferences
+from routers.data import (
+    ROUTELLM_STRONG,
+    ROUTELLM_WEAK,
+    TRAINING_PROMPTS_FILE,
+    Outcome,
+    Preference,
+    data_hash,
+    load_preferences,
+    load_training_prompts,
+    pgr_caveats,
+    prompt_fingerprint,
+    save_training_prompts,
+)
 from routers.evaluate import curve, metrics
-from routers.registry import load_router, train_router
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, load_router, train_router
 from routeyard.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVING = "serving"  # the router spec that means "whatever version serves now"
+SHIPPED = "shipped"  # `router rollback shipped`: the default router again, as before any promotion
+MIN_GATE_PROMPTS = 100  # held-out prompts neither router trained on, at the least, to decide a promotion
 
 
 @dataclass(frozen=True)
@@ -40,12 +66,50 @@ class RetrainResult:
     decision: str
 
 
+@dataclass(frozen=True)
+class RouterInfo:
+    """A router spec described without loading it (`shipped_router`: what serves before any promotion)."""
+
+    spec: str
+    router: str
+    version: str
+    path: str  # the checkpoint directory, or the spec itself when nothing is saved (random) or it is a hub id
+    rows: int | None  # training rows, from its config
+
+    @property
+    def label(self) -> str:
+        return f"{self.router}@{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One line of `router versions`: a trained version from the database, or the shipped router."""
+
+    router: str
+    version: str
+    path: str
+    apgr: float | None
+    baseline_apgr: float | None
+    rows: int | None
+    created_at: datetime | None
+    decision: str
+    serving: bool
+    shipped: bool = False
+
+
 def serving_version(session: Session) -> RouterVersion | None:
     return session.scalar(select(RouterVersion).where(RouterVersion.serving.is_(True))
                           .order_by(RouterVersion.promoted_at.desc()))
 
 
-def resolve_router_spec(sf: sessionmaker[Session], spec: str, fallback: str = "mf") -> str:
+def fallback_spec(settings: Settings | None) -> str:
+    """The router that serves before any promotion."""
+    if settings is None or settings.default_router == SERVING:
+        return DEFAULT_ROUTER
+    return settings.default_router
+
+
+def resolve_router_spec(sf: sessionmaker[Session], spec: str, fallback: str = DEFAULT_ROUTER) -> str:
     """`serving` -> the promoted version's directory (or the shipped `fallback` before any promotion)."""
     if spec != SERVING:
         return spec
@@ -54,34 +118,107 @@ def resolve_router_spec(sf: sessionmaker[Session], spec: str, fallback: str = "m
     return current.path if current else fallback
 
 
+def _router_dir(spec: str) -> Path | None:
+    """The saved directory of a router spec; None for a registry name with no checkpoint or a hub id."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if spec in ROUTERS and (PRETRAINED_DIR / spec).is_dir():
+        return PRETRAINED_DIR / spec
+    return None
+
+
+def router_info(spec: str) -> RouterInfo:
+    folder = _router_dir(spec)
+    if folder is None:  # nothing saved (random) or a hub id
+        return RouterInfo(spec, spec if spec in ROUTERS else spec.rsplit("/", 1)[-1],
+                          "default" if spec in ROUTERS else "-", spec, None)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    return RouterInfo(spec, str(config.get("router", spec)), version_of(folder), str(folder),
+                      (config.get("train") or {}).get("rows"))
+
+
+def shipped_router(settings: Settings | None = None) -> RouterInfo:
+    """The shipped default (or ROUTEYARD_DEFAULT_ROUTER when it names a router): serves before any promotion."""
+    return router_info(fallback_spec(settings))
+
+
+def training_prompts_of(spec: str) -> np.ndarray | None:
+    """Fingerprints of the prompts a router spec trained on: empty for a registry name with no checkpoint (it
+    learned nothing), None when unknown (a checkpoint saved without the record, or a hub id)."""
+    folder = _router_dir(spec)
+    if folder is None:
+        return np.empty(0, dtype=np.uint64) if spec in ROUTERS else None
+    return load_training_prompts(folder, version_of(folder))
+
+
+def fair_heldout(heldout: list[Outcome], serving_seen: np.ndarray | None, serving: str
+                 ) -> tuple[list[Outcome], str]:
+    """The held-out outcomes the serving router never trained on (the candidate never trains on any), and a
+    plain note of what was set aside; a ValueError when too few are left, or PGR would mean nothing on them."""
+    if serving_seen is None:
+        judged = list(heldout)
+        note = (f"the serving router {serving} has no record of its training prompts ({TRAINING_PROMPTS_FILE} for "
+                "these weights), so the gate cannot tell whether it trained on these held-out prompts: compared on "
+                "all of them, which can only favour the serving router (a rejection may be unfair, a promotion is not)")
+    else:
+        seen = np.isin(_fingerprints_each(heldout), serving_seen)
+        judged = [o for o, s in zip(heldout, seen, strict=True) if not s]
+        excluded = len(heldout) - len(judged)
+        note = (f"{excluded} of {len(heldout)} held-out prompts excluded because the serving router {serving} "
+                "trained on them" if excluded else "neither router trained on any held-out prompt")
+        if excluded and len(judged) < MIN_GATE_PROMPTS:
+            raise ValueError(
+                f"the serving router {serving} trained on {excluded} of the {len(heldout)} held-out prompts, leaving "
+                f"{len(judged)} that neither router saw; a fair promotion needs at least {MIN_GATE_PROMPTS}. Judge "
+                "on outcomes it never trained on (e.g. new prompts from your own traffic, with both models' "
+                "answers graded)")
+    if len(judged) < MIN_GATE_PROMPTS:
+        raise ValueError(f"{len(judged)} held-out prompts; a fair promotion needs at least {MIN_GATE_PROMPTS}")
+    for caveat in pgr_caveats(judged):
+        raise ValueError(f"cannot decide a promotion on this held-out set: {caveat}")
+    return judged, note
+
+
+def _fingerprints_each(outcomes: list[Outcome]) -> np.ndarray:
+    """One fingerprint per outcome, in order (duplicates kept)."""
+    return np.array([prompt_fingerprint(o.prompt) for o in outcomes], dtype=np.uint64)
+
+
 def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_data: list[Path],
             heldout: list[Outcome], margin: float = 0.0, seed: int = 0,
-            extra: list[Preference] | None = None) -> RetrainResult:
+            extra: list[Preference] | None = None, strong_column: str = ROUTELLM_STRONG,
+            weak_column: str = ROUTELLM_WEAK) -> RetrainResult:
     if not heldout:
         raise ValueError("a held-out set is needed to decide a promotion")
+    serving_spec = resolve_router_spec(sf, SERVING, fallback_spec(settings))
+    judged, note = fair_heldout(heldout, training_prompts_of(serving_spec), router_info(serving_spec).label)
+    runtime = router_runtime(settings)
+    serving_router = load_router(serving_spec, runtime)
+
     held = {o.prompt.strip() for o in heldout}
     with sf() as session:
         feedback = feedback_preferences(session)
-    rows = [r for r in (load_preferences(base_data) + feedback + (extra or [])) if r.prompt.strip() not in held]
+    base = load_preferences(base_data, strong_column, weak_column) if base_data else []
+    rows = [r for r in (base + feedback + (extra or [])) if r.prompt.strip() not in held]
     if not rows:
         raise ValueError("no training rows left once the held-out prompts are set aside")
-    runtime = router_runtime(settings)
     candidate = train_router(router, rows, runtime, TrainOptions(seed=seed))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     out = settings.home / "routers" / f"{router}-{stamp}"
     version = candidate.save(out)
-    prompts = [o.prompt for o in heldout]
-    candidate_scores = candidate.win_rate(prompts)
-    candidate_m = metrics(candidate_scores, heldout)
+    save_training_prompts(out, [r.prompt for r in rows], version)
+
+    candidate_scores = candidate.win_rate([o.prompt for o in heldout])  # it saw none: its curve uses them all
     c = curve(candidate_scores, np.array([o.strong for o in heldout]), np.array([o.weak for o in heldout]))
     save_quality_curve(out, c.fraction, c.pgr, f"{len(heldout)} held-out prompts")
-    serving_spec = resolve_router_spec(sf, SERVING, settings.default_router if settings.default_router != SERVING
-                                       else "mf")
-    serving_m = metrics(load_router(serving_spec, runtime).router.win_rate(prompts), heldout)
+    keep = np.isin(_fingerprints_each(heldout), _fingerprints_each(judged))
+    candidate_m = metrics(candidate_scores[keep], judged)
+    serving_m = metrics(serving_router.router.win_rate([o.prompt for o in judged]), judged)
     promoted = candidate_m.apgr > serving_m.apgr + margin
     verb = "promoted" if promoted else "kept the serving router"
-    decision = (f"{verb}: candidate APGR {candidate_m.apgr:.4f} vs serving ({serving_spec}) {serving_m.apgr:.4f}, "
-                f"margin {margin:.4f}, on {len(heldout)} held-out prompts")
+    decision = (f"{verb}: candidate APGR {candidate_m.apgr:.4f} vs serving {serving_router.label} "
+                f"{serving_m.apgr:.4f}, margin {margin:.4f}, on {len(judged)} held-out prompts; {note}")
     with sf() as session:
         if promoted:
             session.execute(update(RouterVersion).values(serving=False))
@@ -90,7 +227,8 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
             metrics=candidate_m.to_dict(), decision=decision, serving=promoted,
             promoted_at=utcnow() if promoted else None,
             data={"rows": len(rows), "feedback_rows": len(feedback), "data_hash": data_hash(rows),
-                  "base": [str(p) for p in base_data]}))
+                  "base": [str(p) for p in base_data], "heldout": len(heldout), "judged_on": len(judged),
+                  "heldout_excluded": len(heldout) - len(judged), "serving": serving_router.label}))
         session.commit()
     log.warning("retrain %s %s: %s", router, version, decision)
     return RetrainResult(version, str(out), promoted, candidate_m.apgr, serving_m.apgr, decision)
@@ -100,15 +238,35 @@ def list_versions(session: Session) -> list[RouterVersion]:
     return list(session.scalars(select(RouterVersion).order_by(RouterVersion.created_at.desc())))
 
 
-def rollback(sf: sessionmaker[Session], version: str) -> RouterVersion:
-    """Serve an earlier version again."""
+def version_rows(session: Session, settings: Settings | None = None) -> list[VersionRow]:
+    """Every trained version, newest first, then the shipped router (serving while nothing is promoted)."""
+    rows = [VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
+                       v.created_at, v.decision, v.serving) for v in list_versions(session)]
+    shipped = shipped_router(settings)
+    rows.append(VersionRow(shipped.router, shipped.version, shipped.path, None, None, shipped.rows, None,
+                           f"shipped default ({shipped.spec}); serves until a trained version is promoted",
+                           not any(r.serving for r in rows), shipped=True))
+    return rows
+
+
+def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None = None
+             ) -> RouterVersion | RouterInfo:
+    """Serve an earlier version again: a trained one, or the shipped router (its version, or `shipped`)."""
+    stamp = utcnow().isoformat(timespec="seconds")
     with sf() as session:
         target = session.scalar(select(RouterVersion).where(RouterVersion.version == version)
                                 .order_by(RouterVersion.created_at.desc()))
+        shipped = shipped_router(settings)
+        if target is None and version in (SHIPPED, shipped.version):
+            for row in session.scalars(select(RouterVersion).where(RouterVersion.serving.is_(True))):
+                row.serving = False
+                row.decision += f"; replaced by the shipped router {shipped.router} {shipped.version} at {stamp}"
+            session.commit()
+            return shipped
         if target is None:
             raise ValueError(f"no router version {version!r}; see `routeyard router versions`")
         session.execute(update(RouterVersion).values(serving=False))
         target.serving, target.promoted_at = True, utcnow()
-        target.decision += f"; rolled back to at {utcnow().isoformat(timespec='seconds')}"
+        target.decision += f"; rolled back to at {stamp}"
         session.commit()
         return target

@@ -20,7 +20,7 @@ from db import queries
 from db.models import JobStatus, utcnow
 from db.session import open_database
 from routers.base import RouterRuntime
-from routers.registry import LoadedRouter, load_router
+from routers.registry import DEFAULT_ROUTER, LoadedRouter, load_router
 from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
 from worker import pipeline
@@ -158,14 +158,14 @@ def scheduled_retrain(schedule_id: int, args: dict) -> str:
 
     from jobs.retrain import retrain
     from jobs.schedule import record_result
-    from routers.data import read_outcomes_jsonl, read_routellm_evals
+    from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, read_data
 
-    heldout = []
-    for p in args.get("heldout", []):
-        heldout += read_routellm_evals(Path(p)) if Path(p).is_dir() else read_outcomes_jsonl(Path(p))
+    columns = {"strong_column": args.get("strong_column", ROUTELLM_STRONG),
+               "weak_column": args.get("weak_column", ROUTELLM_WEAK)}
     try:
-        result = retrain(_db(), _settings(), args.get("router", "mf"), [Path(p) for p in args.get("data", [])],
-                         heldout, float(args.get("margin", 0.0)))
+        heldout = read_data([Path(p) for p in args.get("heldout", [])], outcomes_only=True, **columns).outcomes
+        result = retrain(_db(), _settings(), args.get("router", DEFAULT_ROUTER),
+                         [Path(p) for p in args.get("data", [])], heldout, float(args.get("margin", 0.0)), **columns)
         message = f"{result.version}: {result.decision}"
     except (ValueError, OSError) as exc:
         message = f"failed: {exc}"
