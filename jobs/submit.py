@@ -22,6 +22,7 @@ from db.models import LOCAL_TENANT, Job
 from jobs.input_formats import ParsedItem, Rejection, parse_stream
 from jobs.retrain import resolve_router_spec
 from routers.calibration import fraction_for_target_pgr
+from routers.registry import DEFAULT_ROUTER
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from worker.pricing import cost_bound, price_for
@@ -31,7 +32,7 @@ INSERT_CHUNK = 1000
 
 @dataclass(frozen=True)
 class JobOptions:
-    router: str = "mf"
+    router: str = DEFAULT_ROUTER
     strong_fraction: float = 0.3
     idempotency_key: str | None = None
     tag: str | None = None

@@ -34,6 +34,8 @@ class TrainOptions:
     epochs: int | None = None  # None: the router's own default
     params: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+    # Groups whose rows are the user's own traffic (e.g. stored feedback): routers that can, weight them up.
+    focus_groups: frozenset[str] = frozenset()
 
     def config(self, defaults: dict[str, Any]) -> dict[str, Any]:
         """The router's defaults, overridden by `params` and `epochs`; a setting the router lacks is an error."""
@@ -67,6 +69,7 @@ class Router(ABC):
     """Scores prompts with the probability that the strong model is needed (its answer would win)."""
 
     name: ClassVar[str]
+    learns: ClassVar[bool] = True  # False: usable by name with no checkpoint (random)
 
     def __init__(self, config: dict[str, Any], runtime: RouterRuntime) -> None:
         self.config = config

@@ -70,13 +70,20 @@ class EmbeddingCache:
 
 
 class Embedder:
-    """Embeds texts with a sentence-transformers encoder; unit-normalised float32 rows."""
+    """Embeds texts with a sentence-transformers encoder; unit-normalised float32 rows.
+
+    `layers=True` returns instead every layer's mean-pooled token states (the word embeddings and each
+    transformer layer), concatenated and not normalised: lower layers keep what a prompt looks like (numbers,
+    code, length of its words), the top layer mostly what it is about, and a router for traffic it has never
+    seen needs both. Same single forward pass, so the same speed.
+    """
 
     def __init__(self, encoder: str = DEFAULT_ENCODER, *, cache_dir: Path | None = None,
-                 device: str = "auto", batch_size: int = 64) -> None:
+                 device: str = "auto", batch_size: int = 64, layers: bool = False) -> None:
         self.encoder = encoder
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.layers = layers
         self._model = None
         self._cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
 
@@ -90,10 +97,32 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        width = int(get())
+        return width * (int(self.model[0].auto_model.config.num_hidden_layers) + 1) if self.layers else width
 
     def _key(self, text: str) -> bytes:
-        return hashlib.sha256(f"{self.encoder}\x00{text}".encode()).digest()
+        return hashlib.sha256(f"{self.encoder}{'#layers' if self.layers else ''}\x00{text}".encode()).digest()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if not self.layers:
+            return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+        import torch
+
+        module = self.model[0]  # the sentence-transformers Transformer: tokenizer, max_seq_length, auto_model
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # batches of like lengths pad little
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = module.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=module.max_seq_length, return_tensors="pt").to(self.device)
+                states = module.auto_model(**enc, output_hidden_states=True).hidden_states
+                mask = enc["attention_mask"].unsqueeze(-1).to(states[0].dtype)
+                pooled = [(h * mask).sum(1) / mask.sum(1).clamp(min=1.0) for h in states]
+                out[idx] = torch.cat(pooled, dim=1).float().cpu().numpy()
+        return out
 
     def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Embed `texts`; cached rows are read, the rest computed in batches. `progress(n)` after each batch."""
@@ -111,8 +140,7 @@ class Embedder:
         step = max(self.batch_size * 8, 256)  # encode() sorts by length within a chunk: bigger chunks pad less
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
-            vecs = self.model.encode([texts[i] for i in chunk], batch_size=self.batch_size,
-                                     normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vecs = self._encode([texts[i] for i in chunk])
             batch = {keys[i]: v.astype(np.float32) for i, v in zip(chunk, vecs, strict=True)}
             fresh.update(batch)
             if self._cache:

@@ -13,6 +13,7 @@ from routers.data import Preference
 
 class RandomRouter(Router):
     name = "random"
+    learns = False
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         # Seeded by the prompt text, so a resumed or re-scored job routes the same way.

@@ -11,13 +11,17 @@ from routers.base import CONFIG_FILE, WEIGHTS_FILE, Router, RouterRuntime, Train
 from routers.bert import BertRouter
 from routers.causal_llm import CausalLLMRouter
 from routers.data import Preference
+from routers.linear import LinearRouter
 from routers.mf import MFRouter
 from routers.random_router import RandomRouter
 from routers.sw_ranking import SWRankingRouter
 
 ROUTERS: dict[str, type[Router]] = {
-    cls.name: cls for cls in (RandomRouter, SWRankingRouter, MFRouter, BertRouter, CausalLLMRouter)
+    cls.name: cls for cls in (RandomRouter, SWRankingRouter, MFRouter, BertRouter, CausalLLMRouter, LinearRouter)
 }
+
+# What `router train`, retraining and `serving` (before any promotion) use when no router is named.
+DEFAULT_ROUTER = "linear"
 
 # Checkpoints shipped with the package, trained on the RouteLLM MMLU + GSM8K outcomes (see benchmarks/).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -43,7 +47,10 @@ def _resolve(spec: str) -> Path | None:
         return path
     if spec in ROUTERS:
         shipped = PRETRAINED_DIR / spec
-        return shipped if shipped.is_dir() else None
+        if shipped.is_dir() or not ROUTERS[spec].learns:
+            return shipped if shipped.is_dir() else None
+        raise ValueError(f"router {spec!r} ships no checkpoint (only {DEFAULT_ROUTER!r} does): train one with "
+                         f"`routeyard router train --router {spec} --data ... --out DIR` and pass DIR")
     if spec.count("/") == 1 and not path.exists():
         from huggingface_hub import snapshot_download  # a hub id, for users with the internet
 

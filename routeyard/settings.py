@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     pricing: dict[str, Price] = Field(default_factory=dict)
 
-    default_router: str = "serving"  # the promoted router version; the shipped `mf` until one is promoted
+    default_router: str = "serving"  # the promoted router version; the shipped default router until one is promoted
     concurrency: int = Field(default=16, ge=1, le=1024)
     max_retries: int = Field(default=5, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from db.models import Item, Job
 from db.session import open_database
 from routers.base import version_of
-from routers.registry import PRETRAINED_DIR
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR
 
 ROUTEYARD = [sys.executable, "-m", "jobs.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_the_demo_runs_a_whole_routed_job_on_the_embedded_default(tmp_path):
     with sf() as session:
         rows = list(session.scalars(select(Item)))
         assert sum(r.tier == "strong" for r in rows) == 9
-        assert {r.router_version for r in rows} == {f"mf@{version_of(PRETRAINED_DIR / 'mf')}"}
+        assert {r.router_version for r in rows} == {f"{DEFAULT_ROUTER}@{version_of(PRETRAINED_DIR / DEFAULT_ROUTER)}"}
         assert all(r.cost_usd > 0 for r in rows)
 
 

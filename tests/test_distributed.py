@@ -22,6 +22,7 @@ from sqlalchemy import func, select, text
 from db.models import Item
 from db.session import open_database
 from jobs.tenants import create_tenant
+from routers.registry import DEFAULT_ROUTER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -263,7 +264,7 @@ def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):
     except AssertionError:
         print(cluster.dump())
         raise
-    assert "promoted" in result, result  # mf trained on real preferences beats the random router serving now
+    assert "promoted" in result, result  # the default router, trained on real outcomes, beats random serving now
     with sf() as session:
         versions = session.execute(text("SELECT router, serving, decision FROM router_versions")).all()
-    assert len(versions) == 1 and versions[0].router == "mf" and versions[0].serving
+    assert len(versions) == 1 and versions[0].router == DEFAULT_ROUTER and versions[0].serving

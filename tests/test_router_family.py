@@ -42,8 +42,8 @@ def runtime(embedding_cache):
     return RouterRuntime(cache_dir=embedding_cache, batch_size=32)
 
 
-def test_the_registry_holds_all_five_routers_of_the_paper():
-    assert set(ROUTERS) == {"random", "sw_ranking", "mf", "bert", "causal_llm"}
+def test_the_registry_holds_all_five_routers_of_the_paper_and_the_default():
+    assert set(ROUTERS) == {"random", "sw_ranking", "mf", "bert", "causal_llm", "linear"}
 
 
 def test_sw_ranking_beats_random_on_held_out_prompts_and_round_trips(gsm8k, runtime, tmp_path):

@@ -1,0 +1,203 @@
+"""The default router: two logistic quality heads on every layer of the default encoder.
+
+What it scores: P(strong answer good | prompt) - P(weak answer good | prompt), each from a logistic
+regression (scikit-learn) on the prompt's features, mapped to [0, 1] as 0.5 * (1 + difference). That is the
+expected quality gained by calling the strong model, which is what a batch is ranked by.
+
+Why each part (every choice below was made on the unlike-data protocols of benchmarks/protocols.py, held-out
+benchmarks and MMLU domains, with the training rows' own validation choosing the numbers):
+- Features: the mean-pooled token states of *every* layer of MiniLM, concatenated (7 x 384), standardised.
+  The sentence embedding alone (the top layer) says what a prompt is about; lower layers keep what it looks
+  like (numbers, code, long words), which carries across subjects better. One forward pass gives all layers.
+- Two quality heads instead of one "strong wins" head: a tie of two right answers (an easy prompt) and of
+  two wrong ones (a prompt neither model can do) are different prompts; the heads keep them apart.
+- No per-group biases and no length prior: between-benchmark differences (math word problems gain more from
+  the strong model than trivia) are exactly what transfers to open-ended traffic.
+- Strong L2: `c` (scikit-learn's inverse strength) is chosen from a grid by grouped validation inside the
+  training rows (whole benchmarks/subjects held out), scored by held-out APGR.
+- A user's own traffic (`TrainOptions.focus_groups`, e.g. retraining on stored feedback): those rows are
+  weighted up by a factor chosen by cross-validation on them, so a few hundred rows move the router toward
+  the new domain without the base data drowning them, and the base data still helps when they are few.
+Preference rows without per-model qualities (arena battles, feedback) enter as qualities (label, 1 - label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from routers.base import Router, RouterRuntime, TrainOptions
+from routers.data import Preference, data_hash
+from routers.embeddings import DEFAULT_ENCODER, Embedder
+from routers.evaluate import curve
+from routers.linear_head import validation_folds
+
+DEFAULTS: dict[str, Any] = {
+    "encoder": DEFAULT_ENCODER,
+    "c": None,  # None: chosen from C_GRID by grouped validation
+    "focus_weight": None,  # None: chosen from FOCUS_WEIGHTS by validation on the focus rows (when there are any)
+}
+C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
+FOCUS_WEIGHTS = (1.0, 3.0, 10.0, 30.0)
+MIN_FOCUS_ROWS = 20  # fewer: too few to validate a weight on; they get the middle of the grid
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Standardisation + one logistic head per model's quality."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    w: np.ndarray  # (2, d): strong, weak
+    b: np.ndarray  # (2,)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.w.T + self.b
+        p = 1.0 / (1.0 + np.exp(-z))
+        return 0.5 * (1.0 + p[:, 0] - p[:, 1])
+
+
+def qualities(rows: Sequence[Preference]) -> np.ndarray:
+    """(n, 2) strong and weak quality in [0, 1]; a preference label y without them is (y, 1 - y)."""
+    return np.array([(r.strong, r.weak) if r.strong is not None and r.weak is not None else (r.label, 1 - r.label)
+                     for r in rows], dtype=np.float64)
+
+
+def _fit_quality(x: np.ndarray, q: np.ndarray, weight: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """Logistic regression on a soft target: each row is a positive with weight q and a negative with 1 - q."""
+    from sklearn.linear_model import LogisticRegression
+
+    xs = np.concatenate([x, x])
+    ys = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
+    ws = np.concatenate([weight * q, weight * (1.0 - q)])
+    keep = ws > 0  # binary outcomes: only one copy of each row carries weight
+    if len(set(ys[keep].tolist())) < 2:  # this model always (or never) did well here: a constant head
+        share = float(np.clip(np.average(q, weights=weight), 1e-4, 1 - 1e-4))
+        return np.zeros(x.shape[1]), float(np.log(share / (1 - share)))
+    model = LogisticRegression(C=c, max_iter=2000).fit(xs[keep], ys[keep], sample_weight=ws[keep])
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
+def fit_heads(x: np.ndarray, q: np.ndarray, c: float, weight: np.ndarray | None = None) -> Heads:
+    weight = np.ones(len(x)) if weight is None else weight
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    (ws, bs), (ww, bw) = _fit_quality(z, q[:, 0], weight, c), _fit_quality(z, q[:, 1], weight, c)
+    return Heads(mean, scale, np.stack([ws, ww]), np.array([bs, bw]))
+
+
+def heldout_apgr(scores: np.ndarray, q: np.ndarray) -> tuple[float, float]:
+    """(APGR, span) of a ranking on rows with known qualities; span = strong - weak mean quality."""
+    c = curve(scores, q[:, 0], q[:, 1])
+    return float(np.trapezoid(c.pgr, c.fraction)), float(q[:, 0].mean() - q[:, 1].mean())
+
+
+def _span_weighted(results: list[tuple[float, float]]) -> float:
+    # PGR divides by the span: a fold where the models nearly tie gives a huge, noisy APGR, so folds are
+    # weighted by span (a ratio of sums) and folds with span <= 0 are skipped.
+    kept = [(a, s) for a, s in results if s > 0]
+    return float(np.average([a for a, _ in kept], weights=[s for _, s in kept])) if kept else 0.0
+
+
+def choose_c(x: np.ndarray, q: np.ndarray, groups: Sequence[str], seed: int = 0) -> tuple[float, dict[str, float]]:
+    """The grid value with the best span-weighted APGR over grouped validation folds."""
+    folds = validation_folds(groups, seed=seed)
+    if len(folds) < 2:
+        return C_GRID[1], {}
+    tried: dict[str, float] = {}
+    for c in C_GRID:
+        results = []
+        for held in folds:
+            train = np.ones(len(x), dtype=bool)
+            train[held] = False
+            results.append(heldout_apgr(fit_heads(x[train], q[train], c).score(x[held]), q[held]))
+        tried[f"{c:g}"] = _span_weighted(results)
+    return max(C_GRID, key=lambda v: tried[f"{v:g}"]), tried
+
+
+def choose_focus_weight(x: np.ndarray, q: np.ndarray, focus: np.ndarray, c: float, seed: int = 0
+                        ) -> tuple[float, dict[str, float]]:
+    """How much a focus row counts against a base row: k-fold over the focus rows only (the base rows always
+    train), scored on the held-out focus rows."""
+    idx = np.nonzero(focus)[0]
+    if len(idx) < MIN_FOCUS_ROWS:
+        return FOCUS_WEIGHTS[len(FOCUS_WEIGHTS) // 2], {}
+    assign = np.random.default_rng(seed).permutation(len(idx)) % 5
+    tried: dict[str, float] = {}
+    for weight in FOCUS_WEIGHTS:
+        results = []
+        for k in range(5):
+            held = idx[assign == k]
+            train = np.ones(len(x), dtype=bool)
+            train[held] = False
+            w = np.where(focus, weight, 1.0)[train]
+            results.append(heldout_apgr(fit_heads(x[train], q[train], c, w).score(x[held]), q[held]))
+        tried[f"{weight:g}"] = _span_weighted(results)
+    return max(FOCUS_WEIGHTS, key=lambda v: tried[f"{v:g}"]), tried
+
+
+class LinearRouter(Router):
+    name = "linear"
+
+    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, heads: Heads | None = None) -> None:
+        super().__init__(config, runtime)
+        self.heads = heads
+        self.embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
+                                 batch_size=runtime.batch_size, layers=True)
+
+    def tensors(self) -> dict[str, Any]:
+        import torch
+
+        h = self.heads
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+                for k, v in (("mean", h.mean), ("scale", h.scale), ("w", h.w), ("b", h.b))}
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> LinearRouter:
+        arrays = {k: v.double().numpy() for k, v in tensors.items()}
+        return cls(config, runtime, Heads(arrays["mean"], arrays["scale"], arrays["w"], arrays["b"]))
+
+    def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        if not prompts:
+            return np.zeros(0)
+        return self.heads.score(self.embedder.embed(prompts, progress=progress).astype(np.float64))
+
+    @classmethod
+    def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> LinearRouter:
+        config = options.config(DEFAULTS)
+        embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
+                            batch_size=runtime.batch_size, layers=True)
+        done = 0
+
+        def on_embed(n: int) -> None:
+            nonlocal done
+            done += n
+            if options.progress:
+                options.progress("embed", done, len(data))
+
+        x = embedder.embed([r.prompt for r in data], progress=on_embed).astype(np.float64)
+        q = qualities(data)
+        focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
+        base_groups = [r.group for r, f in zip(data, focus, strict=True) if not f]
+        if config["c"] is None:
+            # Chosen on the base rows: the focus rows' say comes through their weight.
+            rows = ~focus if focus.sum() < len(data) else np.ones(len(data), dtype=bool)
+            config["c"], config["c_tried"] = choose_c(x[rows], q[rows], base_groups or [r.group for r in data],
+                                                      options.seed)
+        if options.progress:
+            options.progress("validate", 1, 2)
+        weight = np.ones(len(data))
+        if focus.any():
+            if config["focus_weight"] is None:
+                config["focus_weight"], config["focus_tried"] = choose_focus_weight(x, q, focus, float(config["c"]),
+                                                                                    options.seed)
+            weight = np.where(focus, float(config["focus_weight"]), 1.0)
+        heads = fit_heads(x, q, float(config["c"]), weight)
+        if options.progress:
+            options.progress("validate", 2, 2)
+        config["train"] = {"rows": len(data), "focus_rows": int(focus.sum()), "data_hash": data_hash(data),
+                           "seed": options.seed}
+        return cls(config, runtime, heads)

@@ -1,0 +1,121 @@
+"""The default router: quality heads on every MiniLM layer, its validation choices, and learning a user's traffic."""
+
+import json
+
+import numpy as np
+import pytest
+
+from routers.base import RouterRuntime, TrainOptions
+from routers.data import Outcome, Preference, outcome_to_preference
+from routers.embeddings import Embedder
+from routers.evaluate import metrics, random_metrics
+from routers.linear import C_GRID, FOCUS_WEIGHTS, qualities
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, load_router, train_router
+
+
+@pytest.fixture(scope="module")
+def runtime(embedding_cache):
+    return RouterRuntime(cache_dir=embedding_cache)
+
+
+COUNTRIES = ["France", "Peru", "Japan", "Kenya", "Norway", "Chile", "Egypt", "Canada", "India", "Spain", "Ghana",
+             "Nepal", "Cuba", "Iraq", "Laos", "Mali", "Oman", "Chad", "Fiji", "Togo"]
+
+
+def synthetic(seed: int, n: int) -> list[Outcome]:
+    """Hard algebra (strong right, weak mostly wrong) mixed with easy geography (both right)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        if i % 2:
+            a, b, c = rng.integers(2, 99, 3)
+            rows.append(Outcome(f"Solve for x, showing each step: {a}x^2 + {b}x - {c} = 0.", 1.0,
+                                float(rng.random() < 0.2), "algebra"))
+        else:
+            rows.append(Outcome(f"What is the capital city of {COUNTRIES[rng.integers(len(COUNTRIES))]}?", 1.0,
+                                float(rng.random() < 0.95), "geography"))
+    return rows
+
+
+def test_the_default_router_is_linear_and_ships_a_checkpoint(runtime):
+    assert DEFAULT_ROUTER == "linear"
+    loaded = load_router(DEFAULT_ROUTER, runtime)
+    config = json.loads((PRETRAINED_DIR / DEFAULT_ROUTER / "config.json").read_text())
+    assert loaded.name == "linear" and config["c"] in C_GRID and config["train"]["rows"] > 12000
+    scores = loaded.router.win_rate(["hello there", "Prove that there are infinitely many primes.", ""])
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all() and scores.std() > 0
+
+
+def test_layer_features_hold_the_sentence_embedding_as_their_top_layer():
+    texts = ["What is the capital of France?", "Solve 3x + 5 = 20 for x, step by step."]
+    layers = Embedder(layers=True, device="cpu").embed(texts)
+    sentence = Embedder(device="cpu").embed(texts)
+    assert layers.shape == (2, 7 * 384)
+    top = layers[:, -384:] / np.linalg.norm(layers[:, -384:], axis=1, keepdims=True)
+    np.testing.assert_allclose(top, sentence, atol=1e-5)
+    assert not np.allclose(layers[:, :384], layers[:, -384:])  # the lower layers are really there
+
+
+def test_linear_learns_which_prompts_need_the_strong_model_and_reloads_identically(runtime, tmp_path):
+    train, test = synthetic(0, 240), synthetic(1, 120)
+    router = train_router("linear", [outcome_to_preference(o) for o in train], runtime, TrainOptions(seed=0))
+    assert router.config["c"] in C_GRID and set(router.config["c_tried"]) == {f"{c:g}" for c in C_GRID}
+    scores = router.win_rate([o.prompt for o in test])
+    algebra = np.array([o.group == "algebra" for o in test])
+    assert scores[algebra].min() > scores[~algebra].max()  # every hard prompt ranks above every easy one
+    assert metrics(scores, test).apgr > random_metrics(test).apgr + 0.15
+    version = router.save(tmp_path / "linear")
+    loaded = load_router(str(tmp_path / "linear"), runtime)
+    assert loaded.name == "linear" and loaded.version == version
+    np.testing.assert_allclose(loaded.router.win_rate([o.prompt for o in test]), scores, rtol=1e-5)
+
+
+def test_linear_beats_random_on_held_out_gsm8k(gsm8k, runtime):
+    train, test = gsm8k
+    router = train_router("linear", [outcome_to_preference(o) for o in train], runtime, TrainOptions(seed=0))
+    assert metrics(router.win_rate([o.prompt for o in test]), test).apgr > random_metrics(test).apgr + 0.05
+
+
+def test_preference_rows_without_qualities_enter_as_label_and_its_complement():
+    rows = [Preference("a", 1.0), Preference("b", 0.5), Preference("c", 0.0), Preference("d", 0.0, "", 0.0, 0.0)]
+    np.testing.assert_array_equal(qualities(rows), [[1, 0], [0.5, 0.5], [0, 1], [0, 0]])
+
+
+def user_domain(seed: int, n: int) -> list[Preference]:
+    """A domain the base rows never show: Python questions need the strong model, shell one-liners do not."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = int(rng.integers(1000))
+        if i % 2:
+            rows.append(Preference(f"Refactor this Python class #{k} to use async generators and typing.", 1.0,
+                                   "user", 1.0, float(rng.random() < 0.15)))
+        else:
+            rows.append(Preference(f"Which bash command lists the files in folder {k}?", 0.5, "user", 1.0, 1.0))
+    return rows
+
+
+def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
+    base = [outcome_to_preference(o) for o in synthetic(2, 200)]
+    # The base rows teach the opposite of the user's traffic (Python easy, shell hard), so the base-only
+    # router ranks the user's prompts backwards until the user's rows outweigh them.
+    base += [Preference(f"Write a Python class #{i} with a method that adds two numbers.", 0.5, "misc", 1.0, 1.0)
+             for i in range(40)]
+    base += [Preference(f"Which shell command shows the disk usage of folder {i}?", 1.0, "misc", 1.0, 0.0)
+             for i in range(40)]
+    user, test = user_domain(3, 120), user_domain(4, 100)
+    as_outcomes = [Outcome(r.prompt, r.strong, r.weak) for r in test]
+    fixed = {"c": 1e-4}
+    base_only = train_router("linear", base, runtime, TrainOptions(params=fixed))
+    focused = train_router("linear", base + user, runtime,
+                           TrainOptions(params=fixed, focus_groups=frozenset({"user"})))
+    assert focused.config["focus_weight"] in FOCUS_WEIGHTS and focused.config["train"]["focus_rows"] == 120
+    assert set(focused.config["focus_tried"]) == {f"{w:g}" for w in FOCUS_WEIGHTS}
+    before = metrics(base_only.win_rate([r.prompt for r in test]), as_outcomes).apgr
+    after = metrics(focused.win_rate([r.prompt for r in test]), as_outcomes).apgr
+    assert before < 0.5 and after > before + 0.2, (before, after)
+
+
+def test_an_unknown_linear_setting_is_an_error_naming_the_known_ones(runtime):
+    with pytest.raises(ValueError, match="focus_weight"):
+        train_router("linear", [Preference("a", 1.0)], runtime, TrainOptions(params={"gamma": 1}))
