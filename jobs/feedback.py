@@ -57,6 +57,9 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
         return row.id
 
 
+FEEDBACK_GROUP = "feedback"  # the group of feedback rows: retraining weights them as the user's own traffic
+
+
 def feedback_preferences(session: Session, since: datetime | None = None) -> list[Preference]:
     query = (select(Feedback.item_id, Feedback.kind, Feedback.value, Item.prompt, Item.tier)
              .join(Item, Item.id == Feedback.item_id).order_by(Feedback.created_at, Feedback.id))
@@ -68,7 +71,7 @@ def feedback_preferences(session: Session, since: datetime | None = None) -> lis
     out = []
     for (_, kind), (value, prompt, tier) in latest.items():
         if kind == "prefer":
-            out.append(Preference(prompt, value, "feedback"))
+            out.append(Preference(prompt, value, FEEDBACK_GROUP))
         elif tier == "weak":
-            out.append(Preference(prompt, 1.0 - value / 2.0, "feedback"))
+            out.append(Preference(prompt, 1.0 - value / 2.0, FEEDBACK_GROUP))
     return out

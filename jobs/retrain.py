@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import RouterVersion, utcnow
-from jobs.feedback import feedback_preferences
+from jobs.feedback import FEEDBACK_GROUP, feedback_preferences
 from jobs.runner import router_runtime
 from routers.base import CONFIG_FILE, TrainOptions, version_of
 from routers.calibration import save_quality_curve
@@ -203,7 +203,8 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
     rows = [r for r in (base + feedback + (extra or [])) if r.prompt.strip() not in held]
     if not rows:
         raise ValueError("no training rows left once the held-out prompts are set aside")
-    candidate = train_router(router, rows, runtime, TrainOptions(seed=seed))
+    # Feedback is the users' own traffic: routers that can weight it up (by validation on it) do.
+    candidate = train_router(router, rows, runtime, TrainOptions(seed=seed, focus_groups=frozenset({FEEDBACK_GROUP})))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     out = settings.home / "routers" / f"{router}-{stamp}"
     version = candidate.save(out)

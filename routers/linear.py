@@ -180,7 +180,8 @@ class LinearRouter(Router):
 
         x = embedder.embed([r.prompt for r in data], progress=on_embed).astype(np.float64)
         q = qualities(data)
-        focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
+        in_focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
+        focus = in_focus if not in_focus.all() else np.zeros(len(data), dtype=bool)  # nothing to weight against
         base_groups = [r.group for r, f in zip(data, focus, strict=True) if not f]
         if config["c"] is None:
             # Chosen on the base rows: the focus rows' say comes through their weight.
@@ -198,6 +199,6 @@ class LinearRouter(Router):
         heads = fit_heads(x, q, float(config["c"]), weight)
         if options.progress:
             options.progress("validate", 2, 2)
-        config["train"] = {"rows": len(data), "focus_rows": int(focus.sum()), "data_hash": data_hash(data),
+        config["train"] = {"rows": len(data), "focus_rows": int(in_focus.sum()), "data_hash": data_hash(data),
                            "seed": options.seed}
         return cls(config, runtime, heads)

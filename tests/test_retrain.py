@@ -79,3 +79,22 @@ def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_item
     rollback(sf, bad.version)
     with sf() as session:
         assert session.scalar(select(RouterVersion.version).where(RouterVersion.serving.is_(True))) == bad.version
+
+
+def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_path, gsm8k):
+    from routers.linear import FOCUS_WEIGHTS
+    from routers.registry import DEFAULT_ROUTER
+
+    settings = settings.model_copy(update={"default_router": "random"})
+    train, test = gsm8k
+    base = tmp_path / "base.jsonl"
+    base.write_text("".join(json.dumps({"prompt": o.prompt, "strong": o.strong, "weak": o.weak}) + "\n"
+                            for o in train[300:500]))
+    judged = train[:60]
+    sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [o.prompt for o in judged]))
+    for i, o in enumerate(judged):
+        record_feedback(sf, FeedbackIn(result.job_id, str(i), "prefer", outcome_to_preference(o).label))
+    done = retrain(sf, settings, DEFAULT_ROUTER, [base], test[:200])
+    config = json.loads((Path(done.path) / "config.json").read_text())
+    assert config["train"]["rows"] == 260 and config["train"]["focus_rows"] == 60
+    assert config["focus_weight"] in FOCUS_WEIGHTS and len(config["focus_tried"]) == len(FOCUS_WEIGHTS)
