@@ -5,7 +5,7 @@ Scenario: the router is trained on base rows, then a new domain's traffic arrive
   mmlu-<domain>  base: GSM8K + the other three MMLU domains; new domain: that MMLU domain (benchmarks/protocols.py)
 For each repeat, a fixed test share of the new domain is set aside; n = 0, 100, 300, 1000 of the remaining rows
 arrive as the user's rows (as judged feedback would). Three routers are scored on the test rows:
-  base+user   base rows + the user's rows as `focus_groups` (weighted by the router's own validation)
+  base+user   base rows + the user's rows as `focus_groups` (a domain correction chosen by validation on them)
   user only   the user's rows alone
   base only   the n = 0 router
 `routeyard retrain` uses the same mechanism for stored feedback. The base rows' L2 strength is chosen once per
@@ -89,7 +89,7 @@ def main() -> None:
                 curves["user only"].setdefault(n, []).append(
                     metrics(alone.win_rate([o.prompt for o in test]), test).apgr)
                 print(f"{domain} repeat {rep} n={n}: base+user {curves['base+user'][n][-1]:.3f} "
-                      f"(weight {focused.config.get('focus_weight')}), user only {curves['user only'][n][-1]:.3f}, "
+                      f"(correction C {focused.config.get('focus_c')}), user only {curves['user only'][n][-1]:.3f}, "
                       f"base only {base_apgr:.3f}", flush=True)
             print(f"{domain} repeat {rep}: {time.perf_counter() - start:.0f}s", flush=True)
         results[domain] = {name: {str(n): {"mean": float(np.mean(v)), "median": float(statistics.median(v)),

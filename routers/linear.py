@@ -15,9 +15,11 @@ benchmarks and MMLU domains, with the training rows' own validation choosing the
   the strong model than trivia) are exactly what transfers to open-ended traffic.
 - Strong L2: `c` (scikit-learn's inverse strength) is chosen from a grid by grouped validation inside the
   training rows (whole benchmarks/subjects held out), scored by held-out APGR.
-- A user's own traffic (`TrainOptions.focus_groups`, e.g. retraining on stored feedback): those rows are
-  weighted up by a factor chosen by cross-validation on them, so a few hundred rows move the router toward
-  the new domain without the base data drowning them, and the base data still helps when they are few.
+- A user's own traffic (`TrainOptions.focus_groups`, e.g. retraining on stored feedback) is a domain
+  correction: the heads are fitted on the base rows, then a logistic residual is fitted on the user's rows
+  with the base logits held fixed, its strength (or none at all) chosen by cross-validation on those rows.
+  Its free intercept takes the domain's own base rate, so what it learns is what ranks the user's prompts;
+  simply adding the rows to the base data did worse (they mostly taught the model to tell the domains apart).
 Preference rows without per-model qualities (arena battles, feedback) enter as qualities (label, 1 - label).
 """
 
@@ -38,11 +40,12 @@ from routers.linear_head import validation_folds
 DEFAULTS: dict[str, Any] = {
     "encoder": DEFAULT_ENCODER,
     "c": None,  # None: chosen from C_GRID by grouped validation
-    "focus_weight": None,  # None: chosen from FOCUS_WEIGHTS by validation on the focus rows (when there are any)
+    "focus_c": "auto",  # the user's rows' correction: auto (by validation on them), None (none), or its C
 }
 C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
-FOCUS_WEIGHTS = (1.0, 3.0, 10.0, 30.0)
-MIN_FOCUS_ROWS = 20  # fewer: too few to validate a weight on; they get the middle of the grid
+CORRECTION_GRID = (1e-5, 3e-5, 1e-4, 3e-4)  # C of the correction fitted on the user's rows
+MIN_GAIN = 0.01  # validation APGR a correction must gain over none: 5 folds of a few dozen rows are noisy
+MIN_FOCUS_ROWS = 20  # fewer: too few to validate a correction on; the base router stays
 
 
 @dataclass(frozen=True)
@@ -66,26 +69,25 @@ def qualities(rows: Sequence[Preference]) -> np.ndarray:
                      for r in rows], dtype=np.float64)
 
 
-def _fit_quality(x: np.ndarray, q: np.ndarray, weight: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+def _fit_quality(x: np.ndarray, q: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     """Logistic regression on a soft target: each row is a positive with weight q and a negative with 1 - q."""
     from sklearn.linear_model import LogisticRegression
 
     xs = np.concatenate([x, x])
     ys = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
-    ws = np.concatenate([weight * q, weight * (1.0 - q)])
+    ws = np.concatenate([q, 1.0 - q])
     keep = ws > 0  # binary outcomes: only one copy of each row carries weight
     if len(set(ys[keep].tolist())) < 2:  # this model always (or never) did well here: a constant head
-        share = float(np.clip(np.average(q, weights=weight), 1e-4, 1 - 1e-4))
+        share = float(np.clip(q.mean(), 1e-4, 1 - 1e-4))
         return np.zeros(x.shape[1]), float(np.log(share / (1 - share)))
     model = LogisticRegression(C=c, max_iter=2000).fit(xs[keep], ys[keep], sample_weight=ws[keep])
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
-def fit_heads(x: np.ndarray, q: np.ndarray, c: float, weight: np.ndarray | None = None) -> Heads:
-    weight = np.ones(len(x)) if weight is None else weight
+def fit_heads(x: np.ndarray, q: np.ndarray, c: float) -> Heads:
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
-    (ws, bs), (ww, bw) = _fit_quality(z, q[:, 0], weight, c), _fit_quality(z, q[:, 1], weight, c)
+    (ws, bs), (ww, bw) = _fit_quality(z, q[:, 0], c), _fit_quality(z, q[:, 1], c)
     return Heads(mean, scale, np.stack([ws, ww]), np.array([bs, bw]))
 
 
@@ -118,25 +120,52 @@ def choose_c(x: np.ndarray, q: np.ndarray, groups: Sequence[str], seed: int = 0)
     return max(C_GRID, key=lambda v: tried[f"{v:g}"]), tried
 
 
-def choose_focus_weight(x: np.ndarray, q: np.ndarray, focus: np.ndarray, c: float, seed: int = 0
-                        ) -> tuple[float, dict[str, float]]:
-    """How much a focus row counts against a base row: k-fold over the focus rows only (the base rows always
-    train), scored on the held-out focus rows."""
-    idx = np.nonzero(focus)[0]
-    if len(idx) < MIN_FOCUS_ROWS:
-        return FOCUS_WEIGHTS[len(FOCUS_WEIGHTS) // 2], {}
-    assign = np.random.default_rng(seed).permutation(len(idx)) % 5
+def _fit_correction(z: np.ndarray, offset: np.ndarray, q: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """A logistic residual on top of fixed logits: minimise c * sum(BCE(offset + z v + b, q)) + |v|^2 / 2
+    (scikit-learn's C convention; the intercept b is free, so a domain's own base rate costs nothing)."""
+    from scipy.optimize import minimize
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        v, b = theta[:-1], theta[-1]
+        logit = offset + z @ v + b
+        p = 1.0 / (1.0 + np.exp(-logit))
+        value = c * float(np.sum(np.logaddexp(0.0, logit) - q * logit)) + 0.5 * float(v @ v)
+        residual = c * (p - q)
+        return value, np.concatenate([z.T @ residual + v, [residual.sum()]])
+
+    theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+    return theta[:-1], float(theta[-1])
+
+
+def correct_heads(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads:
+    """The base heads plus a correction fitted on (x, q) with the base logits held fixed. Still one linear
+    model: the correction adds to each head's weights and intercept."""
+    z = (x - heads.mean) / heads.scale
+    base = z @ heads.w.T + heads.b
+    fits = [_fit_correction(z, base[:, k], q[:, k], c) for k in (0, 1)]
+    return Heads(heads.mean, heads.scale, heads.w + np.stack([v for v, _ in fits]),
+                 heads.b + np.array([b for _, b in fits]))
+
+
+def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
+                      ) -> tuple[float | None, dict[str, float]]:
+    """How far the user's rows may move the base heads: 5-fold over those rows, the base heads fixed (they never
+    saw these rows). None, no correction, is a candidate: with few or noisy rows the base router stays."""
+    if len(x) < MIN_FOCUS_ROWS:
+        return None, {}
+    assign = np.random.default_rng(seed).permutation(len(x)) % 5
     tried: dict[str, float] = {}
-    for weight in FOCUS_WEIGHTS:
+    for c in (None, *CORRECTION_GRID):
         results = []
         for k in range(5):
-            held = idx[assign == k]
-            train = np.ones(len(x), dtype=bool)
-            train[held] = False
-            w = np.where(focus, weight, 1.0)[train]
-            results.append(heldout_apgr(fit_heads(x[train], q[train], c, w).score(x[held]), q[held]))
-        tried[f"{weight:g}"] = _span_weighted(results)
-    return max(FOCUS_WEIGHTS, key=lambda v: tried[f"{v:g}"]), tried
+            held, train = assign == k, assign != k
+            fitted = heads if c is None else correct_heads(heads, x[train], q[train], c)
+            results.append(heldout_apgr(fitted.score(x[held]), q[held]))
+        tried["none" if c is None else f"{c:g}"] = _span_weighted(results)
+    best = max(tried, key=lambda key: tried[key])
+    if best == "none" or tried[best] < tried["none"] + MIN_GAIN:
+        return None, tried
+    return float(best), tried
 
 
 class LinearRouter(Router):
@@ -181,22 +210,19 @@ class LinearRouter(Router):
         x = embedder.embed([r.prompt for r in data], progress=on_embed).astype(np.float64)
         q = qualities(data)
         in_focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
-        focus = in_focus if not in_focus.all() else np.zeros(len(data), dtype=bool)  # nothing to weight against
-        base_groups = [r.group for r, f in zip(data, focus, strict=True) if not f]
+        focus = in_focus if not in_focus.all() else np.zeros(len(data), dtype=bool)  # no base rows to correct
+        base = ~focus
         if config["c"] is None:
-            # Chosen on the base rows: the focus rows' say comes through their weight.
-            rows = ~focus if focus.sum() < len(data) else np.ones(len(data), dtype=bool)
-            config["c"], config["c_tried"] = choose_c(x[rows], q[rows], base_groups or [r.group for r in data],
-                                                      options.seed)
+            groups = [r.group for r, keep in zip(data, base, strict=True) if keep]
+            config["c"], config["c_tried"] = choose_c(x[base], q[base], groups, options.seed)
         if options.progress:
             options.progress("validate", 1, 2)
-        weight = np.ones(len(data))
+        heads = fit_heads(x[base], q[base], float(config["c"]))
         if focus.any():
-            if config["focus_weight"] is None:
-                config["focus_weight"], config["focus_tried"] = choose_focus_weight(x, q, focus, float(config["c"]),
-                                                                                    options.seed)
-            weight = np.where(focus, float(config["focus_weight"]), 1.0)
-        heads = fit_heads(x, q, float(config["c"]), weight)
+            if config["focus_c"] == "auto":
+                config["focus_c"], config["focus_tried"] = choose_correction(heads, x[focus], q[focus], options.seed)
+            if config["focus_c"] is not None:
+                heads = correct_heads(heads, x[focus], q[focus], float(config["focus_c"]))
         if options.progress:
             options.progress("validate", 2, 2)
         config["train"] = {"rows": len(data), "focus_rows": int(in_focus.sum()), "data_hash": data_hash(data),

@@ -9,7 +9,7 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.data import Outcome, Preference, outcome_to_preference
 from routers.embeddings import Embedder
 from routers.evaluate import metrics, random_metrics
-from routers.linear import C_GRID, FOCUS_WEIGHTS, qualities
+from routers.linear import C_GRID, CORRECTION_GRID, qualities
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, load_router, train_router
 
 
@@ -109,13 +109,13 @@ def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
     base_only = train_router("linear", base, runtime, TrainOptions(params=fixed))
     focused = train_router("linear", base + user, runtime,
                            TrainOptions(params=fixed, focus_groups=frozenset({"user"})))
-    assert focused.config["focus_weight"] in FOCUS_WEIGHTS and focused.config["train"]["focus_rows"] == 120
-    assert set(focused.config["focus_tried"]) == {f"{w:g}" for w in FOCUS_WEIGHTS}
+    assert focused.config["focus_c"] in CORRECTION_GRID and focused.config["train"]["focus_rows"] == 120
+    assert set(focused.config["focus_tried"]) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
     before = metrics(base_only.win_rate([r.prompt for r in test]), as_outcomes).apgr
     after = metrics(focused.win_rate([r.prompt for r in test]), as_outcomes).apgr
     assert before < 0.5 and after > before + 0.2, (before, after)
 
 
 def test_an_unknown_linear_setting_is_an_error_naming_the_known_ones(runtime):
-    with pytest.raises(ValueError, match="focus_weight"):
+    with pytest.raises(ValueError, match="focus_c"):
         train_router("linear", [Preference("a", 1.0)], runtime, TrainOptions(params={"gamma": 1}))

@@ -82,7 +82,7 @@ def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_item
 
 
 def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_path, gsm8k):
-    from routers.linear import FOCUS_WEIGHTS
+    from routers.linear import CORRECTION_GRID
     from routers.registry import DEFAULT_ROUTER
 
     settings = settings.model_copy(update={"default_router": "random"})
@@ -97,4 +97,5 @@ def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_
     done = retrain(sf, settings, DEFAULT_ROUTER, [base], test[:200])
     config = json.loads((Path(done.path) / "config.json").read_text())
     assert config["train"]["rows"] == 260 and config["train"]["focus_rows"] == 60
-    assert config["focus_weight"] in FOCUS_WEIGHTS and len(config["focus_tried"]) == len(FOCUS_WEIGHTS)
+    assert config["focus_c"] is None or config["focus_c"] in CORRECTION_GRID
+    assert set(config["focus_tried"]) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
