@@ -48,11 +48,13 @@ class TrainOptions:
         return config
 
 
-def embedder_for(encoder: str, runtime: RouterRuntime) -> Embedder:
-    return Embedder(encoder, cache_dir=runtime.cache_dir, device=runtime.device, batch_size=runtime.batch_size)
+def embedder_for(encoder: str, runtime: RouterRuntime, layers: bool = False) -> Embedder:
+    return Embedder(encoder, cache_dir=runtime.cache_dir, device=runtime.device, batch_size=runtime.batch_size,
+                    layers=layers)
 
 
-def embed_rows(encoder: str, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> np.ndarray:
+def embed_rows(encoder: str, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions,
+               layers: bool = False) -> np.ndarray:
     """Embeddings of the training prompts, reporting progress as the `embed` stage."""
     done = 0
 
@@ -62,7 +64,7 @@ def embed_rows(encoder: str, data: Sequence[Preference], runtime: RouterRuntime,
         if options.progress:
             options.progress("embed", done, len(data))
 
-    return embedder_for(encoder, runtime).embed([r.prompt for r in data], progress=on_embed)
+    return embedder_for(encoder, runtime, layers).embed([r.prompt for r in data], progress=on_embed)
 
 
 class Router(ABC):

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.data import Preference, data_hash
-from routers.embeddings import DEFAULT_ENCODER, Embedder
+from routers.embeddings import DEFAULT_ENCODER
 from routers.evaluate import curve
 from routers.linear_head import validation_folds
 
@@ -58,8 +58,9 @@ class Heads:
     b: np.ndarray  # (2,)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        z = ((x - self.mean) / self.scale) @ self.w.T + self.b
-        p = 1.0 / (1.0 + np.exp(-z))
+        from scipy.special import expit
+
+        p = expit(((x - self.mean) / self.scale) @ self.w.T + self.b)
         return 0.5 * (1.0 + p[:, 0] - p[:, 1])
 
 
@@ -124,11 +125,12 @@ def _fit_correction(z: np.ndarray, offset: np.ndarray, q: np.ndarray, c: float) 
     """A logistic residual on top of fixed logits: minimise c * sum(BCE(offset + z v + b, q)) + |v|^2 / 2
     (scikit-learn's C convention; the intercept b is free, so a domain's own base rate costs nothing)."""
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         v, b = theta[:-1], theta[-1]
         logit = offset + z @ v + b
-        p = 1.0 / (1.0 + np.exp(-logit))
+        p = expit(logit)
         value = c * float(np.sum(np.logaddexp(0.0, logit) - q * logit)) + 0.5 * float(v @ v)
         residual = c * (p - q)
         return value, np.concatenate([z.T @ residual + v, [residual.sum()]])
@@ -174,8 +176,7 @@ class LinearRouter(Router):
     def __init__(self, config: dict[str, Any], runtime: RouterRuntime, heads: Heads | None = None) -> None:
         super().__init__(config, runtime)
         self.heads = heads
-        self.embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                                 batch_size=runtime.batch_size, layers=True)
+        self.embedder = embedder_for(config["encoder"], runtime, layers=True)
 
     def tensors(self) -> dict[str, Any]:
         import torch
@@ -197,17 +198,7 @@ class LinearRouter(Router):
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> LinearRouter:
         config = options.config(DEFAULTS)
-        embedder = Embedder(config["encoder"], cache_dir=runtime.cache_dir, device=runtime.device,
-                            batch_size=runtime.batch_size, layers=True)
-        done = 0
-
-        def on_embed(n: int) -> None:
-            nonlocal done
-            done += n
-            if options.progress:
-                options.progress("embed", done, len(data))
-
-        x = embedder.embed([r.prompt for r in data], progress=on_embed).astype(np.float64)
+        x = embed_rows(config["encoder"], data, runtime, options, layers=True).astype(np.float64)
         q = qualities(data)
         in_focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
         focus = in_focus if not in_focus.all() else np.zeros(len(data), dtype=bool)  # no base rows to correct
