@@ -89,33 +89,47 @@ def run_protocol(folds: list[tuple[list[Outcome], list[Outcome]]], names: list[s
 
 
 def _markdown(table: dict[str, dict[str, dict]], order: list[str]) -> str:
+    """One row per router: APGR per protocol (margin over probe), the unlike mean and the worst margin, speed.
+    A protocol a router was not run on shows '-' (and then no mean)."""
     sets = [s for s in (*UNLIKE, *IN_DISTRIBUTION) if s in table]
     unlike = [s for s in UNLIKE if s in table]
-    head = (["router", *[f"{s}" for s in sets]] + (["mean of unlike", "vs probe (min over unlike)"] if unlike else [])
-            + ["train s", "prompts/s"])
+    head = ["router", *sets, "mean of unlike", "vs probe: mean (worst)", "train s", "prompts/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name in order:
-        if not all(name in table[s] for s in sets):
+        ran = [s for s in sets if name in table[s]]
+        if not ran:
             continue
         cells = [f"**{name}**" if name == DEFAULT_ROUTER else name]
         for s in sets:
-            r, probe = table[s][name], table[s].get("probe")
+            r, probe = table[s].get(name), table[s].get("probe")
+            if r is None:
+                cells.append("-")
+                continue
             margin = f" ({r['apgr'] - probe['apgr']:+.3f})" if probe and name not in ("probe", "oracle") else ""
             cells.append(f"{r['apgr']:.3f}{margin}")
-        if unlike:
-            mean = np.mean([table[s][name]["apgr"] for s in unlike])
-            cells.append(f"{mean:.3f}")
-            if all("probe" in table[s] for s in unlike) and name not in ("probe", "oracle"):
-                worst = min(table[s][name]["apgr"] - table[s]["probe"]["apgr"] for s in unlike)
-                cells.append(f"{mean - np.mean([table[s]['probe']['apgr'] for s in unlike]):+.3f} ({worst:+.3f})")
-            else:
-                cells.append("-")
-        trains = [table[s][name].get("train_s_median", 0) for s in sets]
-        speeds = [table[s][name].get("score_per_s_median") for s in sets if table[s][name].get("score_per_s_median")]
+        complete = unlike and all(name in table[s] for s in unlike)
+        cells.append(f"{np.mean([table[s][name]['apgr'] for s in unlike]):.3f}" if complete else "-")
+        if complete and all("probe" in table[s] for s in unlike) and name not in ("probe", "oracle"):
+            margins = [table[s][name]["apgr"] - table[s]["probe"]["apgr"] for s in unlike]
+            cells.append(f"{np.mean(margins):+.3f} ({min(margins):+.3f})")
+        else:
+            cells.append("-")
+        trains = [table[s][name].get("train_s_median", 0) for s in ran]
+        speeds = [table[s][name]["score_per_s_median"] for s in ran if table[s][name].get("score_per_s_median")]
         cells.append(f"{statistics.median(trains):.0f}")
         cells.append(f"{statistics.median(speeds):.0f}" if speeds else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render(out: Path) -> str:
+    """Rewrite router_quality.md from router_quality.json (e.g. after merging rows of an earlier run)."""
+    table = json.loads((out / "router_quality.json").read_text())["results"]
+    order = ["random", *BASELINES, *ALL_ROUTERS.split(","), "oracle"]
+    order += sorted({n for s in table.values() for n in s} - set(order))
+    md = _markdown(table, order)
+    (out / "router_quality.md").write_text(md)
+    return md
 
 
 def main() -> None:
@@ -151,11 +165,7 @@ def main() -> None:
               "unlike_protocols": list(UNLIKE), "results": table}
     args.out.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    order = ["random", *BASELINES, *ALL_ROUTERS.split(","), "oracle"]
-    order += sorted({n for s in table.values() for n in s} - set(order))
-    md = _markdown(table, order)
-    (args.out / "router_quality.md").write_text(md)
-    print(md)
+    print(render(args.out))
 
 
 if __name__ == "__main__":
