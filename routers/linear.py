@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "focus_c": "auto",  # the user's rows' correction: auto (by validation on them), None (none), or its C
 }
 C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
-CORRECTION_GRID = (1e-5, 3e-5, 1e-4, 3e-4)  # C of the correction fitted on the user's rows
+CORRECTION_GRID = (1e-5, 1e-4, 1e-3, 1e-2)  # C of the correction fitted on the user's rows: slight to near refit
 MIN_GAIN = 0.01  # validation APGR a correction must gain over none: 5 folds of a few dozen rows are noisy
 MIN_FOCUS_ROWS = 20  # fewer: too few to validate a correction on; the base router stays
 
