@@ -149,13 +149,12 @@ def main() -> None:
     report_path = args.out / "router_quality.json"
     earlier = json.loads(report_path.read_text())["results"] if args.merge and report_path.exists() else {}
     measured_at = datetime.now(UTC).isoformat()
-    table: dict[str, dict[str, dict]] = {}
+    table: dict[str, dict[str, dict]] = {name: dict(routers) for name, routers in earlier.items()}
     for set_name, folds in protocols(rows, args.sets.split(",")).items():
         per_router, curves, tests = run_protocol(folds, names, runtime, args, set_name)
         for r in per_router.values():
             r["measured_at"] = measured_at
-        table[set_name] = {**{n: r for n, r in earlier.get(set_name, {}).items() if n not in per_router},
-                           **per_router}
+        table[set_name] = {**table.get(set_name, {}), **per_router}
         strong, weak = float(np.mean([o.strong for o in tests])), float(np.mean([o.weak for o in tests]))
         plot_curves(curves, strong, weak, args.out / f"router_quality_{set_name.replace('->', '_to_')}.png",
                     f"held out: {set_name} ({len(tests)} prompts, mean over {len(folds)} fold(s))")
