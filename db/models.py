@@ -3,35 +3,43 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from routeyard.states import ItemStatus, JobStatus
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class StateType(TypeDecorator[E]):
+    """A state enum stored as its plain string (VARCHAR), so the schema needs no native enum type and a
+    row read back is the enum again."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def __init__(self, enum: type[E]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
-
-
-class JobStatus:
-    QUEUED = "queued"
-    SCORING = "scoring"
-    RUNNING = "running"
-    COMPLETED = "completed"  # every item finished; some may have failed
-    CANCELLED = "cancelled"
-
-
-class ItemStatus:
-    PENDING = "pending"  # stored, not scored yet
-    ROUTED = "routed"  # scored and assigned a model
-    IN_FLIGHT = "in_flight"  # a call is being made
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # the job was cancelled before this item was called
 
 
 LOCAL_TENANT = "local"  # jobs submitted from the CLI on this machine
@@ -59,7 +67,7 @@ class Job(Base):
     tag: Mapped[str | None] = mapped_column(String(200), index=True)
     source: Mapped[str | None] = mapped_column(String(500))
     input_format: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
+    status: Mapped[JobStatus] = mapped_column(StateType(JobStatus), default=JobStatus.QUEUED, index=True)
     router: Mapped[str] = mapped_column(String(500))
     router_version: Mapped[str | None] = mapped_column(String(100))
     strong_fraction: Mapped[float] = mapped_column(Float)
@@ -92,7 +100,7 @@ class Item(Base):
     custom_id: Mapped[str] = mapped_column(String(500))
     body: Mapped[dict[str, Any]] = mapped_column()  # the chat request minus `model`
     prompt: Mapped[str] = mapped_column(Text)  # the text the router scores
-    status: Mapped[str] = mapped_column(String(20), default=ItemStatus.PENDING)
+    status: Mapped[ItemStatus] = mapped_column(StateType(ItemStatus), default=ItemStatus.PENDING)
     score: Mapped[float | None] = mapped_column(Float)
     tier: Mapped[str | None] = mapped_column(String(10))
     model: Mapped[str | None] = mapped_column(String(200))
@@ -162,7 +170,7 @@ class RouterVersion(Base):
 
 
 class Schedule(Base):
-    """A periodic job that survives restarts: beat reads this table (see worker/tasks.py:run_schedules)."""
+    """A periodic job that survives restarts: beat reads this table (see jobs/periodic.py:run_schedules)."""
 
     __tablename__ = "schedules"
 

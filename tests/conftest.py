@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
-from jobs.loopback_llm import LoopbackConfig, LoopbackServer, ModelProfile
 from routeyard.settings import Settings
+from routeyard.testing.loopback import LoopbackConfig, LoopbackServer, ModelProfile
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shared data is read where it lies, never copied: ROUTEYARD_DATA, else ../shared/data beside the checkout,

@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from db.models import Item
 from db.session import open_database
-from jobs.runner import run_embedded
-from jobs.submit import JobOptions, submit_job
+from jobs.services.submit import JobOptions, submit_job
 from routeyard.settings import Settings
+from worker.embedded import run_embedded
 
 
 def write_batch(path: Path, prompts: list[str], extra_lines: dict[int, str] | None = None) -> Path:

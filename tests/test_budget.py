@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 from jobs_helpers import items, submit, submit_and_run, write_batch
 
-from jobs.submit import SubmitError
 from routers.calibration import route_within_budget
-from worker.pricing import cost_bound
+from routeyard.errors import InvalidInput
+from routeyard.pricing import cost_bound
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """The database does not matter here (the routers and the gate do): SQLite only, not once per database."""
+    return f"sqlite:///{tmp_path / 'routeyard.db'}"
 
 PROMPTS = [f"Budget question {i}: " + "explain in detail " * (i % 7) for i in range(40)]
 
@@ -42,7 +48,7 @@ def test_a_budgeted_job_never_costs_more_than_its_budget(settings, tmp_path):
 def test_a_budget_too_small_for_all_weak_is_refused_and_unbounded_answers_get_a_cap(settings, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text('{"id": "a", "prompt": "no max_tokens here"}\n{"id": "b", "prompt": "nor here"}\n')
-    with pytest.raises(SubmitError, match=r"budget \$0.0000 is below"):
+    with pytest.raises(InvalidInput, match=r"budget \$0.0000 is below"):
         submit(settings, path, budget_usd=1e-9)
     sf, result = submit(settings, path, budget_usd=1.0)
     assert all(r.body["max_tokens"] == settings.default_max_tokens for r in items(sf, result.job_id))
@@ -56,7 +62,7 @@ def test_target_pgr_routes_at_the_fraction_the_held_out_curve_gives(settings, tm
 
     router_dir = tmp_path / "router"
     shutil.copytree(PRETRAINED_DIR / "mf", router_dir)
-    with pytest.raises(SubmitError, match="no held-out quality curve"):
+    with pytest.raises(InvalidInput, match="no held-out quality curve"):
         submit(settings, write_batch(tmp_path / "a.jsonl", PROMPTS), router=str(router_dir), target_pgr=0.5)
     fractions = np.linspace(0, 1, 41)
     save_quality_curve(router_dir, fractions, np.sqrt(fractions), "synthetic")  # PGR 0.5 at 25% strong
@@ -74,8 +80,8 @@ def test_shadow_sends_a_share_of_weak_items_to_the_strong_model_too(settings, tm
     from conftest import STRONG, WEAK
     from jobs_helpers import server_stats
 
-    from jobs.loopback_llm import compose_answer
-    from jobs.spend import spend_report
+    from jobs.services.spend import spend_report
+    from routeyard.testing.loopback import compose_answer
 
     sf, result, summary = submit_and_run(settings, write_batch(tmp_path / "s.jsonl", PROMPTS), strong_fraction=0.3,
                                          shadow_fraction=0.25)

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text
 
 from db.models import Item
 from db.session import open_database
-from jobs.tenants import create_tenant
+from jobs.services.tenants import create_tenant
 from routers.registry import DEFAULT_ROUTER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ class Cluster:
         return self.spawn(name, "-m", "jobs.cli", "worker", "--pool", "threads", "--concurrency", "2")
 
     def beat(self) -> subprocess.Popen:
-        return self.spawn("beat", "-m", "celery", "-A", "worker.celery_app", "beat", "-l", "INFO",
+        return self.spawn("beat", "-m", "celery", "-A", "jobs.periodic", "beat", "-l", "INFO",
                           "--schedule", str(self.logs / "beat-schedule"))
 
     def api(self, port: int) -> subprocess.Popen:

@@ -1,7 +1,7 @@
 import io
 import json
 
-from jobs.input_formats import ParsedItem, Rejection, parse_stream
+from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
 
 
 def parse(text: str | bytes, fmt: str = "jsonl") -> list:

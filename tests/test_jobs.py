@@ -11,12 +11,13 @@ from jobs_helpers import calls_per_prompt, items, server_stats, submit, submit_a
 from sqlalchemy import select, text
 
 from db.models import Job, RejectedLine
-from jobs.loopback_llm import compose_answer
-from jobs.query import export_results, job_status
-from jobs.runner import run_embedded
-from jobs.spend import spend_report
-from jobs.submit import JobOptions, SubmitError, submit_job
-from worker.pricing import cost_usd
+from jobs.services.results import export_results, job_status
+from jobs.services.spend import spend_report
+from jobs.services.submit import JobOptions, submit_job
+from routeyard.errors import Conflict, InvalidInput
+from routeyard.pricing import cost_usd
+from routeyard.testing.loopback import compose_answer
+from worker.embedded import run_embedded
 
 PROMPTS = [f"Question number {i}: what is {i} times {i + 3}?" for i in range(40)]
 
@@ -92,7 +93,7 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_of_the_batch_runs
 def test_a_file_with_no_valid_line_is_refused_and_nothing_is_stored(settings, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text("{nope\n[]\n")
-    with pytest.raises(SubmitError, match=r"no valid items.*line 1: invalid JSON"):
+    with pytest.raises(InvalidInput, match=r"no valid items.*line 1: invalid JSON"):
         submit(settings, path)
     sf, _ = submit(settings, write_batch(tmp_path / "ok.jsonl", PROMPTS[:1]))
     with sf() as session:
@@ -108,7 +109,7 @@ def test_resubmitting_with_the_same_idempotency_key_does_not_duplicate(settings,
         assert len(list(session.scalars(select(Job)))) == 1
     assert len(items(sf, first.job_id)) == 5
     other = write_batch(tmp_path / "c.jsonl", PROMPTS[5:9])
-    with pytest.raises(SubmitError, match="different file or options"):
+    with pytest.raises(Conflict, match="different file or options"):
         submit(settings, other, idempotency_key="nightly-2026-11-24")
 
 
@@ -168,22 +169,22 @@ def test_unknown_model_price_is_refused_before_anything_is_stored(settings, tmp_
 
 
 def test_a_cancel_is_never_undone_by_a_runner_that_read_the_job_before_it(settings, tmp_path):
-    from db import queries
+    from db import jobs as store
     from routers.registry import load_router
     from worker import pipeline
 
     sf, result = submit(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:10]))
     pipeline.score_items(sf, result.job_id, load_router("random"), 100)
     with sf() as session:  # the runner's view, taken before the cancel
-        job = queries.get_job(session, result.job_id)
-        ids, _ = queries.item_scores(session, result.job_id)
+        job = store.get_job(session, result.job_id)
+        ids, _ = store.item_scores(session, result.job_id)
         with sf() as other:  # the cancel lands
-            queries.cancel_job(other, queries.get_job(other, result.job_id))
+            store.cancel_job(other, store.get_job(other, result.job_id))
             other.commit()
-        queries.store_routes(session, job, ids, [True] * 3 + [False] * 7, 0.5)
-        assert not queries.set_job_status(session, result.job_id, "running")
+        store.store_routes(session, job, ids, [True] * 3 + [False] * 7, 0.5)
+        assert not store.set_job_status(session, result.job_id, "running")
         session.commit()
     with sf() as session:
-        assert queries.get_job(session, result.job_id).status == "cancelled"
-        assert queries.status_counts(session, result.job_id) == {"cancelled": 10}
+        assert store.get_job(session, result.job_id).status == "cancelled"
+        assert store.status_counts(session, result.job_id) == {"cancelled": 10}
     assert run_embedded(sf, settings, result.job_id).status == "cancelled"

@@ -11,7 +11,8 @@ from test_cli import cli_env, routeyard
 
 from db.models import RouterVersion
 from db.session import open_database
-from jobs.retrain import SERVING, resolve_router_spec, retrain, rollback, version_rows
+from jobs.services.retrain import retrain
+from jobs.services.versions import SERVING, resolve_router_spec, rollback, version_rows
 from routers.base import RouterRuntime, version_of
 from routers.data import (
     Outcome,
@@ -23,6 +24,12 @@ from routers.data import (
 from routers.evaluate import metrics
 from routers.random_router import RandomRouter
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """The database does not matter here (the routers and the gate do): SQLite only, not once per database."""
+    return f"sqlite:///{tmp_path / 'routeyard.db'}"
 
 
 def synthetic(name: str, n: int, seed: int) -> list[Outcome]:

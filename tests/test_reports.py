@@ -12,7 +12,7 @@ from jobs_helpers import items, submit_and_run, write_batch
 from sqlalchemy import update
 
 from db.models import Item
-from jobs.spend import spend_over_time, spend_report
+from jobs.services.spend import spend_over_time, spend_report
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,19 @@ import pytest
 from jobs_helpers import items, submit_and_run
 from sqlalchemy import delete, select
 
+from db.catalog import list_versions
 from db.models import Feedback, RouterVersion
-from jobs.feedback import FeedbackError, FeedbackIn, feedback_preferences, record_feedback
-from jobs.retrain import list_versions, retrain, rollback
+from jobs.services.feedback import FeedbackIn, feedback_preferences, record_feedback
+from jobs.services.retrain import retrain
+from jobs.services.versions import rollback
 from routers.data import outcome_to_preference
+from routeyard.errors import InvalidInput
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """The database does not matter here (the routers and the gate do): SQLite only, not once per database."""
+    return f"sqlite:///{tmp_path / 'routeyard.db'}"
 
 
 def plain_batch(path, prompts):
@@ -37,9 +46,9 @@ def test_feedback_becomes_preference_rows(settings, tmp_path):
         labels = {p.prompt: p.label for p in feedback_preferences(session)}
     assert labels == {rows[weak[0]].prompt: 0.5, rows[weak[1]].prompt: 1.0, rows[weak[2]].prompt: 0.6,
                       rows[strong[1]].prompt: 1.0}
-    with pytest.raises(FeedbackError, match="field 'value'"):
+    with pytest.raises(InvalidInput, match="field 'value'"):
         record_feedback(sf, FeedbackIn(job, weak[0], "prefer", 0.3))
-    with pytest.raises(FeedbackError, match="no item 'nope'"):
+    with pytest.raises(InvalidInput, match="no item 'nope'"):
         record_feedback(sf, FeedbackIn(job, "nope", "thumbs", 1.0))
 
 

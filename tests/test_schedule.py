@@ -4,7 +4,7 @@ import pytest
 
 from db.models import Schedule
 from db.session import open_database
-from jobs.schedule import add_schedule, claim_due, next_run, parse_cron
+from jobs.services.schedules import add_schedule, claim_due, next_run, parse_cron
 
 
 def test_cron_is_parsed_and_bad_cron_is_a_clear_error():

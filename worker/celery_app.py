@@ -1,4 +1,5 @@
-"""The Celery app: `celery -A worker.celery_app worker` (or `routeyard worker`), `celery -A worker.celery_app beat`.
+"""The Celery app. Processes start it through jobs/periodic.py, which adds the periodic tasks that run
+front-door services: `routeyard worker` (or `celery -A jobs.periodic worker`), `celery -A jobs.periodic beat`.
 
 Tasks are acknowledged late and re-queued if their worker dies, so a `kill -9` loses nothing; the steps they
 run are idempotent, so the redelivery does no harm.

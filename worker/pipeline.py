@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from db.models import Job, JobStatus, utcnow
+from db import jobs as store
+from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
 from routers.registry import LoadedRouter
-from routeyard.settings import Settings
+from routeyard.pricing import cost_bound, cost_usd, price_for
+from routeyard.settings import Settings, Tier
+from routeyard.states import JobStatus
 from worker.llm_client import CallResult, ModelClient
-from worker.pricing import cost_bound, cost_usd, price_for
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Clients:
 
 
 def make_clients(settings: Settings) -> Clients:
-    def make(tier: str) -> ModelClient:
+    def make(tier: Tier) -> ModelClient:
         return ModelClient(settings.endpoint(tier), max_retries=settings.max_retries,
                            timeout_s=settings.request_timeout_s, secrets=settings.secrets())
 
@@ -50,15 +51,15 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
     while True:
         with sf() as session:
             if item_ids is None:
-                batch = queries.unscored_items(session, job_id, batch_size)
+                batch = store.unscored_items(session, job_id, batch_size)
             else:
-                batch = queries.unscored_in(session, item_ids)[:batch_size]
+                batch = store.unscored_in(session, item_ids)[:batch_size]
             if not batch:
                 return scored
             scores = loaded.router.win_rate([prompt for _, prompt in batch])
-            queries.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
-                                 loaded.label)
-            queries.get_job(session, job_id).heartbeat_at = utcnow()
+            store.touch_job(session, job_id)  # the job row before the item rows, as every writer locks them
+            store.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
+                               loaded.label)
             session.commit()
         scored += len(batch)
         if progress:
@@ -67,35 +68,36 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
 
 def _route_budget(session: Session, job: Job, ids: list[int], scores: list[float], settings: Settings
                   ) -> BatchRouting:
-    bodies = queries.item_bodies(session, ids)
+    budget = job.budget_usd
+    assert budget is not None  # only budgeted jobs are routed here
+    bodies = store.item_bodies(session, ids)
     weak, strong = (price_for(m, settings.price_table) for m in (job.weak_model, job.strong_model))
     bound = settings.default_max_tokens
     return route_within_budget(np.asarray(scores, dtype=np.float64),
                                np.array([cost_bound(bodies[i], weak, bound) for i in ids]),
-                               np.array([cost_bound(bodies[i], strong, bound) for i in ids]), job.budget_usd)
+                               np.array([cost_bound(bodies[i], strong, bound) for i in ids]), budget)
 
 
-def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings | None = None) -> float | None:
+def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) -> float | None:
     """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong.
     Returns the threshold if this call routed the job, None if it was routed already or cannot be yet."""
-    settings = settings or Settings()
     with sf() as session:
-        job = queries.get_job(session, job_id, lock=True)
+        job = store.get_job(session, job_id, lock=True)
         if job.threshold is not None or job.status == JobStatus.CANCELLED:  # never route twice
             return None
-        if queries.unscored_items(session, job_id, 1):
+        if store.unscored_items(session, job_id, 1):
             return None
-        ids, scores = queries.item_scores(session, job_id)
+        ids, scores = store.item_scores(session, job_id)
         if job.budget_usd is None:
             routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
         else:
             routing = _route_budget(session, job, ids, scores, settings)
-        queries.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
+        store.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
         if job.shadow_fraction:
             weak = {str(i): i for i, s in zip(ids, routing.strong.tolist(), strict=True) if not s}
             chosen = shadow_sample(list(weak), job.shadow_fraction, job.id)
-            queries.mark_shadow(session, [weak[k] for k in chosen])
-        queries.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
+            store.mark_shadow(session, [weak[k] for k in chosen])
+        store.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()
         return routing.threshold
 
@@ -110,7 +112,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     async def one(item_id: int) -> None:
         async with limit:
             with sf() as session:
-                claim = queries.claim_item(session, item_id, lease_s)
+                claim = store.claim_item(session, item_id, lease_s)
                 session.commit()
             if claim is None:  # finished meanwhile (another worker, a redelivered task)
                 return
@@ -124,7 +126,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
                 result = await client.complete(claim.body)
             cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
             with sf() as session:
-                queries.record_result(session, item_id, result, cost if result.ok else 0.0, shadow, shadow_cost or 0.0)
+                store.record_result(session, item_id, result, cost if result.ok else 0.0, shadow, shadow_cost or 0.0)
                 session.commit()
             if on_done:
                 on_done(result)
@@ -134,7 +136,15 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
 
 def finish_if_done(sf: sessionmaker[Session], job_id: str) -> bool:
     with sf() as session:
-        done = queries.finish_job_if_done(session, job_id)
+        done = store.finish_job_if_done(session, job_id)
         session.commit()
         return done
+
+
+def start(sf: sessionmaker[Session], job_id: str) -> bool:
+    """Mark the job started; False if it has ended (nothing to do)."""
+    with sf() as session:
+        job = store.start_job(session, job_id)
+        session.commit()
+        return not job.status.ended
 

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import jobs as store
 from db.models import Item, Job
+from routeyard.states import ItemStatus
 
 ResultFormat = Literal["jsonl", "csv", "openai"]
 
@@ -38,7 +39,7 @@ class JobStatusView:
     weak_model: str
     n_items: int
     n_rejected: int
-    counts: dict[str, int]
+    counts: dict[ItemStatus, int]
     created_at: datetime
     finished_at: datetime | None
     rejected: list[tuple[int, str]]
@@ -52,11 +53,11 @@ class JobStatusView:
 
 
 def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_id: str | None = None) -> JobStatusView:
-    job: Job = queries.get_job(session, job_id, tenant_id)
-    counts = queries.status_counts(session, job_id)
-    rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job_id)[:rejected_limit]]
+    job: Job = store.get_job(session, job_id, tenant_id)
+    counts = store.status_counts(session, job_id)
+    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, job_id)[:rejected_limit]]
     return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
-                         ",".join(queries.router_versions(session, job_id)) or None, job.strong_fraction,
+                         ",".join(store.router_versions(session, job_id)) or None, job.strong_fraction,
                          job.budget_usd, job.target_pgr, job.threshold,
                          job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts, job.created_at,
                          job.finished_at, rejected)
@@ -88,25 +89,25 @@ def openai_batch_record(item: Item) -> dict[str, Any]:
 def page_results(session: Session, job_id: str, offset: int, limit: int, fmt: ResultFormat = "jsonl",
                  tenant_id: str | None = None) -> list[dict[str, Any]]:
     """One page of results in input order (`offset` counts items, not lines)."""
-    queries.get_job(session, job_id, tenant_id)
+    store.get_job(session, job_id, tenant_id)
     make = openai_batch_record if fmt == "openai" else record
-    return [make(i) for i in queries.items_page(session, job_id, offset, limit)]
+    return [make(i) for i in store.items_page(session, job_id, offset, limit)]
 
 
 def export_results(session: Session, job_id: str, fmt: ResultFormat, tenant_id: str | None = None) -> Iterator[str]:
     """The job's results as lines of text (each ending in a newline), in input order."""
-    queries.get_job(session, job_id, tenant_id)
+    store.get_job(session, job_id, tenant_id)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS)
         writer.writeheader()
         yield buf.getvalue()
-        for item in queries.iter_items(session, job_id):
+        for item in store.iter_items(session, job_id):
             buf.seek(0)
             buf.truncate()
             writer.writerow(record(item))
             yield buf.getvalue()
         return
     make = openai_batch_record if fmt == "openai" else record
-    for item in queries.iter_items(session, job_id):
+    for item in store.iter_items(session, job_id):
         yield json.dumps(make(item), ensure_ascii=False) + "\n"

@@ -17,15 +17,16 @@ from typing import BinaryIO
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import jobs as store
 from db.models import LOCAL_TENANT, Job
-from jobs.input_formats import ParsedItem, Rejection, parse_stream
-from jobs.retrain import resolve_router_spec
+from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
+from jobs.services.versions import resolve_router_spec
 from routers.calibration import fraction_for_target_pgr
 from routers.registry import DEFAULT_ROUTER
+from routeyard.errors import Conflict, InvalidInput
+from routeyard.pricing import cost_bound, price_for
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
-from worker.pricing import cost_bound, price_for
 
 INSERT_CHUNK = 1000
 
@@ -48,10 +49,6 @@ class SubmitResult:
     created: bool  # False: the idempotency key matched a job already stored
     n_items: int
     rejected: list[tuple[int, str]]
-
-
-class SubmitError(ValueError):
-    pass
 
 
 class _HashingReader(io.RawIOBase):
@@ -80,32 +77,32 @@ def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> 
 def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, fmt: str, options: JobOptions,
                source_name: str | None = None) -> SubmitResult:
     if not 0.0 <= options.strong_fraction <= 1.0:
-        raise SubmitError(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
+        raise InvalidInput(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
     if options.shadow_fraction is not None and not 0.0 <= options.shadow_fraction <= 1.0:
-        raise SubmitError(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
+        raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
     if options.budget_usd is not None and options.budget_usd <= 0:
-        raise SubmitError(f"budget must be a positive number of dollars, got {options.budget_usd}")
+        raise InvalidInput(f"budget must be a positive number of dollars, got {options.budget_usd}")
     weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
     price_for(settings.strong_model, settings.price_table)  # could not be counted
     if options.idempotency_key:
         with sf() as session:
-            existing = queries.job_by_key(session, options.idempotency_key, options.tenant_id)
+            existing = store.job_by_key(session, options.idempotency_key, options.tenant_id)
             if existing is not None:
                 return _existing(session, existing, source, options, settings)
 
     requested = options  # idempotency compares what the client sent, not what it resolved to
-    options = replace(options, router=resolve_router_spec(sf, options.router))  # the exact version, recorded
+    options = replace(options, router=resolve_router_spec(sf, options.router, settings))  # the exact version, recorded
     if options.target_pgr is not None:
         if not 0.0 < options.target_pgr <= 1.5:
-            raise SubmitError(f"target PGR must be in (0, 1.5], got {options.target_pgr}")
+            raise InvalidInput(f"target PGR must be in (0, 1.5], got {options.target_pgr}")
         if not Path(options.router).is_dir():
-            raise SubmitError(f"--target-pgr needs a router directory with a held-out quality curve, got "
+            raise InvalidInput(f"--target-pgr needs a router directory with a held-out quality curve, got "
                               f"{options.router!r}")
         try:
             options = replace(options, strong_fraction=fraction_for_target_pgr(Path(options.router),
                                                                                options.target_pgr))
         except ValueError as exc:
-            raise SubmitError(str(exc)) from None
+            raise InvalidInput(str(exc)) from None
     job_id = f"job_{uuid.uuid4().hex}"
     reader = _HashingReader(source)
     rejected: list[tuple[int, str]] = []
@@ -133,20 +130,20 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                 weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
             chunk.append(_row(job_id, entry))
             if len(chunk) >= INSERT_CHUNK:
-                queries.add_items(session, chunk)
+                store.add_items(session, chunk)
                 n_items += len(chunk)
                 chunk = []
-        queries.add_items(session, chunk)
+        store.add_items(session, chunk)
         n_items += len(chunk)
         if n_items == 0:
             session.rollback()
             detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
-            raise SubmitError(f"no valid items in {source_name or 'the input'}: {detail}")
+            raise InvalidInput(f"no valid items in {source_name or 'the input'}: {detail}")
         if options.budget_usd is not None and weak_bound > options.budget_usd:
             session.rollback()
-            raise SubmitError(f"budget ${options.budget_usd:.4f} is below ${weak_bound:.4f}, the most these "
+            raise InvalidInput(f"budget ${options.budget_usd:.4f} is below ${weak_bound:.4f}, the most these "
                               f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
-        queries.add_rejected(session, job_id, rejected)
+        store.add_rejected(session, job_id, rejected)
         job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)
         job.n_items, job.n_rejected = n_items, len(rejected)
         try:
@@ -154,7 +151,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         except IntegrityError:  # a concurrent submit with the same key won the race
             session.rollback()
             if options.idempotency_key:
-                existing = queries.job_by_key(session, options.idempotency_key, options.tenant_id)
+                existing = store.job_by_key(session, options.idempotency_key, options.tenant_id)
                 if existing is not None:
                     return SubmitResult(existing.id, False, existing.n_items, [])
             raise
@@ -166,9 +163,9 @@ def _existing(session: Session, job: Job, source: BinaryIO, options: JobOptions,
     for block in iter(lambda: source.read(1 << 20), b""):
         digest.update(block)
     if _request_hash(digest.hexdigest(), options, settings) != job.request_hash:
-        raise SubmitError(f"idempotency key {options.idempotency_key!r} was used for job {job.id} with a "
+        raise Conflict(f"idempotency key {options.idempotency_key!r} was used for job {job.id} with a "
                           "different file or options; use a new key for a new job")
-    rejected = [(r.line_no, r.reason) for r in queries.rejected_lines(session, job.id)]
+    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, job.id)]
     return SubmitResult(job.id, False, job.n_items, rejected)
 
 

@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from db.models import Feedback, Item, ItemStatus
+from db import catalog
+from db import jobs as store
 from routers.data import Preference
+from routeyard.errors import InvalidInput
+from routeyard.states import ItemStatus
 
 Kind = Literal["prefer", "rating", "thumbs"]
 PREFER = {"strong": 1.0, "tie": 0.5, "weak": 0.0}
-
-
-class FeedbackError(ValueError):
-    pass
+THUMBS = {"up": 1.0, "down": 0.0}
 
 
 @dataclass(frozen=True)
@@ -38,21 +36,35 @@ class FeedbackIn:
     value: float  # prefer: 1/0.5/0; rating: 0..1; thumbs: 1/0
 
 
+def feedback_value(kind: str, raw: str | float) -> float:
+    """A judgement as the user gives it (prefer strong/weak/tie, thumbs up/down, a rating) -> its stored value."""
+    if kind == "prefer":
+        if raw not in PREFER:
+            raise InvalidInput(f"prefer must be strong, weak or tie, got {raw!r}")
+        return PREFER[str(raw)]
+    if kind == "thumbs":
+        if raw not in THUMBS:
+            raise InvalidInput(f"thumbs must be up or down, got {raw!r}")
+        return THUMBS[str(raw)]
+    if kind == "rating":
+        return float(raw)
+    raise InvalidInput(f"field 'kind' must be prefer, rating or thumbs, got {kind!r}")
+
+
 def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | None = None) -> int:
     if fb.kind not in ("prefer", "rating", "thumbs"):
-        raise FeedbackError(f"field 'kind' must be prefer, rating or thumbs, got {fb.kind!r}")
+        raise InvalidInput(f"field 'kind' must be prefer, rating or thumbs, got {fb.kind!r}")
     allowed = {"prefer": (0.0, 0.5, 1.0), "thumbs": (0.0, 1.0)}.get(fb.kind)
     if (allowed and fb.value not in allowed) or not 0.0 <= fb.value <= 1.0:
-        raise FeedbackError(f"field 'value' for {fb.kind} must be {allowed or 'between 0 and 1'}, got {fb.value}")
+        raise InvalidInput(f"field 'value' for {fb.kind} must be {allowed or 'between 0 and 1'}, got {fb.value}")
     with sf() as session:
-        queries.get_job(session, fb.job_id, tenant_id)
-        item = session.scalar(select(Item).where(Item.job_id == fb.job_id, Item.custom_id == fb.custom_id))
+        store.get_job(session, fb.job_id, tenant_id)
+        item = store.item_by_custom_id(session, fb.job_id, fb.custom_id)
         if item is None:
-            raise FeedbackError(f"job {fb.job_id} has no item {fb.custom_id!r}")
+            raise InvalidInput(f"job {fb.job_id} has no item {fb.custom_id!r}")
         if item.status != ItemStatus.SUCCEEDED:
-            raise FeedbackError(f"item {fb.custom_id!r} has no answer to judge (it is {item.status})")
-        row = Feedback(item_id=item.id, kind=fb.kind, value=fb.value)
-        session.add(row)
+            raise InvalidInput(f"item {fb.custom_id!r} has no answer to judge (it is {item.status})")
+        row = catalog.add_feedback(session, item.id, fb.kind, fb.value)
         session.commit()
         return row.id
 
@@ -61,13 +73,9 @@ FEEDBACK_GROUP = "feedback"  # the group of feedback rows: retraining weights th
 
 
 def feedback_preferences(session: Session, since: datetime | None = None) -> list[Preference]:
-    query = (select(Feedback.item_id, Feedback.kind, Feedback.value, Item.prompt, Item.tier)
-             .join(Item, Item.id == Feedback.item_id).order_by(Feedback.created_at, Feedback.id))
-    if since is not None:
-        query = query.where(Feedback.created_at >= since)
-    latest: dict[tuple[int, str], tuple[float, str, str]] = {}
-    for item_id, kind, value, prompt, tier in session.execute(query):
-        latest[(item_id, kind)] = (value, prompt, tier)  # later rows overwrite earlier ones
+    latest: dict[tuple[int, str], tuple[float, str, str | None]] = {}
+    for row in catalog.feedback_rows(session, since):
+        latest[(row.item_id, row.kind)] = (row.value, row.prompt, row.tier)  # later rows overwrite earlier ones
     out = []
     for (_, kind), (value, prompt, tier) in latest.items():
         if kind == "prefer":

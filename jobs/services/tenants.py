@@ -8,7 +8,7 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import catalog
 from db.models import Tenant
 
 
@@ -21,10 +21,10 @@ def create_tenant(sf: sessionmaker[Session], name: str) -> tuple[str, str]:
     key = "ry_" + secrets.token_urlsafe(32)
     tenant_id = f"tn_{uuid.uuid4().hex[:16]}"
     with sf() as session:
-        queries.add_tenant(session, tenant_id, name, hash_key(key))
+        catalog.add_tenant(session, tenant_id, name, hash_key(key))
         session.commit()
     return tenant_id, key
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
-    return queries.tenant_by_key_hash(session, hash_key(key))
+    return catalog.tenant_by_key_hash(session, hash_key(key))

@@ -18,20 +18,19 @@ rolled back to.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import RouterVersion, utcnow
-from jobs.feedback import FEEDBACK_GROUP, feedback_preferences
-from jobs.runner import router_runtime
-from routers.base import CONFIG_FILE, TrainOptions, version_of
+from db import catalog
+from db.models import RouterVersion
+from jobs.services.feedback import FEEDBACK_GROUP, feedback_preferences
+from jobs.services.versions import SERVING, resolve_router_spec, router_info, training_prompts_of
+from routers.base import TrainOptions
 from routers.calibration import save_quality_curve
 from routers.data import (
     ROUTELLM_STRONG,
@@ -41,18 +40,17 @@ from routers.data import (
     Preference,
     data_hash,
     load_preferences,
-    load_training_prompts,
     pgr_caveats,
     prompt_fingerprint,
     save_training_prompts,
 )
 from routers.evaluate import curve, metrics
-from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, load_router, train_router
+from routers.registry import load_router, train_router
+from routeyard.errors import InvalidInput
 from routeyard.settings import Settings
+from worker.runtime import router_runtime
 
 log = logging.getLogger(__name__)
-SERVING = "serving"  # the router spec that means "whatever version serves now"
-SHIPPED = "shipped"  # `router rollback shipped`: the default router again, as before any promotion
 MIN_GATE_PROMPTS = 100  # held-out prompts neither router trained on, at the least, to decide a promotion
 
 
@@ -64,92 +62,6 @@ class RetrainResult:
     candidate_apgr: float
     serving_apgr: float
     decision: str
-
-
-@dataclass(frozen=True)
-class RouterInfo:
-    """A router spec described without loading it (`shipped_router`: what serves before any promotion)."""
-
-    spec: str
-    router: str
-    version: str
-    path: str  # the checkpoint directory, or the spec itself when nothing is saved (random) or it is a hub id
-    rows: int | None  # training rows, from its config
-
-    @property
-    def label(self) -> str:
-        return f"{self.router}@{self.version}"
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    """One line of `router versions`: a trained version from the database, or the shipped router."""
-
-    router: str
-    version: str
-    path: str
-    apgr: float | None
-    baseline_apgr: float | None
-    rows: int | None
-    created_at: datetime | None
-    decision: str
-    serving: bool
-    shipped: bool = False
-
-
-def serving_version(session: Session) -> RouterVersion | None:
-    return session.scalar(select(RouterVersion).where(RouterVersion.serving.is_(True))
-                          .order_by(RouterVersion.promoted_at.desc()))
-
-
-def fallback_spec(settings: Settings | None) -> str:
-    """The router that serves before any promotion."""
-    if settings is None or settings.default_router == SERVING:
-        return DEFAULT_ROUTER
-    return settings.default_router
-
-
-def resolve_router_spec(sf: sessionmaker[Session], spec: str, fallback: str = DEFAULT_ROUTER) -> str:
-    """`serving` -> the promoted version's directory (or the shipped `fallback` before any promotion)."""
-    if spec != SERVING:
-        return spec
-    with sf() as session:
-        current = serving_version(session)
-    return current.path if current else fallback
-
-
-def _router_dir(spec: str) -> Path | None:
-    """The saved directory of a router spec; None for a registry name with no checkpoint or a hub id."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if spec in ROUTERS and (PRETRAINED_DIR / spec).is_dir():
-        return PRETRAINED_DIR / spec
-    return None
-
-
-def router_info(spec: str) -> RouterInfo:
-    folder = _router_dir(spec)
-    if folder is None:  # nothing saved (random) or a hub id
-        return RouterInfo(spec, spec if spec in ROUTERS else spec.rsplit("/", 1)[-1],
-                          "default" if spec in ROUTERS else "-", spec, None)
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    return RouterInfo(spec, str(config.get("router", spec)), version_of(folder), str(folder),
-                      (config.get("train") or {}).get("rows"))
-
-
-def shipped_router(settings: Settings | None = None) -> RouterInfo:
-    """The shipped default (or ROUTEYARD_DEFAULT_ROUTER when it names a router): serves before any promotion."""
-    return router_info(fallback_spec(settings))
-
-
-def training_prompts_of(spec: str) -> np.ndarray | None:
-    """Fingerprints of the prompts a router spec trained on: empty for a registry name with no checkpoint (it
-    learned nothing), None when unknown (a checkpoint saved without the record, or a hub id)."""
-    folder = _router_dir(spec)
-    if folder is None:
-        return np.empty(0, dtype=np.uint64) if spec in ROUTERS else None
-    return load_training_prompts(folder, version_of(folder))
 
 
 def fair_heldout(heldout: list[Outcome], serving_seen: np.ndarray | None, serving: str
@@ -168,15 +80,15 @@ def fair_heldout(heldout: list[Outcome], serving_seen: np.ndarray | None, servin
         note = (f"{excluded} of {len(heldout)} held-out prompts excluded because the serving router {serving} "
                 "trained on them" if excluded else "neither router trained on any held-out prompt")
         if excluded and len(judged) < MIN_GATE_PROMPTS:
-            raise ValueError(
+            raise InvalidInput(
                 f"the serving router {serving} trained on {excluded} of the {len(heldout)} held-out prompts, leaving "
                 f"{len(judged)} that neither router saw; a fair promotion needs at least {MIN_GATE_PROMPTS}. Judge "
                 "on outcomes it never trained on (e.g. new prompts from your own traffic, with both models' "
                 "answers graded)")
     if len(judged) < MIN_GATE_PROMPTS:
-        raise ValueError(f"{len(judged)} held-out prompts; a fair promotion needs at least {MIN_GATE_PROMPTS}")
+        raise InvalidInput(f"{len(judged)} held-out prompts; a fair promotion needs at least {MIN_GATE_PROMPTS}")
     for caveat in pgr_caveats(judged):
-        raise ValueError(f"cannot decide a promotion on this held-out set: {caveat}")
+        raise InvalidInput(f"cannot decide a promotion on this held-out set: {caveat}")
     return judged, note
 
 
@@ -190,8 +102,8 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
             extra: list[Preference] | None = None, strong_column: str = ROUTELLM_STRONG,
             weak_column: str = ROUTELLM_WEAK) -> RetrainResult:
     if not heldout:
-        raise ValueError("a held-out set is needed to decide a promotion")
-    serving_spec = resolve_router_spec(sf, SERVING, fallback_spec(settings))
+        raise InvalidInput("a held-out set is needed to decide a promotion")
+    serving_spec = resolve_router_spec(sf, SERVING, settings)
     judged, note = fair_heldout(heldout, training_prompts_of(serving_spec), router_info(serving_spec).label)
     runtime = router_runtime(settings)
     serving_router = load_router(serving_spec, runtime)
@@ -202,7 +114,7 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
     base = load_preferences(base_data, strong_column, weak_column) if base_data else []
     rows = [r for r in (base + feedback + (extra or [])) if r.prompt.strip() not in held]
     if not rows:
-        raise ValueError("no training rows left once the held-out prompts are set aside")
+        raise InvalidInput("no training rows left once the held-out prompts are set aside")
     # Feedback is the users' own traffic: routers that can weight it up (by validation on it) do.
     candidate = train_router(router, rows, runtime, TrainOptions(seed=seed, focus_groups=frozenset({FEEDBACK_GROUP})))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -221,53 +133,14 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
     decision = (f"{verb}: candidate APGR {candidate_m.apgr:.4f} vs serving {serving_router.label} "
                 f"{serving_m.apgr:.4f}, margin {margin:.4f}, on {len(judged)} held-out prompts; {note}")
     with sf() as session:
-        if promoted:
-            session.execute(update(RouterVersion).values(serving=False))
-        session.add(RouterVersion(
+        catalog.add_version(session, RouterVersion(
             router=router, version=version, path=str(out), apgr=candidate_m.apgr, baseline_apgr=serving_m.apgr,
-            metrics=candidate_m.to_dict(), decision=decision, serving=promoted,
-            promoted_at=utcnow() if promoted else None,
+            metrics=candidate_m.to_dict(), decision=decision, serving=False,
             data={"rows": len(rows), "feedback_rows": len(feedback), "data_hash": data_hash(rows),
                   "base": [str(p) for p in base_data], "heldout": len(heldout), "judged_on": len(judged),
-                  "heldout_excluded": len(heldout) - len(judged), "serving": serving_router.label}))
+                  "heldout_excluded": len(heldout) - len(judged), "serving": serving_router.label}), serve=promoted)
         session.commit()
     log.warning("retrain %s %s: %s", router, version, decision)
     return RetrainResult(version, str(out), promoted, candidate_m.apgr, serving_m.apgr, decision)
 
 
-def list_versions(session: Session) -> list[RouterVersion]:
-    return list(session.scalars(select(RouterVersion).order_by(RouterVersion.created_at.desc())))
-
-
-def version_rows(session: Session, settings: Settings | None = None) -> list[VersionRow]:
-    """Every trained version, newest first, then the shipped router (serving while nothing is promoted)."""
-    rows = [VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
-                       v.created_at, v.decision, v.serving) for v in list_versions(session)]
-    shipped = shipped_router(settings)
-    rows.append(VersionRow(shipped.router, shipped.version, shipped.path, None, None, shipped.rows, None,
-                           f"shipped default ({shipped.spec}); serves until a trained version is promoted",
-                           not any(r.serving for r in rows), shipped=True))
-    return rows
-
-
-def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None = None
-             ) -> RouterVersion | RouterInfo:
-    """Serve an earlier version again: a trained one, or the shipped router (its version, or `shipped`)."""
-    stamp = utcnow().isoformat(timespec="seconds")
-    with sf() as session:
-        target = session.scalar(select(RouterVersion).where(RouterVersion.version == version)
-                                .order_by(RouterVersion.created_at.desc()))
-        shipped = shipped_router(settings)
-        if target is None and version in (SHIPPED, shipped.version):
-            for row in session.scalars(select(RouterVersion).where(RouterVersion.serving.is_(True))):
-                row.serving = False
-                row.decision += f"; replaced by the shipped router {shipped.router} {shipped.version} at {stamp}"
-            session.commit()
-            return shipped
-        if target is None:
-            raise ValueError(f"no router version {version!r}; see `routeyard router versions`")
-        session.execute(update(RouterVersion).values(serving=False))
-        target.serving, target.promoted_at = True, utcnow()
-        target.decision += f"; rolled back to at {stamp}"
-        session.commit()
-        return target

@@ -7,9 +7,11 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import jobs as store
+from db.spend import Period, SpendFilter, SpendRow, spend_rows
+from routeyard.errors import InvalidInput
+from routeyard.pricing import cost_usd, price_for
 from routeyard.settings import Settings
-from worker.pricing import cost_usd, price_for
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,11 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
     """The all-strong estimate prices each weak call's tokens at the strong model's rates: the same prompt,
     and an answer of the same length (strong models tend to write longer, so the saving is if anything low)."""
     if job_id is not None:
-        queries.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
+        store.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
     merged: dict[tuple[str, str], ModelSpend] = {}
     all_strong = 0.0
-    rows = queries.spend_rows(session, job_id, since, tenant_id) + queries.shadow_spend(session, job_id, since,
-                                                                                        tenant_id)
-    for row in rows:
-        if row.tier == "strong":
-            all_strong += row.cost_usd
-        elif row.tier == "weak":
-            all_strong += cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens,
-                                   row.completion_tokens)
+    for row in spend_rows(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, since=since)):
+        all_strong += _all_strong_cost(row, settings)
         key = (row.tier, row.model)
         prev = merged.get(key)
         merged[key] = ModelSpend(row.tier, row.model, row.calls + (prev.calls if prev else 0),
@@ -83,24 +79,36 @@ class PeriodSpend:
     by_tag: dict[str, float]  # tag ("" for none) -> dollars
 
 
-def spend_over_time(session: Session, settings: Settings, period: str = "day", tag: str | None = None,
+def _all_strong_cost(row: SpendRow, settings: Settings) -> float:
+    """What the row's calls would have cost on the strong model; shadow calls are extra spend, not routed."""
+    if row.tier == "strong":
+        return row.cost_usd
+    if row.tier == "weak":
+        return cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens, row.completion_tokens)
+    return 0.0
+
+
+def spend_over_time(session: Session, settings: Settings, period: Period = "day", tag: str | None = None,
                     tenant_id: str | None = None) -> list[PeriodSpend]:
     """Spend per day or week, per model and per job tag, with the saving against all-strong (as spend_report)."""
+    if period not in ("day", "week"):
+        raise InvalidInput(f"--by must be day or week, got {period!r}")
     buckets: dict[str, dict] = {}
-    for row in queries.spend_by_period(session, period, tag, tenant_id):
+    for row in spend_rows(session, SpendFilter(tenant_id=tenant_id, tag=tag), period):
+        assert row.period is not None
         b = buckets.setdefault(row.period, {"calls": 0, "strong_calls": 0, "cost": 0.0, "strong": 0.0, "weak": 0.0,
                                             "all_strong": 0.0, "by_model": {}, "by_tag": {}})
-        b["calls"] += row.calls
         b["cost"] += row.cost_usd
+        b["all_strong"] += _all_strong_cost(row, settings)
         b["by_model"][row.model] = b["by_model"].get(row.model, 0.0) + row.cost_usd
         b["by_tag"][row.tag or ""] = b["by_tag"].get(row.tag or "", 0.0) + row.cost_usd
+        if row.tier == "shadow":  # spend, but not a routed call
+            continue
+        b["calls"] += row.calls
         if row.tier == "strong":
             b["strong_calls"] += row.calls
             b["strong"] += row.cost_usd
-            b["all_strong"] += row.cost_usd
         else:
             b["weak"] += row.cost_usd
-            b["all_strong"] += cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens,
-                                        row.completion_tokens)
     return [PeriodSpend(p, b["calls"], b["strong_calls"], b["cost"], b["strong"], b["weak"], b["all_strong"],
                         b["all_strong"] - b["cost"], b["by_model"], b["by_tag"]) for p, b in sorted(buckets.items())]

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 
+from routeyard.errors import UnknownPrice
 from routeyard.settings import Price
-
-
-class UnknownPriceError(ValueError):
-    pass
 
 
 def price_for(model: str, table: dict[str, Price]) -> Price:
     try:
         return table[model]
     except KeyError:
-        raise UnknownPriceError(
+        raise UnknownPrice(
             f"no price for model {model!r}; add it to ROUTEYARD_PRICING, e.g. "
             f"ROUTEYARD_PRICING='{{\"{model}\": {{\"input\": 0.5, \"output\": 1.5}}}}' (dollars per 1M tokens)"
         ) from None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from db.models import RouterVersion
-from jobs.spend import PeriodSpend
+from jobs.services.spend import PeriodSpend
 
 
 def plot_cost_and_quality(periods: Sequence[PeriodSpend], versions: Sequence[RouterVersion], out: Path) -> Path:

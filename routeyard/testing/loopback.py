@@ -212,7 +212,7 @@ DEMO_MODELS = {
 
 
 def main() -> None:
-    """`python -m jobs.loopback_llm --port 8100 --latency-ms 100`: serve in the foreground."""
+    """`python -m routeyard.testing.loopback --port 8100 --latency-ms 100`: serve in the foreground."""
     import argparse
 
     import uvicorn

@@ -45,7 +45,7 @@ _FILL = {
 
 
 def _fill(template: str, rng: random.Random) -> str:
-    values = {k: rng.choice(v) for k, v in _FILL.items()}
+    values: dict[str, object] = {k: rng.choice(v) for k, v in _FILL.items()}
     values.update(h=rng.randint(6, 11), v1=rng.randint(60, 90), v2=rng.randint(95, 140), d=rng.randint(1, 3),
                   p=rng.randint(2, 5), k=rng.randint(6, 12), q=rng.randint(14, 30), n=rng.randint(8, 40))
     return template.format(**values)

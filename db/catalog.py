@@ -1,0 +1,128 @@
+"""What the product keeps besides jobs: tenants, router versions, schedules and feedback rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.jobs import rowcount
+from db.models import Feedback, Item, RouterVersion, Schedule, Tenant, utcnow
+from routeyard.errors import NotFound
+
+# --- tenants ----------------------------------------------------------------------------------------------
+
+
+def add_tenant(session: Session, tenant_id: str, name: str, key_hash: str) -> Tenant:
+    tenant = Tenant(id=tenant_id, name=name, key_hash=key_hash)
+    session.add(tenant)
+    return tenant
+
+
+def tenant_by_key_hash(session: Session, key_hash: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.key_hash == key_hash))
+
+
+# --- router versions --------------------------------------------------------------------------------------
+
+
+def serving_version(session: Session) -> RouterVersion | None:
+    return session.scalar(select(RouterVersion).where(RouterVersion.serving.is_(True))
+                          .order_by(RouterVersion.promoted_at.desc()))
+
+
+def list_versions(session: Session) -> list[RouterVersion]:
+    return list(session.scalars(select(RouterVersion).order_by(RouterVersion.created_at.desc())))
+
+
+def version_named(session: Session, version: str) -> RouterVersion | None:
+    return session.scalar(select(RouterVersion).where(RouterVersion.version == version)
+                          .order_by(RouterVersion.created_at.desc()))
+
+
+def add_version(session: Session, row: RouterVersion, *, serve: bool) -> RouterVersion:
+    """Store a trained version; with `serve`, it becomes the one serving (and no other does)."""
+    if serve:
+        session.execute(update(RouterVersion).values(serving=False))
+        row.serving, row.promoted_at = True, utcnow()
+    session.add(row)
+    return row
+
+
+def serve_version(session: Session, row: RouterVersion | None, note: str) -> None:
+    """Make `row` the serving version (None: no trained version serves, so the shipped one does), noting why
+    on the rows that change."""
+    for current in session.scalars(select(RouterVersion).where(RouterVersion.serving.is_(True))):
+        if current is not row:
+            current.serving = False
+            current.decision += f"; {note}" if row is None else ""
+    if row is not None:
+        row.serving, row.promoted_at = True, utcnow()
+        row.decision += f"; {note}"
+
+
+# --- schedules --------------------------------------------------------------------------------------------
+
+
+def add_schedule(session: Session, task: str, args: dict[str, Any], cron: str | None,
+                 every_s: float | None) -> Schedule:
+    row = Schedule(task=task, cron=cron, every_s=every_s, args=args)
+    session.add(row)
+    return row
+
+
+def list_schedules(session: Session, enabled_only: bool = False) -> list[Schedule]:
+    query = select(Schedule).order_by(Schedule.id)
+    if enabled_only:
+        query = query.where(Schedule.enabled.is_(True))
+    return list(session.scalars(query))
+
+
+def remove_schedule(session: Session, schedule_id: int) -> None:
+    row = session.get(Schedule, schedule_id)
+    if row is None:
+        raise NotFound(f"no schedule {schedule_id}")
+    session.delete(row)
+
+
+def claim_schedule_run(session: Session, row: Schedule, now: datetime) -> bool:
+    """Claim one firing of a due schedule by moving its last run time: of two beats, only one wins."""
+    same = Schedule.last_run_at.is_(None) if row.last_run_at is None else Schedule.last_run_at == row.last_run_at
+    claimed = session.execute(update(Schedule).where(Schedule.id == row.id, same).values(last_run_at=now)
+                              .execution_options(synchronize_session=False))
+    return rowcount(claimed) == 1
+
+
+def record_schedule_result(session: Session, schedule_id: int, result: str) -> None:
+    session.execute(update(Schedule).where(Schedule.id == schedule_id).values(last_result=result[:2000]))
+
+
+# --- feedback ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    item_id: int
+    kind: str
+    value: float
+    prompt: str
+    tier: str | None  # the tier that answered the item
+
+
+def add_feedback(session: Session, item_id: int, kind: str, value: float) -> Feedback:
+    row = Feedback(item_id=item_id, kind=kind, value=value)
+    session.add(row)
+    return row
+
+
+def feedback_rows(session: Session, since: datetime | None = None) -> Sequence[FeedbackRow]:
+    """Every judgement with its item's prompt and tier, oldest first."""
+    query = (select(Feedback.item_id, Feedback.kind, Feedback.value, Item.prompt, Item.tier)
+             .join(Item, Item.id == Feedback.item_id).order_by(Feedback.created_at, Feedback.id))
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    return [FeedbackRow(*row) for row in session.execute(query)]

@@ -1,0 +1,312 @@
+"""The job and item state machine. Every change of state is a conditional UPDATE, so it is safe to repeat and
+safe against a second worker doing the same: an ended job never moves, a succeeded item is never overwritten,
+and an item is in flight for one worker at a time (until its lease runs out).
+
+Locks are always taken job row first, then item rows (cancel, routing, finishing), so two of these never
+wait on each other in opposite orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+
+from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.models import LOCAL_TENANT, Item, Job, RejectedLine, utcnow
+from routeyard.errors import NotFound
+from routeyard.states import ITEM_UNFINISHED, JOB_ACTIVE, JOB_ENDED, ItemStatus, JobStatus
+
+
+class CallOutcome(Protocol):
+    """What a model call left behind (worker.llm_client.CallResult has these fields)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def status_code(self) -> int | None: ...
+    @property
+    def response(self) -> dict[str, Any] | None: ...
+    @property
+    def answer(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def latency_ms(self) -> float: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (execute() is typed as returning a plain Result; DML gives a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+@dataclass(frozen=True)
+class Claim:
+    tier: str
+    body: dict[str, Any]
+    shadow: bool = False
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
+    """The job; another tenant's job is reported as not found, exactly like a missing one."""
+    query = select(Job).where(Job.id == job_id)
+    if lock:  # serialise concurrent workers on this job's row (PostgreSQL; SQLite has one writer anyway)
+        # and read it afresh: a copy this session loaded earlier may predate a cancel
+        query = query.with_for_update().execution_options(populate_existing=True)
+    job = session.scalar(query)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def job_by_key(session: Session, key: str, tenant_id: str = LOCAL_TENANT) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def list_jobs(session: Session, limit: int = 50, tenant_id: str | None = None) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return list(session.scalars(query))
+
+
+def set_job_status(session: Session, job_id: str, status: JobStatus, **values: Any) -> bool:
+    """Move a job to `status` unless it has already ended (cancelled or completed): a runner that read the job
+    before a cancel must not undo it. True if the job moved."""
+    res = session.execute(update(Job).where(Job.id == job_id, Job.status.not_in(JOB_ENDED))
+                          .values(status=status, **values).execution_options(synchronize_session="fetch"))
+    return rowcount(res) == 1
+
+
+def touch_job(session: Session, job_id: str) -> None:
+    """A sign of life for stall detection (scoring makes no calls for a while)."""
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow())
+                    .execution_options(synchronize_session=False))
+
+
+def start_job(session: Session, job_id: str) -> Job:
+    """Mark a job started (scoring, unless it was routed already); idempotent."""
+    job = get_job(session, job_id, lock=True)
+    if job.status in JOB_ENDED:
+        return job
+    if job.threshold is None:
+        set_job_status(session, job_id, JobStatus.SCORING)
+    job.started_at = job.started_at or utcnow()
+    job.heartbeat_at = utcnow()
+    return job
+
+
+def cancel_job(session: Session, job: Job) -> int:
+    """Stop a job: items not yet called are cancelled; calls already in flight finish and are kept. Lock the
+    job row first (get_job(..., lock=True)), as every other writer does."""
+    if job.status in JOB_ENDED:
+        return 0
+    res = session.execute(update(Item).where(Item.job_id == job.id,
+                                             Item.status.in_((ItemStatus.PENDING, ItemStatus.ROUTED)))
+                          .values(status=ItemStatus.CANCELLED))
+    job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
+    return rowcount(res)
+
+
+def finish_job_if_done(session: Session, job_id: str) -> bool:
+    """Complete the job when no item is left to call; True if it has ended (now or before)."""
+    job = get_job(session, job_id)
+    if job.status in JOB_ENDED:
+        return True
+    left = session.scalar(select(func.count()).where(Item.job_id == job_id, Item.status.in_(ITEM_UNFINISHED)))
+    if left == 0 and job.threshold is not None:
+        set_job_status(session, job_id, JobStatus.COMPLETED, finished_at=utcnow())
+        return True
+    return False
+
+
+def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
+    """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
+    cutoff = utcnow() - timedelta(seconds=stall_s)
+    last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
+                        func.max(Item.finished_at).label("finished")).group_by(Item.job_id).subquery())
+    rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
+                           .join(last_call, last_call.c.job_id == Job.id, isouter=True)
+                           .where(Job.status.in_(JOB_ACTIVE)))
+    out = []
+    for job, started, finished in rows:
+        signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]
+        if max(_aware(t) for t in signs) < cutoff:
+            out.append(job)
+    return out
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def add_rejected(session: Session, job_id: str, rejected: Sequence[tuple[int, str]]) -> None:
+    if rejected:
+        session.execute(insert(RejectedLine),
+                        [{"job_id": job_id, "line_no": n, "reason": reason} for n, reason in rejected])
+
+
+def rejected_lines(session: Session, job_id: str) -> list[RejectedLine]:
+    return list(session.scalars(select(RejectedLine).where(RejectedLine.job_id == job_id)
+                                .order_by(RejectedLine.line_no)))
+
+
+# --- items ------------------------------------------------------------------------------------------------
+
+def add_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(Item), [{"status": ItemStatus.PENDING, "attempts": 0, **r} for r in rows])
+
+
+def unscored_items(session: Session, job_id: str, limit: int) -> list[tuple[int, str]]:
+    rows = session.execute(select(Item.id, Item.prompt)
+                           .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.score.is_(None))
+                           .order_by(Item.id).limit(limit))
+    return [(r.id, r.prompt) for r in rows]
+
+
+def unscored_in(session: Session, item_ids: Sequence[int]) -> list[tuple[int, str]]:
+    rows = session.execute(select(Item.id, Item.prompt).where(Item.id.in_(item_ids), Item.score.is_(None),
+                                                              Item.status == ItemStatus.PENDING).order_by(Item.id))
+    return [(r.id, r.prompt) for r in rows]
+
+
+def unscored_ids(session: Session, job_id: str) -> list[int]:
+    return list(session.scalars(select(Item.id).where(Item.job_id == job_id, Item.status == ItemStatus.PENDING,
+                                                      Item.score.is_(None)).order_by(Item.id)))
+
+
+def store_scores(session: Session, scores: Sequence[tuple[int, float]], router_version: str) -> None:
+    session.execute(update(Item), [{"id": i, "score": s, "router_version": router_version} for i, s in scores])
+
+
+def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
+    rows = session.execute(select(Item.id, Item.score).where(Item.job_id == job_id).order_by(Item.id)).all()
+    missing = [r.id for r in rows if r.score is None]
+    if missing:
+        raise RuntimeError(f"job {job_id}: {len(missing)} items are not scored yet")
+    return [r.id for r in rows], [r.score for r in rows]
+
+
+def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequence[bool], threshold: float) -> None:
+    """Route the items still pending (a cancel that got there first wins)."""
+    session.execute(update(Item).where(Item.status == ItemStatus.PENDING)
+                    .execution_options(synchronize_session=None), [
+        {"id": i, "tier": "strong" if s else "weak", "model": job.strong_model if s else job.weak_model,
+         "threshold": threshold, "status": ItemStatus.ROUTED}
+        for i, s in zip(ids, strong, strict=True)
+    ])
+    job.threshold = threshold
+
+
+def mark_shadow(session: Session, ids: Sequence[int]) -> None:
+    if ids:
+        session.execute(update(Item).where(Item.id.in_(ids)).values(shadow=True))
+
+
+def item_bodies(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 1000):
+        out.update(session.execute(select(Item.id, Item.body).where(Item.id.in_(ids[start : start + 1000]))).all())
+    return out
+
+
+def item_ids(session: Session, job_id: str, status: ItemStatus) -> list[int]:
+    return list(session.scalars(select(Item.id).where(Item.job_id == job_id, Item.status == status)
+                                .order_by(Item.id)))
+
+
+def claimable_ids(session: Session, job_id: str, lease_s: float) -> list[int]:
+    """Items waiting for a call: routed, or in flight past their lease."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    return list(session.scalars(select(Item.id).where(
+        Item.job_id == job_id,
+        (Item.status == ItemStatus.ROUTED) | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale)),
+    ).order_by(Item.id)))
+
+
+def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> Claim | None:
+    """Mark a routed item in flight; None if it is finished or in flight elsewhere. With `lease_s`, an item in
+    flight for longer than that counts as abandoned (its worker died) and may be claimed again."""
+    claimable = Item.status == ItemStatus.ROUTED
+    if lease_s is not None:
+        stale = utcnow() - timedelta(seconds=lease_s)
+        claimable = claimable | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale))
+    row = session.execute(
+        update(Item).where(Item.id == item_id, claimable)
+        .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
+        .returning(Item.tier, Item.body, Item.shadow)
+    ).first()
+    return Claim(row.tier, row.body, bool(row.shadow)) if row else None
+
+
+def record_result(session: Session, item_id: int, result: CallOutcome, cost: float,
+                  shadow: CallOutcome | None = None, shadow_cost: float = 0.0) -> bool:
+    """Store a call's result (and its shadow call's) unless the item already succeeded (a duplicate delivery);
+    True if stored."""
+    values: dict[str, Any] = {
+        "status": ItemStatus.SUCCEEDED if result.ok else ItemStatus.FAILED,
+        "status_code": result.status_code, "response": result.response, "answer": result.answer,
+        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "cost_usd": cost, "latency_ms": result.latency_ms, "error": result.error, "finished_at": utcnow(),
+    }
+    if shadow is not None:
+        values.update(shadow_answer=shadow.answer, shadow_prompt_tokens=shadow.prompt_tokens,
+                      shadow_completion_tokens=shadow.completion_tokens, shadow_cost_usd=shadow_cost,
+                      shadow_error=shadow.error)
+    res = session.execute(update(Item).where(Item.id == item_id, Item.status != ItemStatus.SUCCEEDED).values(**values))
+    return rowcount(res) == 1
+
+
+def requeue(session: Session, job_id: str, statuses: Sequence[ItemStatus]) -> int:
+    """Put interrupted (in flight) or failed items back to routed, so they are called again; a completed job
+    with items put back runs again (a cancelled one stays cancelled)."""
+    job = get_job(session, job_id, lock=True)
+    if job.status == JobStatus.CANCELLED:
+        return 0
+    res = session.execute(update(Item).where(Item.job_id == job_id, Item.status.in_(statuses))
+                          .values(status=ItemStatus.ROUTED, error=None))
+    if rowcount(res) and job.status == JobStatus.COMPLETED:
+        job.status, job.finished_at = JobStatus.RUNNING, None
+    return rowcount(res)
+
+
+def item_by_custom_id(session: Session, job_id: str, custom_id: str) -> Item | None:
+    return session.scalar(select(Item).where(Item.job_id == job_id, Item.custom_id == custom_id))
+
+
+def router_versions(session: Session, job_id: str) -> list[str]:
+    return sorted(session.scalars(select(Item.router_version).where(Item.job_id == job_id,
+                                                                    Item.router_version.is_not(None)).distinct()))
+
+
+def status_counts(session: Session, job_id: str) -> dict[ItemStatus, int]:
+    rows = session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status))
+    return {ItemStatus(status): n for status, n in rows}
+
+
+def iter_items(session: Session, job_id: str, chunk: int = 1000) -> Iterator[Item]:
+    """All items of a job in input order, a chunk at a time (jobs can be large)."""
+    last = -1
+    while True:
+        rows = list(session.scalars(select(Item).where(Item.job_id == job_id, Item.line_no > last)
+                                    .order_by(Item.line_no).limit(chunk)))
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].line_no
+
+
+def items_page(session: Session, job_id: str, offset: int, limit: int) -> list[Item]:
+    return list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.line_no)
+                                .offset(offset).limit(limit)))

@@ -1,0 +1,84 @@
+"""Spend, read from the items themselves (never a running total): one query, grouped as a report needs it.
+
+`spend_rows` groups by tier and model, optionally by period (day or ISO week) and job tag; shadow calls (weak
+items also sent to the strong model) come back as their own tier, "shadow". Failed calls are not billed by
+the providers, so only succeeded items count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, func, literal, select
+from sqlalchemy.orm import Session
+
+from db.models import Item, Job
+from routeyard.states import ItemStatus
+
+Period = Literal["day", "week"]
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    tier: str  # strong, weak, or shadow
+    model: str
+    strong_model: str  # the job's strong model: what an all-strong run would have called
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    period: str | None = None  # ISO date of the period's first day (UTC), when grouped by period
+    tag: str | None = None  # the job's tag, when grouped by period
+
+
+@dataclass(frozen=True)
+class SpendFilter:
+    job_id: str | None = None
+    tenant_id: str | None = None
+    tag: str | None = None
+    since: datetime | None = None
+
+
+def _period_start(dialect: str, period: Period) -> ColumnElement[Any]:
+    """The first day of an item's day or ISO week (Monday), as text, in the database's own SQL."""
+    if dialect == "postgresql":
+        return func.to_char(func.date_trunc(period, func.timezone("UTC", Item.finished_at)), "YYYY-MM-DD")
+    if period == "day":
+        return func.strftime("%Y-%m-%d", Item.finished_at)
+    return func.date(Item.finished_at, "-6 days", "weekday 1")  # the Monday on or before
+
+
+def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Period | None = None
+               ) -> list[SpendRow]:
+    """Calls, tokens and dollars per tier and model (and per period and tag, when `period` is given)."""
+    if period not in (None, "day", "week"):
+        raise ValueError(f"period must be day or week, got {period!r}")
+    start = (_period_start(session.get_bind().dialect.name, period) if period else literal(None)).label("period")
+    tag = (Job.tag if period else literal(None)).label("tag")
+    routed = select(Item.tier.label("tier"), Item.model.label("model"), Job.strong_model, start, tag,
+                    Item.prompt_tokens.label("p"), Item.completion_tokens.label("c"), Item.cost_usd.label("d"))
+    shadow = (select(literal("shadow").label("tier"), Job.strong_model.label("model"), Job.strong_model, start, tag,
+                     Item.shadow_prompt_tokens.label("p"), Item.shadow_completion_tokens.label("c"),
+                     Item.shadow_cost_usd.label("d"))
+              .where(Item.shadow.is_(True), Item.shadow_answer.is_not(None)))
+    parts = []
+    for part in (routed, shadow):
+        part = part.join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
+        if where.job_id is not None:
+            part = part.where(Item.job_id == where.job_id)
+        if where.tenant_id is not None:
+            part = part.where(Job.tenant_id == where.tenant_id)
+        if where.tag is not None:
+            part = part.where(Job.tag == where.tag)
+        if where.since is not None:
+            part = part.where(Item.finished_at >= where.since)
+        parts.append(part)
+    u = parts[0].union_all(parts[1]).subquery()
+    keys = (u.c.period, u.c.tag, u.c.tier, u.c.model, u.c.strong_model)
+    query = (select(*keys, func.count(), func.coalesce(func.sum(u.c.p), 0), func.coalesce(func.sum(u.c.c), 0),
+                    func.coalesce(func.sum(u.c.d), 0.0))
+             .group_by(*keys).order_by(u.c.period, u.c.tier, u.c.model))
+    return [SpendRow(tier, model, strong, int(n), int(p), int(c), float(d), None if per is None else str(per), t)
+            for per, t, tier, model, strong, n, p, c, d in session.execute(query)]

@@ -1,0 +1,176 @@
+"""The HTTP API (FastAPI): submit, status, results, spend, feedback, cancel. `routeyard api` serves it.
+
+Every request carries a tenant's API key (`Authorization: Bearer ry_...`); a tenant sees only its own jobs,
+and another tenant's job answers 404 exactly like a job that does not exist. Errors are mapped once: a
+`UserError` answers its own status (422 invalid, 404 not found, 409 conflict) with `{"detail": message}`.
+
+In embedded mode (no broker) jobs run on an executor that the app's lifespan owns: requests return at once,
+and shutting the app down waits for running jobs. Pass `executor=` (e.g. one that runs inline) in tests.
+"""
+
+
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs as store
+from db.session import open_database
+from jobs.api.schemas import (
+    CancelResponse,
+    ErrorResponse,
+    FeedbackBody,
+    FeedbackResponse,
+    Health,
+    JobStatusResponse,
+    JobSummary,
+    Rejected,
+    ResultsPage,
+    SpendResponse,
+    SubmitResponse,
+)
+from jobs.services import control
+from jobs.services.feedback import FeedbackIn, record_feedback
+from jobs.services.input_formats import detect_format
+from jobs.services.results import export_results, job_status, page_results
+from jobs.services.spend import spend_report
+from jobs.services.submit import JobOptions, submit_job
+from jobs.services.tenants import tenant_for_key
+from routeyard import __version__
+from routeyard.errors import UserError
+from routeyard.settings import Settings
+from worker.dispatch import Dispatcher
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 422)}
+
+
+def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
+    settings = settings or Settings()
+    sf: sessionmaker[Session] = open_database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = None
+        if executor is None and settings.embedded:
+            owned = ThreadPoolExecutor(max_workers=2, thread_name_prefix="routeyard-job")
+        app.state.dispatcher = Dispatcher(sf, settings, executor or owned)
+        try:
+            yield
+        finally:
+            if owned is not None:
+                owned.shutdown(wait=True, cancel_futures=False)
+
+    app = FastAPI(title="Routeyard", version=__version__, lifespan=lifespan,
+                  description="Route batches of LLM prompts between a strong and a weak model (RouteLLM).")
+
+    @app.exception_handler(UserError)
+    async def user_error(_request: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    def session() -> Iterator[Session]:
+        with sf() as s:
+            yield s
+
+    def tenant(authorization: Annotated[str | None, Header()] = None,
+               s: Session = Depends(session)) -> str:  # noqa: B008 - FastAPI's dependency idiom
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing header 'Authorization: Bearer <API key>'")
+        found = tenant_for_key(s, authorization[7:].strip())
+        if found is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+        return found.id
+
+    Tenant = Annotated[str, Depends(tenant)]
+    Db = Annotated[Session, Depends(session)]
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        return Health(status="ok", mode="embedded" if settings.embedded else "distributed")
+
+    @app.post("/v1/jobs", response_model=SubmitResponse, status_code=status.HTTP_201_CREATED, responses=ERRORS)
+    def submit(
+        request: Request,
+        tenant_id: Tenant,
+        file: Annotated[UploadFile, File(description="JSONL (OpenAI Batch input or plain) or CSV")],
+        strong_fraction: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
+        budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
+        target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5)] = None,
+        shadow: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+        router: Annotated[str | None, Form(max_length=500)] = None,
+        tag: Annotated[str | None, Form(max_length=200)] = None,
+        input_format: Annotated[Literal["auto", "jsonl", "csv"], Form(alias="format")] = "auto",
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> SubmitResponse:
+        options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
+                             idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd,
+                             target_pgr=target_pgr, shadow_fraction=shadow)
+        fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
+        result = submit_job(sf, settings, file.file, fmt, options, source_name=file.filename)
+        if result.created:
+            request.app.state.dispatcher.run(result.job_id)
+        return SubmitResponse(job_id=result.job_id, created=result.created, n_items=result.n_items,
+                              rejected=[Rejected(line=n, reason=r) for n, r in result.rejected])
+
+    @app.get("/v1/jobs", response_model=list[JobSummary])
+    def list_jobs(tenant_id: Tenant, s: Db, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
+        return [JobSummary(id=j.id, status=j.status, n_items=j.n_items, tag=j.tag, created_at=j.created_at)
+                for j in store.list_jobs(s, limit, tenant_id)]
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatusResponse, responses=ERRORS)
+    def get_status(job_id: str, tenant_id: Tenant, s: Db) -> JobStatusResponse:
+        view = job_status(s, job_id, tenant_id=tenant_id)
+        return JobStatusResponse.model_validate({**view.__dict__, "rejected": [
+            Rejected(line=n, reason=r) for n, r in view.rejected]})
+
+    @app.get("/v1/jobs/{job_id}/results", response_model=ResultsPage, responses=ERRORS)
+    def results_page(job_id: str, tenant_id: Tenant, s: Db, offset: Annotated[int, Query(ge=0)] = 0,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                     output_format: Annotated[Literal["jsonl", "openai"], Query(alias="format")] = "jsonl",
+                     ) -> ResultsPage:
+        items = page_results(s, job_id, offset, limit, output_format, tenant_id)
+        return ResultsPage(items=items, offset=offset, next_offset=offset + limit if len(items) == limit else None)
+
+    @app.get("/v1/jobs/{job_id}/results/export", responses=ERRORS)
+    def results_export(job_id: str, tenant_id: Tenant,
+                       output_format: Annotated[Literal["jsonl", "csv", "openai"], Query(alias="format")] = "jsonl",
+                       ) -> StreamingResponse:
+        s = sf()
+        try:
+            store.get_job(s, job_id, tenant_id)
+        except UserError:
+            s.close()
+            raise
+
+        def stream() -> Iterator[str]:
+            try:
+                yield from export_results(s, job_id, output_format, tenant_id)
+            finally:
+                s.close()
+
+        media = "text/csv" if output_format == "csv" else "application/x-ndjson"
+        return StreamingResponse(stream(), media_type=media)
+
+    @app.get("/v1/jobs/{job_id}/spend", response_model=SpendResponse, responses=ERRORS)
+    def job_spend(job_id: str, tenant_id: Tenant, s: Db) -> SpendResponse:
+        return SpendResponse.model_validate(spend_report(s, settings, job_id, tenant_id=tenant_id).to_dict())
+
+    @app.get("/v1/spend", response_model=SpendResponse)
+    def spend(tenant_id: Tenant, s: Db) -> SpendResponse:
+        return SpendResponse.model_validate(spend_report(s, settings, tenant_id=tenant_id).to_dict())
+
+    @app.post("/v1/jobs/{job_id}/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED,
+              responses=ERRORS)
+    def post_feedback(job_id: str, body: FeedbackBody, tenant_id: Tenant) -> FeedbackResponse:
+        return FeedbackResponse(id=record_feedback(sf, FeedbackIn(job_id, body.custom_id, body.kind, body.value),
+                                                   tenant_id))
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=CancelResponse, responses=ERRORS)
+    def cancel(job_id: str, tenant_id: Tenant) -> CancelResponse:
+        return CancelResponse(job_id=job_id, cancelled_items=control.cancel(sf, job_id, tenant_id))
+
+    return app

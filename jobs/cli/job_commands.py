@@ -1,0 +1,269 @@
+"""Commands on jobs: submit, run/resume, cancel, status, jobs, results, spend, feedback, and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+from pydantic import SecretStr
+from rich.table import Table
+
+from db import jobs as store
+from db.catalog import list_versions
+from jobs.cli import render
+from jobs.cli.context import RichProgress, bars, cli_context, console, err
+from jobs.cli.options import StrongFraction
+from jobs.services import control
+from jobs.services.feedback import FeedbackIn, feedback_value, record_feedback
+from jobs.services.input_formats import Format as InputFormat
+from jobs.services.input_formats import detect_format
+from jobs.services.results import ResultFormat, export_results, job_status
+from jobs.services.spend import spend_over_time, spend_report
+from jobs.services.submit import JobOptions, submit_job
+from routeyard.errors import InvalidInput
+from routeyard.redact import safe_url
+from routeyard.settings import Settings
+from routeyard.states import ITEM_FINISHED
+from routeyard.testing.demo_data import write_demo_batch
+from routeyard.testing.loopback import DEMO_MODELS, LoopbackConfig, LoopbackServer
+from worker.dispatch import Mode
+from worker.embedded import RunSummary
+
+app = typer.Typer()
+
+
+def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: Settings | None = None,
+         wait: bool = False) -> None:
+    """Run here to the end (embedded), or enqueue for the workers (and follow the job with `wait`)."""
+    state = cli_context(ctx)
+    dispatcher = state.dispatcher(settings)
+    with bars() as progress:
+        done = dispatcher.run(job_id, retry_failed=retry_failed, progress=RichProgress(progress))
+    if done.summary is not None:
+        render.run_summary(done.summary)
+        return
+    console.print(f"job {job_id} queued on the workers ({safe_url(state.settings.broker_url)})")
+    if wait:
+        render.run_summary(_follow(ctx, job_id))
+
+
+def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
+    """Poll a job run by workers, with a progress bar, until it ends."""
+    sf = cli_context(ctx).db
+    with bars() as progress:
+        task = None
+        while True:
+            with sf() as session:
+                job = store.get_job(session, job_id)
+                counts = store.status_counts(session, job_id)
+            if task is None:
+                task = progress.add_task("calling models", total=job.n_items)
+            progress.update(task, completed=sum(n for s, n in counts.items() if s in ITEM_FINISHED))
+            if job.status.ended:
+                return RunSummary(job_id, job.status, counts)
+            time.sleep(0.5)
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL (OpenAI Batch or plain) or CSV.")],
+    strong_fraction: StrongFraction = 0.3,
+    router: Annotated[str | None, typer.Option(help="Registry name, directory or hub id.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key: resubmitting is a no-op.")] = None,
+    tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
+    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0.0,
+                                                     help="Spend at most this: strong calls go to the highest-"
+                                                          "scoring items that fit (instead of --strong-fraction).")
+                          ] = None,
+    target_pgr: Annotated[float | None, typer.Option("--target-pgr", help="Reach this share of the strong "
+                                                     "model's quality gain (from the router's held-out curve).")
+                          ] = None,
+    shadow: Annotated[float | None, typer.Option("--shadow", min=0.0, max=1.0,
+                                                 help="Also send this share of weak items to the strong model "
+                                                      "(both answers kept, for feedback).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
+    detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
+    wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
+) -> None:
+    """Submit a batch: the embedded default runs it here to the end; with a broker, workers run it."""
+    state = cli_context(ctx)
+    options = JobOptions(router=router or state.settings.default_router, strong_fraction=strong_fraction,
+                         idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr,
+                         shadow_fraction=shadow)
+    if fmt not in ("auto", "jsonl", "csv"):
+        raise InvalidInput(f"--format must be auto, jsonl or csv, got {fmt!r}")
+    input_format = detect_format(file, cast(InputFormat, fmt))
+    with file.open("rb") as source:
+        result = submit_job(state.db, state.settings, source, input_format, options, source_name=file.name)
+    render.submitted(result)
+    if detach or (not result.created and state.dispatcher().mode is Mode.DISTRIBUTED):
+        return
+    _run(ctx, result.job_id, wait=wait)
+
+
+RetryFailed = Annotated[bool, typer.Option(help="Call failed items again.")]
+
+
+@app.command()
+def run(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False) -> None:
+    """Run a stored job from wherever it stopped (embedded), or enqueue it again (distributed)."""
+    _run(ctx, job_id, retry_failed)
+
+
+@app.command()
+def resume(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False) -> None:
+    """Resume an interrupted job: finished items are not called again, spend is not counted twice."""
+    _run(ctx, job_id, retry_failed)
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a job: items not yet called are not called."""
+    n = control.cancel(cli_context(ctx).db, job_id)
+    console.print(f"job {job_id} cancelled; {n} items will not be called")
+
+
+@app.command()
+def status(ctx: typer.Context, job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's state, item counts and rejected lines."""
+    with cli_context(ctx).db() as session:
+        view = job_status(session, job_id)
+    if as_json:
+        console.print_json(json.dumps(view.to_dict()))
+    else:
+        render.job_status(view)
+
+
+@app.command("jobs")
+def list_jobs(ctx: typer.Context, limit: int = 20) -> None:
+    """The most recent jobs."""
+    table = Table()
+    for col in ("job", "status", "items", "rejected", "strong fraction", "tag", "created"):
+        table.add_column(col)
+    with cli_context(ctx).db() as session:
+        for job in store.list_jobs(session, limit):
+            table.add_row(job.id, job.status, str(job.n_items), str(job.n_rejected), f"{job.strong_fraction:.2f}",
+                          job.tag or "", job.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@app.command()
+def results(
+    ctx: typer.Context,
+    job_id: str,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, or openai (Batch API output).")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
+) -> None:
+    """Export a job's results in input order."""
+    if fmt not in ("jsonl", "csv", "openai"):
+        raise InvalidInput(f"--format must be jsonl, csv or openai, got {fmt!r}")
+    result_format: ResultFormat = fmt  # type: ignore[assignment]  # checked just above
+    with cli_context(ctx).db() as session:
+        lines = export_results(session, job_id, result_format)
+        first = next(lines, None)  # an unknown job fails here, before the output file is created
+        out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+        try:
+            if first is not None:
+                out.write(first)
+            for line in lines:
+                out.write(line)
+        finally:
+            if output:
+                out.close()
+
+
+@app.command()
+def spend(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(help="One job; all jobs when left out.")] = None,
+    by: Annotated[str | None, typer.Option(help="day or week: spend over time instead of one total.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag (with --by).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="With --by: one CSV row per period.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="With --by: a PNG of cost and router quality over time.")] = None,
+) -> None:
+    """Calls, tokens and dollars per model, and the saving against an all-strong run; or the same over time."""
+    state = cli_context(ctx)
+    if by is None:
+        with state.db() as session:
+            report = spend_report(session, state.settings, job_id)
+        if as_json:
+            console.print_json(json.dumps(report.to_dict()))
+        else:
+            render.spend(report)
+        return
+    with state.db() as session:
+        periods = spend_over_time(session, state.settings, by, tag)  # type: ignore[arg-type]  # checked inside
+        versions = list_versions(session)
+    if plot:
+        from jobs.cli.plots import plot_cost_and_quality  # matplotlib: only when a plot is asked for
+
+        plot_cost_and_quality(periods, versions, plot)
+        err.print(f"wrote {plot}")
+    if as_json:
+        console.print_json(json.dumps([p.__dict__ for p in periods]))
+    elif as_csv:
+        render.spend_periods_csv(periods)
+    else:
+        render.spend_periods(periods, by, tag)
+
+
+@app.command()
+def feedback(
+    ctx: typer.Context,
+    job_id: str,
+    custom_id: Annotated[str, typer.Argument(help="The item's id (custom_id) in the job.")],
+    prefer: Annotated[str | None, typer.Option(help="strong, weak or tie: which answer was better.")] = None,
+    rating: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Quality of the answer, 0..1.")] = None,
+    thumbs: Annotated[str | None, typer.Option(help="up or down.")] = None,
+) -> None:
+    """Judge a stored answer; judgements become preference rows for retraining."""
+    given = [(k, v) for k, v in (("prefer", prefer), ("rating", rating), ("thumbs", thumbs)) if v is not None]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of --prefer, --rating, --thumbs")
+    kind, raw = given[0]
+    value = feedback_value(kind, raw)
+    record_feedback(cli_context(ctx).db, FeedbackIn(job_id, custom_id, kind, value))  # type: ignore[arg-type]
+    console.print(f"recorded {kind} feedback on {job_id}/{custom_id}")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option(help="Prompts in the demo batch.", min=1)] = 200,
+    strong_fraction: StrongFraction = 0.3,
+    router: Annotated[str | None, typer.Option(help="Registry name or directory.")] = None,
+    latency_scale: Annotated[float, typer.Option(help="Scale the loopback server's latency.")] = 1.0,
+) -> None:
+    """A whole routed job: a made-up batch, the shipped default router, and a loopback OpenAI-compatible server
+    (or your real endpoints, when ROUTEYARD_STRONG_BASE_URL / ROUTEYARD_WEAK_BASE_URL are set)."""
+    state = cli_context(ctx)
+    settings = state.settings
+    server = None
+    if not (settings.strong_base_url or settings.weak_base_url):
+        server = LoopbackServer(LoopbackConfig(models=DEMO_MODELS, latency_scale=latency_scale)).start()
+        console.print(f"no endpoints configured: serving both models from the loopback server at {server.base_url}")
+        settings = settings.model_copy(update={
+            "strong_base_url": server.base_url, "weak_base_url": server.base_url,
+            "strong_api_key": SecretStr("loopback"), "weak_api_key": SecretStr("loopback"),
+            "strong_model": "gpt-4-1106-preview", "weak_model": "mixtral-8x7b-instruct"})
+    try:
+        batch = write_demo_batch(settings.home / "demo" / "batch.jsonl", n)
+        console.print(f"database {safe_url(settings.resolved_database_url)}; batch {batch}")
+        options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction, tag="demo")
+        with batch.open("rb") as source:
+            result = submit_job(state.db, settings, source, "jsonl", options, source_name=batch.name)
+        render.submitted(result)
+        _run(ctx, result.job_id, settings=settings.model_copy(update={"broker_url": None}))  # the demo runs here
+        with state.db() as session:
+            render.spend(spend_report(session, settings, result.job_id))
+            render.score_examples(list(store.iter_items(session, result.job_id)))
+        console.print(f"next: routeyard results {result.job_id} --format openai")
+    finally:
+        if server:
+            server.stop()

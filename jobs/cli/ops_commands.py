@@ -1,0 +1,116 @@
+"""Running the services (`api`, `worker`), stored schedules, and tenants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from db.catalog import list_schedules
+from jobs.cli.context import cli_context, console
+from jobs.cli.options import DATA_HELP, StrongColumn, WeakColumn, read_outcome_data
+from jobs.services.schedules import add_schedule, next_run, remove_schedule
+from jobs.services.tenants import create_tenant
+from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK
+from routers.registry import DEFAULT_ROUTER
+from routeyard.errors import InvalidInput
+
+app = typer.Typer()
+schedule_app = typer.Typer(help="Periodic jobs kept in the database (beat fires them).", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants of the HTTP API and their keys.", no_args_is_help=True)
+ALL_QUEUES = "routeyard.score,routeyard.complete"
+
+
+@app.command()
+def api(ctx: typer.Context, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the HTTP API (OpenAPI at /docs)."""
+    import uvicorn  # the server, only for this command
+
+    from jobs.api.app import create_app
+
+    uvicorn.run(create_app(cli_context(ctx).settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option(help="Comma-separated: routeyard.score (routers; GPU hosts), "
+                                             "routeyard.complete (model calls).")] = ALL_QUEUES,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads, solo.")] = "prefork",
+) -> None:
+    """Start a Celery worker (distributed mode)."""
+    if cli_context(ctx).settings.embedded:
+        raise InvalidInput("set ROUTEYARD_BROKER_URL (e.g. redis://localhost:6379/0) to run workers")
+    from jobs.periodic import app as celery_app  # the pipeline's tasks and the periodic ones
+
+    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
+
+
+@schedule_app.command("retrain")
+def schedule_retrain(
+    ctx: typer.Context,
+    cron: Annotated[str | None, typer.Option(help='Cron, UTC, e.g. "0 2 * * *" for 02:00 nightly.')] = None,
+    every: Annotated[float | None, typer.Option(help="Or a fixed interval in seconds.")] = None,
+    router: str = DEFAULT_ROUTER,
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data. " + DATA_HELP)
+                    ] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes, as `router eval "
+                                                       "--outcomes` takes them.")] = None,
+    margin: float = 0.0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
+) -> None:
+    """Retrain on a schedule (with the same promotion gate as `routeyard retrain`)."""
+    state = cli_context(ctx)
+    if not heldout:
+        raise InvalidInput("--heldout is required: a promotion is decided on a fixed held-out set")
+    read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True)  # a bad file fails now, not at 02:00
+    args = {"router": router, "data": [str(p.resolve()) for p in data or []],
+            "heldout": [str(p.resolve()) for p in heldout], "margin": margin,
+            "strong_column": strong_column, "weak_column": weak_column}
+    schedule_id = add_schedule(state.db, "retrain", args, cron, every)
+    console.print(f"schedule {schedule_id}: retrain {router} {cron or f'every {every:g}s'}")
+    if state.settings.embedded:
+        console.print("no broker configured: run `routeyard schedule run-due` from cron, or start beat + a worker")
+
+
+@schedule_app.command("list")
+def schedule_list(ctx: typer.Context) -> None:
+    """Stored schedules, when they run next and what they did last."""
+    table = Table()
+    for col in ("id", "task", "when", "next run (UTC)", "last run", "last result"):
+        table.add_column(col)
+    with cli_context(ctx).db() as session:
+        for row in list_schedules(session):
+            table.add_row(str(row.id), row.task, row.cron or f"every {row.every_s:g}s",
+                          next_run(row).strftime("%Y-%m-%d %H:%M:%S"),
+                          row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "-",
+                          row.last_result or "")
+    console.print(table)
+
+
+@schedule_app.command("remove")
+def schedule_remove(ctx: typer.Context, schedule_id: int) -> None:
+    remove_schedule(cli_context(ctx).db, schedule_id)
+    console.print(f"schedule {schedule_id} removed")
+
+
+@schedule_app.command("run-due")
+def schedule_run_due(ctx: typer.Context) -> None:
+    """Run the schedules that are due, here (the embedded default has no beat: call this from cron)."""
+    from jobs.periodic import run_due_schedules  # loads the Celery app; only this command needs it
+
+    state = cli_context(ctx)
+    for schedule_id, message in run_due_schedules(state.db, state.settings):
+        console.print(f"schedule {schedule_id}: {message}")
+
+
+@tenant_app.command("create")
+def tenant_create(ctx: typer.Context, name: str) -> None:
+    """Create a tenant and print its API key (shown once; only its hash is stored)."""
+    tenant_id, key = create_tenant(cli_context(ctx).db, name)
+    console.print(f"tenant {tenant_id} ({name}); API key, shown once:")
+    print(key)

@@ -1,0 +1,85 @@
+"""How results look on a terminal: tables and one-line summaries. No decisions are made here."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Sequence
+
+from rich.markup import escape
+from rich.table import Table
+
+from db.models import Item
+from jobs.cli.context import console, err
+from jobs.services.results import JobStatusView
+from jobs.services.spend import PeriodSpend, SpendReport
+from jobs.services.submit import SubmitResult
+from worker.embedded import RunSummary
+
+
+def submitted(result: SubmitResult) -> None:
+    verb = "submitted" if result.created else "already submitted (same idempotency key)"
+    console.print(f"job [bold]{result.job_id}[/] {verb}: {result.n_items} items, {len(result.rejected)} rejected")
+    for line_no, reason in result.rejected[:20]:
+        err.print(f"  [yellow]line {line_no}:[/] {escape(reason)}")
+    if len(result.rejected) > 20:
+        err.print(f"  ... and {len(result.rejected) - 20} more (routeyard status {result.job_id})")
+
+
+def run_summary(summary: RunSummary) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    console.print(f"job [bold]{summary.job_id}[/] {summary.status}: {counts}")
+
+
+def spend(report: SpendReport) -> None:
+    table = Table(title=f"Spend{' for ' + report.job_id if report.job_id else ' (all jobs)'}")
+    for col in ("tier", "model", "calls", "prompt tokens", "completion tokens", "cost $"):
+        table.add_column(col, justify="right" if col not in ("tier", "model") else "left")
+    for m in report.models:
+        table.add_row(m.tier, m.model, str(m.calls), f"{m.prompt_tokens:,}", f"{m.completion_tokens:,}",
+                      f"{m.cost_usd:.4f}")
+    table.add_row("total", "", str(report.calls), "", "", f"{report.cost_usd:.4f}", style="bold")
+    console.print(table)
+    console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
+                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of calls strong")
+
+
+def spend_periods_csv(periods: Sequence[PeriodSpend]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["period", "calls", "strong_calls", "cost_usd", "strong_cost_usd", "weak_cost_usd",
+                     "all_strong_cost_usd", "saving_usd"])
+    for p in periods:
+        writer.writerow([p.period, p.calls, p.strong_calls, f"{p.cost_usd:.6f}", f"{p.strong_cost_usd:.6f}",
+                         f"{p.weak_cost_usd:.6f}", f"{p.all_strong_cost_usd:.6f}", f"{p.saving_usd:.6f}"])
+
+
+def spend_periods(periods: Sequence[PeriodSpend], by: str, tag: str | None) -> None:
+    table = Table(title=f"Spend per {by}" + (f" (tag {tag})" if tag else ""))
+    for col in ("period", "calls", "strong %", "cost $", "all-strong $", "saving $", "by tag"):
+        table.add_column(col)
+    for p in periods:
+        share = f"{100 * p.strong_calls / p.calls:.0f}" if p.calls else "-"
+        table.add_row(p.period, str(p.calls), share, f"{p.cost_usd:.4f}", f"{p.all_strong_cost_usd:.4f}",
+                      f"{p.saving_usd:.4f}", ", ".join(f"{t or '-'} {c:.4f}" for t, c in p.by_tag.items()))
+    console.print(table)
+
+
+def job_status(view: JobStatusView) -> None:
+    console.print(f"job [bold]{view.id}[/] {view.status} ({escape(view.source or '')})")
+    console.print(f"  router {escape(view.router)} version {view.router_version or '-'}; strong fraction "
+                  f"{view.strong_fraction:.2f}, threshold {view.threshold if view.threshold is not None else '-'}")
+    console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
+    console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
+                  + f"; rejected lines {view.n_rejected}")
+    for line_no, reason in view.rejected[:20]:
+        console.print(f"  [yellow]line {line_no}:[/] {escape(reason)}")
+
+
+def score_examples(items: Sequence[Item]) -> None:
+    ranked = sorted(items, key=lambda i: -(i.score or 0))
+    table = Table(title="Highest and lowest router scores")
+    for col in ("score", "model", "prompt"):
+        table.add_column(col)
+    for item in ranked[:3] + ranked[-3:]:
+        table.add_row(f"{item.score or 0:.3f}", item.model or "", escape(item.prompt[:90]))
+    console.print(table)

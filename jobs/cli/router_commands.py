@@ -1,0 +1,228 @@
+"""`routeyard router ...` (train, eval, score, calibrate, versions, rollback, list) and `routeyard retrain`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TaskID
+from rich.table import Table
+
+from jobs.cli.context import RichProgress, bars, cli_context, console, err
+from jobs.cli.options import (
+    DATA_HELP,
+    StrongColumn,
+    WeakColumn,
+    parse_params,
+    read_outcome_data,
+    warn_pgr,
+)
+from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
+from jobs.services.retrain import retrain as run_retrain
+from jobs.services.versions import rollback, version_rows
+from routers.base import TrainOptions
+from routers.calibration import calibration_table, save_quality_curve
+from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, save_training_prompts
+from routers.evaluate import evaluate
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, train_router
+from routeyard.errors import InvalidInput
+from worker.runtime import load_job_router, router_runtime
+
+app = typer.Typer(help="Train, score with and list routers.", no_args_is_help=True)
+top = typer.Typer()  # commands that sit at the top level (`routeyard retrain`)
+
+
+@app.command("list")
+def router_list(ctx: typer.Context) -> None:
+    """The registry: router names, and which ship a pretrained checkpoint."""
+    for name in ROUTERS:
+        shipped = (PRETRAINED_DIR / name).is_dir()
+        console.print(f"{name:<12} {'pretrained checkpoint shipped' if shipped else 'no checkpoint'}")
+
+
+@app.command("train")
+def router_train(
+    ctx: typer.Context,
+    data: Annotated[list[Path], typer.Option("--data", exists=True, help=DATA_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write config.json + model.safetensors.")],
+    router: Annotated[str, typer.Option("--router", help="Registry name.")] = DEFAULT_ROUTER,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (router default when left out).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="A router setting as key=value (JSON values), e.g. gamma=100, l2=0.01, "
+                        "finetune_rows=2000, train_layers=2; repeat for more.")] = None,
+    seed: int = 0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
+) -> None:
+    """Train a router on preference data and save it, with a record of the prompts it trained on."""
+    settings = cli_context(ctx).settings
+    params = parse_params(param or [])
+    found = read_outcome_data(data, strong_column, weak_column)
+    rows = found.preferences()
+    console.print(f"{len(rows)} preference rows from {len(found.files)} files")
+    with bars() as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        trained = train_router(router, rows, router_runtime(settings),
+                               TrainOptions(seed=seed, epochs=epochs, params=params, progress=report))
+    version = trained.save(out)
+    save_training_prompts(out, [r.prompt for r in rows], version)
+    console.print(f"saved {router} router version {version} to {out}")
+
+
+@app.command("eval")
+def router_eval(
+    ctx: typer.Context,
+    routers: Annotated[list[str], typer.Option("--router", help="Registry name or directory; repeat to compare.")],
+    outcomes: Annotated[list[Path], typer.Option("--outcomes", exists=True,
+                                                 help="Outcome files or directories of them, any layout: CSV/TSV "
+                                                      "with a prompt column and the two models' columns, JSONL "
+                                                      "{prompt, strong, weak}, a routellm-evals directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
+    contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds the random baseline is averaged over.")] = 10,
+    save_curve: Annotated[bool, typer.Option(help="Save each router directory's PGR curve on these outcomes "
+                                                  "(quality.json), for --target-pgr.")] = False,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
+) -> None:
+    """PGR at 10%..90% strong calls, APGR, CPT(50%), CPT(80%) for each router, random and the oracle."""
+    from routers.plot import plot_curves  # matplotlib: only this command draws
+
+    settings = cli_context(ctx).settings
+    rows = read_outcome_data(outcomes, strong_column, weak_column, outcomes_only=True,
+                             contaminated=contaminated).outcomes
+    if not rows:
+        raise InvalidInput("no outcome rows to evaluate on (all were contaminated)")
+    warn_pgr(rows, ", ".join(p.name for p in outcomes))
+    scores = {}
+    with bars() as progress:
+        for spec in routers:
+            loaded = load_job_router(spec, settings)
+            advance = RichProgress(progress).stage(f"scoring {loaded.name}", len(rows))
+            scores[f"{loaded.name}@{loaded.version}"] = loaded.router.win_rate([r.prompt for r in rows],
+                                                                              progress=advance)
+    found, curves = evaluate(scores, rows, seeds)
+    if save_curve:
+        for spec, name in zip(routers, scores, strict=True):
+            if Path(spec).is_dir():
+                save_quality_curve(Path(spec), curves[name].fraction, curves[name].pgr,
+                                   ", ".join(p.name for p in outcomes))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
+    first = next(iter(found.values()))
+    plot_curves(curves, first.quality_strong, first.quality_weak, out / "curves.png",
+                f"{len(rows)} prompts: {', '.join(p.name for p in outcomes)}")
+    table = Table(title=f"{len(rows)} prompts")
+    for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", *(f"PGR@{k}" for k in ("0.2", "0.5", "0.8"))):
+        table.add_column(col)
+    for name, m in found.items():
+        table.add_row(name, f"{m.apgr:.3f}", f"{m.cpt50:.1%}", f"{m.cpt80:.1%}",
+                      *(f"{m.pgr_at[k]:.3f}" for k in ("0.2", "0.5", "0.8")))
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
+
+
+@app.command("versions")
+def router_versions(ctx: typer.Context) -> None:
+    """Trained router versions, then the shipped one: metrics, data, the promotion decision, which one serves."""
+    state = cli_context(ctx)
+    table = Table()
+    for col in ("serving", "router", "version", "APGR", "serving APGR then", "rows", "created", "decision"):
+        table.add_column(col, no_wrap=col != "decision")
+    with state.db() as session:
+        for v in version_rows(session, state.settings):
+            table.add_row("*" if v.serving else "", v.router, v.version,
+                          f"{v.apgr:.4f}" if v.apgr is not None else "-",
+                          f"{v.baseline_apgr:.4f}" if v.baseline_apgr is not None else "-",
+                          "" if v.rows is None else str(v.rows),
+                          v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "shipped", v.decision)
+    console.print(table)
+
+
+@app.command("rollback")
+def router_rollback(ctx: typer.Context,
+                    version: Annotated[str, typer.Argument(help="A version from `router versions`, or `shipped`.")]
+                    ) -> None:
+    """Serve an earlier router version again (the shipped one too)."""
+    state = cli_context(ctx)
+    v = rollback(state.db, version, state.settings)
+    console.print(f"now serving {v.router} {v.version} ({v.path})")
+
+
+@app.command("calibrate")
+def router_calibrate(
+    ctx: typer.Context,
+    router: Annotated[str, typer.Option("--router", help="A router directory (the table is written into it).")],
+    sample: Annotated[Path, typer.Option("--sample", exists=True, help="Prompts like those to come: JSONL or CSV.")],
+) -> None:
+    """Thresholds for 5%..95% strong calls from a calibration sample, saved as calibration.json."""
+    if not Path(router).is_dir():
+        raise InvalidInput(f"--router must be a router directory to write calibration.json into, got {router!r}")
+    with sample.open("rb") as f:
+        prompts = [e.prompt for e in parse_stream(f, detect_format(sample)) if isinstance(e, ParsedItem)]
+    if len(prompts) < 20:
+        raise InvalidInput(f"{sample}: {len(prompts)} prompts; a calibration sample needs at least 20")
+    loaded = load_job_router(router, cli_context(ctx).settings)
+    with bars() as progress:
+        scores = loaded.router.win_rate(prompts, progress=RichProgress(progress).stage("scoring", len(prompts)))
+    table = calibration_table(scores)
+    (Path(router) / "calibration.json").write_text(json.dumps(
+        {"router_version": loaded.version, "sample": sample.name, "n": len(prompts), "thresholds": table},
+        indent=2) + "\n")
+    for fraction, threshold in table.items():
+        console.print(f"{float(fraction):>5.0%} strong: score >= {threshold:.4f}")
+
+
+@app.command("score")
+def router_score(
+    ctx: typer.Context,
+    router: Annotated[str, typer.Option("--router", help="Registry name, directory or hub id.")],
+    input_path: Annotated[Path, typer.Option("--input", exists=True, help="Prompts: JSONL or CSV, as for submit.")],
+    output: Annotated[Path, typer.Option("--output", help="JSONL: one {id, prompt, score} per line.")],
+) -> None:
+    """Score prompts (probability that the strong model is needed), batched."""
+    with input_path.open("rb") as f:
+        entries = list(parse_stream(f, detect_format(input_path)))
+    items = [e for e in entries if isinstance(e, ParsedItem)]
+    for e in entries:
+        if not isinstance(e, ParsedItem):
+            err.print(f"  [yellow]line {e.line_no}:[/] {e.reason}")
+    loaded = load_job_router(router, cli_context(ctx).settings)
+    with bars() as progress:
+        advance = RichProgress(progress).stage("scoring", len(items))
+        scores = loaded.router.win_rate([i.prompt for i in items], progress=advance)
+    with output.open("w", encoding="utf-8") as out:
+        for item, score in zip(items, scores, strict=True):
+            out.write(json.dumps({"id": item.custom_id, "prompt": item.prompt, "score": float(score)}) + "\n")
+    console.print(f"scored {len(items)} prompts with {loaded.name} {loaded.version} -> {output}")
+
+
+@top.command()
+def retrain(
+    ctx: typer.Context,
+    router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = DEFAULT_ROUTER,
+    data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data (with the feedback). "
+                                                    + DATA_HELP)] = None,
+    heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes to judge on, as "
+                                                       "`router eval --outcomes` takes them.")] = None,
+    margin: Annotated[float, typer.Option(help="APGR the candidate must gain to be promoted.")] = 0.0,
+    strong_column: StrongColumn = ROUTELLM_STRONG,
+    weak_column: WeakColumn = ROUTELLM_WEAK,
+) -> None:
+    """Train a candidate on base data + feedback; promote it only if it beats the serving router on held-out
+    prompts that neither router trained on."""
+    state = cli_context(ctx)
+    if not heldout:
+        raise InvalidInput("--heldout is required: a promotion is decided on a fixed held-out set")
+    rows = read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes
+    result = run_retrain(state.db, state.settings, router, data or [], rows, margin, strong_column=strong_column,
+                         weak_column=weak_column)
+    console.print(f"{router} {result.version}: {result.decision}")

@@ -1,0 +1,137 @@
+"""Router versions: which one serves, what the shipped default is, the list users see, and rollback.
+
+`serving` as a job's router means "the version serving now": the last promoted one, or the shipped default
+router before any promotion (or ROUTEYARD_DEFAULT_ROUTER when it names another router).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import catalog
+from db.models import RouterVersion, utcnow
+from routers.base import CONFIG_FILE, version_of
+from routers.data import load_training_prompts
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS
+from routeyard.errors import NotFound
+from routeyard.settings import Settings
+
+SERVING = "serving"  # the router spec that means "whatever version serves now"
+SHIPPED = "shipped"  # `router rollback shipped`: the default router again, as before any promotion
+
+
+@dataclass(frozen=True)
+class RouterInfo:
+    """A router spec described without loading it (`shipped_router`: what serves before any promotion)."""
+
+    spec: str
+    router: str
+    version: str
+    path: str  # the checkpoint directory, or the spec itself when nothing is saved (random) or it is a hub id
+    rows: int | None  # training rows, from its config
+
+    @property
+    def label(self) -> str:
+        return f"{self.router}@{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One line of `router versions`: a trained version from the database, or the shipped router."""
+
+    router: str
+    version: str
+    path: str
+    apgr: float | None
+    baseline_apgr: float | None
+    rows: int | None
+    created_at: datetime | None
+    decision: str
+    serving: bool
+    shipped: bool = False
+
+
+def fallback_spec(settings: Settings | None) -> str:
+    """The router that serves before any promotion."""
+    if settings is None or settings.default_router == SERVING:
+        return DEFAULT_ROUTER
+    return settings.default_router
+
+
+def resolve_router_spec(sf: sessionmaker[Session], spec: str, settings: Settings | None = None) -> str:
+    """`serving` -> the promoted version's directory (or the shipped default before any promotion)."""
+    if spec != SERVING:
+        return spec
+    with sf() as session:
+        current = catalog.serving_version(session)
+    return current.path if current else fallback_spec(settings)
+
+
+def _router_dir(spec: str) -> Path | None:
+    """The saved directory of a router spec; None for a registry name with no checkpoint or a hub id."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if spec in ROUTERS and (PRETRAINED_DIR / spec).is_dir():
+        return PRETRAINED_DIR / spec
+    return None
+
+
+def router_info(spec: str) -> RouterInfo:
+    folder = _router_dir(spec)
+    if folder is None:  # nothing saved (random) or a hub id
+        return RouterInfo(spec, spec if spec in ROUTERS else spec.rsplit("/", 1)[-1],
+                          "default" if spec in ROUTERS else "-", spec, None)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    return RouterInfo(spec, str(config.get("router", spec)), version_of(folder), str(folder),
+                      (config.get("train") or {}).get("rows"))
+
+
+def shipped_router(settings: Settings | None = None) -> RouterInfo:
+    """The shipped default (or ROUTEYARD_DEFAULT_ROUTER when it names a router): serves before any promotion."""
+    return router_info(fallback_spec(settings))
+
+
+def training_prompts_of(spec: str) -> np.ndarray | None:
+    """Fingerprints of the prompts a router spec trained on: empty for a registry name with no checkpoint (it
+    learned nothing), None when unknown (a checkpoint saved without the record, or a hub id)."""
+    folder = _router_dir(spec)
+    if folder is None:
+        return np.empty(0, dtype=np.uint64) if spec in ROUTERS else None
+    return load_training_prompts(folder, version_of(folder))
+
+
+def version_rows(session: Session, settings: Settings | None = None) -> list[VersionRow]:
+    """Every trained version, newest first, then the shipped router (serving while nothing is promoted)."""
+    rows = [VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
+                       v.created_at, v.decision, v.serving) for v in catalog.list_versions(session)]
+    shipped = shipped_router(settings)
+    rows.append(VersionRow(shipped.router, shipped.version, shipped.path, None, None, shipped.rows, None,
+                           f"shipped default ({shipped.spec}); serves until a trained version is promoted",
+                           not any(r.serving for r in rows), shipped=True))
+    return rows
+
+
+def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None = None
+             ) -> RouterVersion | RouterInfo:
+    """Serve an earlier version again: a trained one, or the shipped router (its version, or `shipped`)."""
+    stamp = utcnow().isoformat(timespec="seconds")
+    with sf() as session:
+        target = catalog.version_named(session, version)
+        shipped = shipped_router(settings)
+        if target is None and version in (SHIPPED, shipped.version):
+            catalog.serve_version(session, None, f"replaced by the shipped router {shipped.router} "
+                                                 f"{shipped.version} at {stamp}")
+            session.commit()
+            return shipped
+        if target is None:
+            raise NotFound(f"no router version {version!r}; see `routeyard router versions`")
+        catalog.serve_version(session, target, f"rolled back to at {stamp}")
+        session.commit()
+        return target

@@ -1,0 +1,51 @@
+"""One error hierarchy for the whole product.
+
+    RouteyardError
+    ├── UserError              a user can fix it: the CLI prints one line (exit 2), the API answers 4xx
+    │   ├── InvalidInput       a bad file, field, option or setting (422)
+    │   │   ├── DataError      outcome / preference data that cannot be read
+    │   │   └── UnknownPrice   a model with no price, so its spend could not be counted
+    │   ├── NotFound           no such job, version, schedule, item (404; another tenant's too)
+    │   └── Conflict           the request contradicts what is stored, e.g. a reused idempotency key (409)
+    └── (anything else)        a bug: the CLI shows the traceback with --debug, the API answers 500
+
+Each front door maps `UserError` once (jobs/cli/context.py, jobs/api/app.py); nothing matches on messages.
+"""
+
+from __future__ import annotations
+
+
+class RouteyardError(Exception):
+    """Base of every error Routeyard raises on purpose."""
+
+
+class UserError(RouteyardError):
+    """Something the user can fix; the message says what and where (file, line, field or setting)."""
+
+    http_status = 400
+
+
+class InvalidInput(UserError, ValueError):
+    """A bad file, line, field, option or setting. A ValueError too, so library code that expects one works."""
+
+    http_status = 422
+
+
+class DataError(InvalidInput):
+    """Outcome or preference data that cannot be read or used."""
+
+
+class UnknownPrice(InvalidInput):
+    """A model has no price, so its spend could not be counted."""
+
+
+class NotFound(UserError, LookupError):
+    """No such job, item, router version or schedule; another tenant's is reported exactly the same way."""
+
+    http_status = 404
+
+
+class Conflict(UserError):
+    """The request contradicts what is stored (an idempotency key reused for a different request)."""
+
+    http_status = 409

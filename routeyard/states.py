@@ -1,0 +1,39 @@
+"""The states of a job and of its items, named once. Stored as their string values."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # stored, nothing run yet
+    SCORING = "scoring"  # the router is scoring its items
+    RUNNING = "running"  # routed; model calls under way
+    COMPLETED = "completed"  # every item finished; some may have failed
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in JOB_ENDED
+
+
+class ItemStatus(StrEnum):
+    PENDING = "pending"  # stored, not scored yet
+    ROUTED = "routed"  # scored and assigned a model
+    IN_FLIGHT = "in_flight"  # a call is being made
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # the job was cancelled before this item was called
+
+    @property
+    def finished(self) -> bool:
+        return self in ITEM_FINISHED
+
+
+# A job in one of these never moves again (a later run or a late worker must not undo a cancel).
+JOB_ENDED: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
+JOB_ACTIVE: frozenset[JobStatus] = frozenset(JobStatus) - JOB_ENDED
+# An item in one of these is never called again.
+ITEM_FINISHED: frozenset[ItemStatus] = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
+ITEM_UNFINISHED: frozenset[ItemStatus] = frozenset(ItemStatus) - ITEM_FINISHED
+

@@ -1,0 +1,72 @@
+"""Where a job runs, decided in one place (as rq decides sync or queued): no broker configured, in this
+process (the embedded default); a broker configured, on the Celery workers.
+
+The CLI runs an embedded job to the end in the foreground. The API hands it to an executor that its
+lifespan owns, so a request returns at once; tests pass a synchronous executor to run it inline.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs as store
+from routeyard.settings import Settings
+from routeyard.states import ItemStatus
+from worker.embedded import Progress, RunSummary, run_embedded
+
+
+class Mode(StrEnum):
+    EMBEDDED = "embedded"  # every step in this process, on the configured database (SQLite by default)
+    DISTRIBUTED = "distributed"  # Celery workers take the steps from the broker
+
+
+def mode(settings: Settings) -> Mode:
+    return Mode.EMBEDDED if settings.embedded else Mode.DISTRIBUTED
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    job_id: str
+    mode: Mode
+    summary: RunSummary | None = None  # the job's end state, when it ran to the end here
+    future: Future[RunSummary] | None = None  # when an executor runs it in the background
+
+
+class Dispatcher:
+    """Starts or resumes jobs where the settings say they run."""
+
+    def __init__(self, sf: sessionmaker[Session], settings: Settings, executor: Executor | None = None) -> None:
+        self.sf, self.settings, self.executor = sf, settings, executor
+
+    @property
+    def mode(self) -> Mode:
+        return mode(self.settings)
+
+    def run(self, job_id: str, *, retry_failed: bool = False, progress: Progress | None = None) -> Dispatched:
+        """Take the job to its end from wherever it stopped: here (and wait, unless an executor was given),
+        or by enqueueing it for the workers. Finished items are never called again."""
+        if self.mode is Mode.EMBEDDED:
+            if self.executor is None:
+                summary = run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, progress=progress)
+                return Dispatched(job_id, Mode.EMBEDDED, summary=summary)
+            future = self.executor.submit(run_embedded, self.sf, self.settings, job_id, retry_failed=retry_failed)
+            return Dispatched(job_id, Mode.EMBEDDED, future=future)
+        if retry_failed:
+            with self.sf() as session:
+                store.requeue(session, job_id, [ItemStatus.FAILED])
+                session.commit()
+        enqueue(job_id)
+        return Dispatched(job_id, Mode.DISTRIBUTED)
+
+
+def enqueue(job_id: str) -> None:
+    """Hand a stored job to the Celery workers."""
+    # Imported here, not at the top: the Celery app (and its broker settings) is only needed when a broker is
+    # configured, and embedded runs should not pay for importing it.
+    from worker.tasks import start_job
+
+    start_job.delay(job_id)
