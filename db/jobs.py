@@ -285,6 +285,13 @@ def item_by_custom_id(session: Session, job_id: str, custom_id: str) -> Item | N
     return session.scalar(select(Item).where(Item.job_id == job_id, Item.custom_id == custom_id))
 
 
+def tier_counts(session: Session, job_id: str) -> dict[str, int]:
+    """Items routed to each tier (strong, weak)."""
+    rows = session.execute(select(Item.tier, func.count()).where(Item.job_id == job_id, Item.tier.is_not(None))
+                           .group_by(Item.tier))
+    return {str(tier): n for tier, n in rows}
+
+
 def router_versions(session: Session, job_id: str) -> list[str]:
     return sorted(session.scalars(select(Item.router_version).where(Item.job_id == job_id,
                                                                     Item.router_version.is_not(None)).distinct()))

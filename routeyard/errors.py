@@ -7,6 +7,8 @@
     │   │   └── UnknownPrice   a model with no price, so its spend could not be counted
     │   ├── NotFound           no such job, version, schedule, item (404; another tenant's too)
     │   └── Conflict           the request contradicts what is stored, e.g. a reused idempotency key (409)
+    ├── Unavailable            a service Routeyard needs cannot be reached: the database, the broker, a model
+    │                          endpoint (the CLI prints one line naming the setting, exit 1; the API answers 503)
     └── (anything else)        a bug: the CLI shows the traceback with --debug, the API answers 500
 
 Each front door maps `UserError` once (jobs/cli/context.py, jobs/api/app.py); nothing matches on messages.
@@ -49,3 +51,9 @@ class Conflict(UserError):
     """The request contradicts what is stored (an idempotency key reused for a different request)."""
 
     http_status = 409
+
+
+class Unavailable(RouteyardError):
+    """A service Routeyard needs cannot be reached; the message names the setting that points at it."""
+
+    http_status = 503

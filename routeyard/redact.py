@@ -24,6 +24,8 @@ def safe_url(url: str | None) -> str | None:
     """Drop user:password@ and query strings (some gateways take keys there) from a URL."""
     if not url:
         return url
+    if url.startswith("sqlite"):  # a file path: nothing secret, and urlsplit would drop a slash of it
+        return url
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:

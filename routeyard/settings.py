@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(default=256, ge=1)
     embedding_batch_size: int = Field(default=64, ge=1)
     device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps
+    admin_key: SecretStr = SecretStr("")  # the API's /v1/admin paths (tenants); empty: those paths are off
 
     # Distributed mode (a broker is configured).
     complete_batch_size: int = Field(default=50, ge=1)  # items per completion task
@@ -105,7 +107,20 @@ class Settings(BaseSettings):
         return Endpoint(tier=tier, base_url=self.weak_base_url, model=self.weak_model,
                         api_key=self.weak_api_key)
 
+    def endpoint_problems(self) -> list[str]:
+        """What stops a tier's model from being called at all, found without a network call: OpenAI itself
+        (no base URL) needs a key, from ROUTEYARD_<TIER>_API_KEY or the environment's OPENAI_API_KEY."""
+        problems = []
+        for tier in ("strong", "weak"):
+            end = self.endpoint(tier)
+            if end.base_url is None and not end.api_key.get_secret_value() and not os.environ.get("OPENAI_API_KEY"):
+                problems.append(f"the {tier} model {end.model!r} would be called on OpenAI, but no API key is set: "
+                                f"set ROUTEYARD_{tier.upper()}_API_KEY, or ROUTEYARD_{tier.upper()}_BASE_URL to "
+                                "your own server (vLLM, Ollama, a gateway)")
+        return problems
+
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing from anything that gets stored or logged."""
-        keys = [self.strong_api_key.get_secret_value(), self.weak_api_key.get_secret_value()]
+        keys = [self.strong_api_key.get_secret_value(), self.weak_api_key.get_secret_value(),
+                self.admin_key.get_secret_value()]
         return [k for k in keys if len(k) >= 4]

@@ -99,3 +99,59 @@ def test_shadow_sends_a_share_of_weak_items_to_the_strong_model_too(settings, tm
     shadow_row = next(m for m in report.models if m.tier == "shadow")
     assert shadow_row.calls == 7 and report.calls == 40
     assert report.cost_usd == pytest.approx(sum(r.cost_usd for r in rows) + sum(r.shadow_cost_usd for r in shadows))
+
+
+def random_body(rng: np.random.Generator, i: int) -> dict:
+    """A chat request using what multiplies or adds tokens: n, tools, a response-format schema, image parts,
+    either length cap (or both, or none), a predicted output."""
+    text = f"Randomised budget question {i}: " + "consider this carefully " * int(rng.integers(0, 30))
+    content: object = text
+    if rng.random() < 0.3:
+        content = [{"type": "text", "text": text},
+                   {"type": "image_url", "image_url": {"url": f"https://example.com/{i}.png", "detail": "high"}}]
+    body: dict = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]}
+    if rng.random() < 0.5:
+        body["n"] = int(rng.integers(1, 9))
+    if rng.random() < 0.4:
+        props = {f"field_{k}": {"type": "string", "description": "x" * int(rng.integers(10, 400))}
+                 for k in range(int(rng.integers(1, 12)))}
+        body["tools"] = [{"type": "function", "function": {"name": f"tool_{t}", "parameters": {
+            "type": "object", "properties": props}}} for t in range(int(rng.integers(1, 4)))]
+    if rng.random() < 0.3:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+            "type": "object", "properties": {"answer": {"type": "string", "description": "y" * 300}}}}}
+    caps = rng.choice(["max_tokens", "max_completion_tokens", "both", "none"])
+    if caps in ("max_tokens", "both"):
+        body["max_tokens"] = int(rng.integers(5, 400))
+    if caps in ("max_completion_tokens", "both"):
+        body["max_completion_tokens"] = int(rng.integers(5, 400))
+    if rng.random() < 0.2:
+        body["prediction"] = {"type": "content", "content": "a predicted answer " * int(rng.integers(1, 20))}
+    return body
+
+
+def test_realised_spend_never_exceeds_the_budget_over_randomised_requests(settings, tmp_path, loopback):
+    """Against a server that bills n choices, tool and schema tokens, images and reasoning tokens."""
+    import json
+
+    from routeyard.testing.loopback import ModelProfile
+
+    loopback.config.models = {m: ModelProfile(first_token_ms=1, ms_per_token=0.01, answer_words=400,
+                                              reasoning_tokens=150) for m in (settings.strong_model,
+                                                                             settings.weak_model)}
+    rng = np.random.default_rng(7)
+    for trial in range(4):
+        path = tmp_path / f"random-{trial}.jsonl"
+        path.write_text("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                            "body": random_body(rng, i)}) + "\n" for i in range(30)))
+        sf, probe = submit(settings, path, strong_fraction=0.0)
+        bodies = [r.body for r in items(sf, probe.job_id)]
+        weak = sum(cost_bound(b, settings.price_table[settings.weak_model], 1024) for b in bodies)
+        strong = sum(cost_bound(b, settings.price_table[settings.strong_model], 1024) for b in bodies)
+        budget = weak + float(rng.uniform(0.05, 0.9)) * (strong - weak)
+        sf, result, summary = submit_and_run(settings, path, budget_usd=budget)
+        rows = items(sf, result.job_id)
+        assert summary.counts == {"succeeded": 30}, summary
+        assert any(r.tier == "strong" for r in rows)
+        spent = sum(r.cost_usd for r in rows)
+        assert spent <= budget, (trial, spent, budget)

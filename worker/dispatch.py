@@ -14,6 +14,8 @@ from enum import StrEnum
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from routeyard.errors import Unavailable
+from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from routeyard.states import ItemStatus
 from worker.embedded import Progress, RunSummary, run_embedded
@@ -67,6 +69,14 @@ def enqueue(job_id: str) -> None:
     """Hand a stored job to the Celery workers."""
     # Imported here, not at the top: the Celery app (and its broker settings) is only needed when a broker is
     # configured, and embedded runs should not pay for importing it.
+    from kombu.exceptions import OperationalError
+
     from worker.tasks import start_job
 
-    start_job.delay(job_id)
+    try:
+        start_job.apply_async((job_id,), retry=True, retry_policy={"max_retries": 2, "interval_start": 0.5,
+                                                                   "interval_step": 0.5})
+    except OperationalError as exc:
+        broker, reason = safe_url(start_job.app.conf.broker_url), str(exc).rstrip(".")
+        raise Unavailable(f"cannot reach the broker at {broker} (ROUTEYARD_BROKER_URL): {reason}. Job {job_id} is "
+                          f"stored; `routeyard run {job_id}` queues it once the broker is back") from None

@@ -65,6 +65,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
     with sf() as session:
         todo = store.item_ids(session, job_id, ItemStatus.ROUTED)
     if todo:
+        pipeline.check_models(sf, job_id, settings)
         advance = progress.stage("calling models", len(todo))
         asyncio.run(_complete(sf, settings, job_id, todo, lambda _result: advance(1)))
     pipeline.finish_if_done(sf, job_id)

@@ -36,8 +36,15 @@ class ModelClient:
         key = endpoint.api_key.get_secret_value()
         if not key and endpoint.base_url:
             key = "EMPTY"  # local servers (vLLM, Ollama) take any key; OpenAI itself falls back to OPENAI_API_KEY
-        self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key or None,
-                                         max_retries=max_retries, timeout=timeout_s)
+        self.client: openai.AsyncOpenAI | None = None
+        self.setup_error: str | None = None
+        try:
+            self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key or None,
+                                             max_retries=max_retries, timeout=timeout_s)
+        except openai.OpenAIError as exc:  # e.g. no key at all: every call fails with why, the process does not
+            tier = endpoint.tier.upper()
+            self.setup_error = redact(f"cannot call the {endpoint.tier} model: {exc} (set ROUTEYARD_{tier}_API_KEY, "
+                                      f"or ROUTEYARD_{tier}_BASE_URL for a server that needs none)", secrets)
 
     @property
     def model(self) -> str:
@@ -46,6 +53,8 @@ class ModelClient:
     async def complete(self, body: dict[str, Any]) -> CallResult:
         """One chat completion for `body` (an OpenAI request body without `model`)."""
         start = time.perf_counter()
+        if self.client is None:
+            return self._failure(start, None, self.setup_error or "no client")
         try:
             completion = await self.client.chat.completions.create(**{**body, "model": self.model})
         except openai.APIStatusError as exc:
@@ -65,4 +74,5 @@ class ModelClient:
                           redact(message, self.secrets)[:2000])
 
     async def aclose(self) -> None:
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()

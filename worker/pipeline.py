@@ -18,6 +18,7 @@ from db import jobs as store
 from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
 from routers.registry import LoadedRouter
+from routeyard.errors import Conflict
 from routeyard.pricing import cost_bound, cost_usd, price_for
 from routeyard.settings import Settings, Tier
 from routeyard.states import JobStatus
@@ -132,6 +133,21 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
                 on_done(result)
 
     await asyncio.gather(*(one(i) for i in item_ids))
+
+
+def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings) -> None:
+    """A job's models are fixed when it is submitted. A process whose endpoint for a tier the job uses serves
+    another model must not call its items (results and spend would name a model that was not called): Conflict,
+    and the items are left for a process whose settings match."""
+    with sf() as session:
+        job = store.get_job(session, job_id)
+        tiers = set(store.tier_counts(session, job_id)) | ({"strong"} if job.shadow_fraction else set())
+        pinned = {"strong": job.strong_model, "weak": job.weak_model}
+    wrong = [f"the job's {tier} model is {pinned[tier]!r} but this process's ROUTEYARD_{tier.upper()}_MODEL is "
+             f"{settings.endpoint(tier).model!r}"  # type: ignore[arg-type]
+             for tier in sorted(tiers) if settings.endpoint(tier).model != pinned[tier]]  # type: ignore[arg-type]
+    if wrong:
+        raise Conflict(f"job {job_id}: {'; '.join(wrong)}. Run it with the settings it was submitted with")
 
 
 def finish_if_done(sf: sessionmaker[Session], job_id: str) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db.session import open_database
 from routers.registry import LoadedRouter
+from routeyard.errors import Conflict
 from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
 from worker import pipeline
@@ -106,6 +107,11 @@ def enqueue_completion(job_id: str) -> int:
 @app.task(name="routeyard.complete_batch", **RETRY)
 def complete_batch(job_id: str, item_ids: list[int]) -> None:
     settings = worker_settings()
+    try:
+        pipeline.check_models(worker_db(), job_id, settings)
+    except Conflict as exc:  # this worker serves other models: leave the items for one that matches
+        log.error("%s; %d items left unclaimed", exc, len(item_ids))
+        return
     asyncio.run(_complete(settings, job_id, item_ids))
     pipeline.finish_if_done(worker_db(), job_id)
 

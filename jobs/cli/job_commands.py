@@ -15,7 +15,7 @@ from rich.table import Table
 from db import jobs as store
 from db.catalog import list_versions
 from jobs.cli import render
-from jobs.cli.context import RichProgress, bars, cli_context, console, err
+from jobs.cli.context import ExitCode, Stages, atomic_output, atomic_path, cli_context, console, err
 from jobs.cli.options import StrongFraction
 from jobs.services import control
 from jobs.services.feedback import FeedbackIn, feedback_value, record_feedback
@@ -27,7 +27,7 @@ from jobs.services.submit import JobOptions, submit_job
 from routeyard.errors import InvalidInput
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
-from routeyard.states import ITEM_FINISHED
+from routeyard.states import ITEM_FINISHED, ItemStatus, JobStatus
 from routeyard.testing.demo_data import write_demo_batch
 from routeyard.testing.loopback import DEMO_MODELS, LoopbackConfig, LoopbackServer
 from worker.dispatch import Mode
@@ -37,32 +37,42 @@ app = typer.Typer()
 
 
 def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: Settings | None = None,
-         wait: bool = False) -> None:
-    """Run here to the end (embedded), or enqueue for the workers (and follow the job with `wait`)."""
+         wait: bool = False, as_json: dict[str, object] | None = None) -> None:
+    """Run here to the end (embedded), or enqueue for the workers (and follow the job with `wait`). With
+    `as_json`, one JSON document at the end: those fields with the job's status and counts."""
     state = cli_context(ctx)
     dispatcher = state.dispatcher(settings)
-    with bars() as progress:
-        done = dispatcher.run(job_id, retry_failed=retry_failed, progress=RichProgress(progress))
+    with Stages() as stages:
+        done = dispatcher.run(job_id, retry_failed=retry_failed, progress=stages)
     if done.summary is not None:
-        render.run_summary(done.summary)
-        return
-    console.print(f"job {job_id} queued on the workers ({safe_url(state.settings.broker_url)})")
+        _finish(done.summary, as_json)
     if wait:
-        render.run_summary(_follow(ctx, job_id))
+        _finish(_follow(ctx, job_id), as_json)
+    if as_json is not None:
+        console.print_json(json.dumps({**as_json, "job_id": job_id, "status": JobStatus.QUEUED}))
+    else:
+        console.print(f"job {job_id} queued on the workers ({safe_url(state.settings.broker_url)})")
+
+
+def _finish(summary: RunSummary, as_json: dict[str, object] | None = None) -> None:
+    """Print how the job ended and exit with its code: 3 when it finished with failed items."""
+    if as_json is not None:
+        console.print_json(json.dumps({**as_json, "job_id": summary.job_id, "status": summary.status,
+                                       "counts": dict(summary.counts)}))
+    else:
+        render.run_summary(summary)
+    raise typer.Exit(ExitCode.FAILED_ITEMS if summary.counts.get(ItemStatus.FAILED) else ExitCode.OK)
 
 
 def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
     """Poll a job run by workers, with a progress bar, until it ends."""
     sf = cli_context(ctx).db
-    with bars() as progress:
-        task = None
+    with Stages() as stages:
         while True:
             with sf() as session:
                 job = store.get_job(session, job_id)
                 counts = store.status_counts(session, job_id)
-            if task is None:
-                task = progress.add_task("calling models", total=job.n_items)
-            progress.update(task, completed=sum(n for s, n in counts.items() if s in ITEM_FINISHED))
+            stages.set("calling models", sum(n for s, n in counts.items() if s in ITEM_FINISHED), job.n_items)
             if job.status.ended:
                 return RunSummary(job_id, job.status, counts)
             time.sleep(0.5)
@@ -72,7 +82,10 @@ def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
 def submit(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL (OpenAI Batch or plain) or CSV.")],
-    strong_fraction: StrongFraction = 0.3,
+    strong_fraction: Annotated[float | None, typer.Option(
+        "--strong-fraction", "-s", min=0.0, max=1.0,
+        help="Share of this batch's items sent to the strong model (default 0.3; or use --budget-usd or "
+             "--target-pgr, not together).")] = None,
     router: Annotated[str | None, typer.Option(help="Registry name, directory or hub id.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: resubmitting is a no-op.")] = None,
     tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
@@ -86,39 +99,47 @@ def submit(
     shadow: Annotated[float | None, typer.Option("--shadow", min=0.0, max=1.0,
                                                  help="Also send this share of weak items to the strong model "
                                                       "(both answers kept, for feedback).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or csv.")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="auto (by suffix), jsonl, csv or tsv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
     wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored job as JSON (with --detach, or when "
+                                                         "the job is queued) or its end state.")] = False,
 ) -> None:
     """Submit a batch: the embedded default runs it here to the end; with a broker, workers run it."""
     state = cli_context(ctx)
     options = JobOptions(router=router or state.settings.default_router, strong_fraction=strong_fraction,
                          idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr,
                          shadow_fraction=shadow)
-    if fmt not in ("auto", "jsonl", "csv"):
-        raise InvalidInput(f"--format must be auto, jsonl or csv, got {fmt!r}")
+    if fmt not in ("auto", "jsonl", "csv", "tsv"):
+        raise InvalidInput(f"--format must be auto, jsonl, csv or tsv, got {fmt!r}")
     input_format = detect_format(file, cast(InputFormat, fmt))
     with file.open("rb") as source:
         result = submit_job(state.db, state.settings, source, input_format, options, source_name=file.name)
-    render.submitted(result)
+    stored = {"job_id": result.job_id, "created": result.created, "n_items": result.n_items,
+              "rejected": [{"line": n, "reason": r} for n, r in result.rejected]}
+    if not as_json:
+        render.submitted(result)
     if detach or (not result.created and state.dispatcher().mode is Mode.DISTRIBUTED):
+        if as_json:
+            console.print_json(json.dumps({**stored, "status": JobStatus.QUEUED}))
         return
-    _run(ctx, result.job_id, wait=wait)
+    _run(ctx, result.job_id, wait=wait, as_json=stored if as_json else None)
 
 
 RetryFailed = Annotated[bool, typer.Option(help="Call failed items again.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON document with the job's end state.")]
 
 
 @app.command()
-def run(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False) -> None:
+def run(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False, as_json: JsonFlag = False) -> None:
     """Run a stored job from wherever it stopped (embedded), or enqueue it again (distributed)."""
-    _run(ctx, job_id, retry_failed)
+    _run(ctx, job_id, retry_failed, as_json={} if as_json else None)
 
 
 @app.command()
-def resume(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False) -> None:
+def resume(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False, as_json: JsonFlag = False) -> None:
     """Resume an interrupted job: finished items are not called again, spend is not counted twice."""
-    _run(ctx, job_id, retry_failed)
+    _run(ctx, job_id, retry_failed, as_json={} if as_json else None)
 
 
 @app.command()
@@ -140,15 +161,23 @@ def status(ctx: typer.Context, job_id: str, as_json: Annotated[bool, typer.Optio
 
 
 @app.command("jobs")
-def list_jobs(ctx: typer.Context, limit: int = 20) -> None:
+def list_jobs(ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The most recent jobs."""
-    table = Table()
-    for col in ("job", "status", "items", "rejected", "strong fraction", "tag", "created"):
-        table.add_column(col)
     with cli_context(ctx).db() as session:
-        for job in store.list_jobs(session, limit):
-            table.add_row(job.id, job.status, str(job.n_items), str(job.n_rejected), f"{job.strong_fraction:.2f}",
-                          job.tag or "", job.created_at.strftime("%Y-%m-%d %H:%M"))
+        rows = store.list_jobs(session, limit)
+    if as_json:
+        console.print_json(json.dumps([{"id": j.id, "status": j.status, "n_items": j.n_items,
+                                        "n_rejected": j.n_rejected, "strong_fraction": j.strong_fraction,
+                                        "budget_usd": j.budget_usd, "tag": j.tag,
+                                        "created_at": j.created_at.isoformat()} for j in rows]))
+        return
+    table = Table()
+    for col in ("job", "status", "items", "rejected", "routing", "tag", "created"):
+        table.add_column(col)
+    for job in rows:
+        routing = f"budget ${job.budget_usd:g}" if job.budget_usd is not None else f"{job.strong_fraction:.2f}"
+        table.add_row(job.id, job.status, str(job.n_items), str(job.n_rejected), routing, job.tag or "",
+                      job.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
 
@@ -165,16 +194,13 @@ def results(
     result_format: ResultFormat = fmt  # type: ignore[assignment]  # checked just above
     with cli_context(ctx).db() as session:
         lines = export_results(session, job_id, result_format)
-        first = next(lines, None)  # an unknown job fails here, before the output file is created
-        out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
-        try:
-            if first is not None:
-                out.write(first)
-            for line in lines:
-                out.write(line)
-        finally:
-            if output:
-                out.close()
+        first = next(lines, None)  # an unknown job fails here, before anything is written
+        if output is None:
+            sys.stdout.writelines([first or "", *lines])
+            return
+        with atomic_output(output) as out:  # an existing file is replaced only once the export is whole
+            out.write(first or "")
+            out.writelines(lines)
 
 
 @app.command()
@@ -182,20 +208,24 @@ def spend(
     ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="One job; all jobs when left out.")] = None,
     by: Annotated[str | None, typer.Option(help="day or week: spend over time instead of one total.")] = None,
-    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag (with --by).")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="With --by: one CSV row per period.")] = False,
     plot: Annotated[Path | None, typer.Option(help="With --by: a PNG of cost and router quality over time.")] = None,
 ) -> None:
     """Calls, tokens and dollars per model, and the saving against an all-strong run; or the same over time."""
     state = cli_context(ctx)
+    if by is None and (as_csv or plot):
+        raise InvalidInput("--csv and --plot report spend over time: add --by day or --by week")
+    if by is not None and job_id is not None:
+        raise InvalidInput("--by reports all jobs over time; leave out the job id, or --by for one job's total")
     if by is None:
         with state.db() as session:
-            report = spend_report(session, state.settings, job_id)
+            report = spend_report(session, state.settings, job_id, tag=tag)
         if as_json:
             console.print_json(json.dumps(report.to_dict()))
         else:
-            render.spend(report)
+            render.spend(report, tag)
         return
     with state.db() as session:
         periods = spend_over_time(session, state.settings, by, tag)  # type: ignore[arg-type]  # checked inside
@@ -203,7 +233,8 @@ def spend(
     if plot:
         from jobs.cli.plots import plot_cost_and_quality  # matplotlib: only when a plot is asked for
 
-        plot_cost_and_quality(periods, versions, plot)
+        with atomic_path(plot) as tmp:
+            plot_cost_and_quality(periods, versions, tmp)
         err.print(f"wrote {plot}")
     if as_json:
         console.print_json(json.dumps([p.__dict__ for p in periods]))

@@ -31,8 +31,9 @@ def run_summary(summary: RunSummary) -> None:
     console.print(f"job [bold]{summary.job_id}[/] {summary.status}: {counts}")
 
 
-def spend(report: SpendReport) -> None:
-    table = Table(title=f"Spend{' for ' + report.job_id if report.job_id else ' (all jobs)'}")
+def spend(report: SpendReport, tag: str | None = None) -> None:
+    scope = f" for {report.job_id}" if report.job_id else f" (jobs tagged {tag})" if tag else " (all jobs)"
+    table = Table(title=f"Spend{scope}")
     for col in ("tier", "model", "calls", "prompt tokens", "completion tokens", "cost $"):
         table.add_column(col, justify="right" if col not in ("tier", "model") else "left")
     for m in report.models:
@@ -66,8 +67,16 @@ def spend_periods(periods: Sequence[PeriodSpend], by: str, tag: str | None) -> N
 
 def job_status(view: JobStatusView) -> None:
     console.print(f"job [bold]{view.id}[/] {view.status} ({escape(view.source or '')})")
-    console.print(f"  router {escape(view.router)} version {view.router_version or '-'}; strong fraction "
-                  f"{view.strong_fraction:.2f}, threshold {view.threshold if view.threshold is not None else '-'}")
+    if view.budget_usd is not None:
+        asked = f"budget ${view.budget_usd:g}"
+    elif view.target_pgr is not None:
+        asked = f"target PGR {view.target_pgr:g} (strong fraction {view.strong_fraction:.2f})"
+    else:
+        asked = f"strong fraction {view.strong_fraction:.2f}"
+    routed = (f"{view.strong_items} of {view.routed_items} items strong ({view.strong_items / view.routed_items:.0%})"
+              if view.routed_items else "not routed yet")
+    console.print(f"  router {escape(view.router)} version {view.router_version or '-'}; {asked}; {routed}; "
+                  f"threshold {view.threshold if view.threshold is not None else '-'}")
     console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
     console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
                   + f"; rejected lines {view.n_rejected}")

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import TaskID
 from rich.table import Table
 
-from jobs.cli.context import RichProgress, bars, cli_context, console, err
+from jobs.cli.context import Stages, atomic_output, atomic_path, cli_context, console, err
 from jobs.cli.options import (
     DATA_HELP,
     StrongColumn,
@@ -21,7 +20,7 @@ from jobs.cli.options import (
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
 from jobs.services.retrain import retrain as run_retrain
-from jobs.services.versions import rollback, version_rows
+from jobs.services.versions import SERVING, resolve_router_spec, rollback, version_rows
 from routers.base import TrainOptions
 from routers.calibration import calibration_table, save_quality_curve
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, save_training_prompts
@@ -31,6 +30,7 @@ from routeyard.errors import InvalidInput
 from worker.runtime import load_job_router, router_runtime
 
 app = typer.Typer(help="Train, score with and list routers.", no_args_is_help=True)
+BASELINES = {"random": "random baseline", "oracle": "oracle"}  # rows `router eval` adds beside the routers
 top = typer.Typer()  # commands that sit at the top level (`routeyard retrain`)
 
 
@@ -62,16 +62,9 @@ def router_train(
     found = read_outcome_data(data, strong_column, weak_column)
     rows = found.preferences()
     console.print(f"{len(rows)} preference rows from {len(found.files)} files")
-    with bars() as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
+    with Stages() as stages:
         trained = train_router(router, rows, router_runtime(settings),
-                               TrainOptions(seed=seed, epochs=epochs, params=params, progress=report))
+                               TrainOptions(seed=seed, epochs=epochs, params=params, progress=stages.set))
     version = trained.save(out)
     save_training_prompts(out, [r.prompt for r in rows], version)
     console.print(f"saved {router} router version {version} to {out}")
@@ -80,11 +73,13 @@ def router_train(
 @app.command("eval")
 def router_eval(
     ctx: typer.Context,
-    routers: Annotated[list[str], typer.Option("--router", help="Registry name or directory; repeat to compare.")],
     outcomes: Annotated[list[Path], typer.Option("--outcomes", exists=True,
                                                  help="Outcome files or directories of them, any layout: CSV/TSV "
                                                       "with a prompt column and the two models' columns, JSONL "
                                                       "{prompt, strong, weak}, a routellm-evals directory.")],
+    routers: Annotated[list[str] | None, typer.Option(
+        "--router", help="Router spec (serving, a registry name, a directory or a hub id); repeat to compare. "
+                         "Default: serving.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
     contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds the random baseline is averaged over.")] = 10,
@@ -96,30 +91,37 @@ def router_eval(
     """PGR at 10%..90% strong calls, APGR, CPT(50%), CPT(80%) for each router, random and the oracle."""
     from routers.plot import plot_curves  # matplotlib: only this command draws
 
-    settings = cli_context(ctx).settings
+    state = cli_context(ctx)
+    settings = state.settings
     rows = read_outcome_data(outcomes, strong_column, weak_column, outcomes_only=True,
                              contaminated=contaminated).outcomes
     if not rows:
         raise InvalidInput("no outcome rows to evaluate on (all were contaminated)")
     warn_pgr(rows, ", ".join(p.name for p in outcomes))
+    specs = [resolve_router_spec(state.db, spec, settings) for spec in routers or [SERVING]]
     scores = {}
-    with bars() as progress:
-        for spec in routers:
+    with Stages() as stages:
+        for spec in specs:
             loaded = load_job_router(spec, settings)
-            advance = RichProgress(progress).stage(f"scoring {loaded.name}", len(rows))
-            scores[f"{loaded.name}@{loaded.version}"] = loaded.router.win_rate([r.prompt for r in rows],
-                                                                              progress=advance)
+            label = loaded.label
+            while label in scores or label in BASELINES:  # every row names one router
+                label += "'"
+            advance = stages.stage(f"scoring {label}", len(rows))
+            scores[label] = loaded.router.win_rate([r.prompt for r in rows], progress=advance)
     found, curves = evaluate(scores, rows, seeds)
+    for key, label in BASELINES.items():
+        found[label], curves[label] = found.pop(key), curves.pop(key)
     if save_curve:
-        for spec, name in zip(routers, scores, strict=True):
+        for spec, name in zip(specs, scores, strict=True):
             if Path(spec).is_dir():
                 save_quality_curve(Path(spec), curves[name].fraction, curves[name].pgr,
                                    ", ".join(p.name for p in outcomes))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
+    with atomic_output(out / "metrics.json") as f:
+        f.write(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
     first = next(iter(found.values()))
-    plot_curves(curves, first.quality_strong, first.quality_weak, out / "curves.png",
-                f"{len(rows)} prompts: {', '.join(p.name for p in outcomes)}")
+    with atomic_path(out / "curves.png") as tmp:
+        plot_curves(curves, first.quality_strong, first.quality_weak, tmp,
+                    f"{len(rows)} prompts: {', '.join(p.name for p in outcomes)}")
     table = Table(title=f"{len(rows)} prompts")
     for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", *(f"PGR@{k}" for k in ("0.2", "0.5", "0.8"))):
         table.add_column(col)
@@ -131,19 +133,24 @@ def router_eval(
 
 
 @app.command("versions")
-def router_versions(ctx: typer.Context) -> None:
+def router_versions(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Trained router versions, then the shipped one: metrics, data, the promotion decision, which one serves."""
     state = cli_context(ctx)
+    with state.db() as session:
+        versions = version_rows(session, state.settings)
+    if as_json:
+        console.print_json(json.dumps([{**v.__dict__, "created_at": v.created_at.isoformat() if v.created_at else None}
+                                       for v in versions]))
+        return
     table = Table()
     for col in ("serving", "router", "version", "APGR", "serving APGR then", "rows", "created", "decision"):
         table.add_column(col, no_wrap=col != "decision")
-    with state.db() as session:
-        for v in version_rows(session, state.settings):
-            table.add_row("*" if v.serving else "", v.router, v.version,
-                          f"{v.apgr:.4f}" if v.apgr is not None else "-",
-                          f"{v.baseline_apgr:.4f}" if v.baseline_apgr is not None else "-",
-                          "" if v.rows is None else str(v.rows),
-                          v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "shipped", v.decision)
+    for v in versions:
+        table.add_row("*" if v.serving else "", v.router, v.version,
+                      f"{v.apgr:.4f}" if v.apgr is not None else "-",
+                      f"{v.baseline_apgr:.4f}" if v.baseline_apgr is not None else "-",
+                      "" if v.rows is None else str(v.rows),
+                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "shipped", v.decision)
     console.print(table)
 
 
@@ -171,8 +178,8 @@ def router_calibrate(
     if len(prompts) < 20:
         raise InvalidInput(f"{sample}: {len(prompts)} prompts; a calibration sample needs at least 20")
     loaded = load_job_router(router, cli_context(ctx).settings)
-    with bars() as progress:
-        scores = loaded.router.win_rate(prompts, progress=RichProgress(progress).stage("scoring", len(prompts)))
+    with Stages() as stages:
+        scores = loaded.router.win_rate(prompts, progress=stages.stage("scoring", len(prompts)))
     table = calibration_table(scores)
     (Path(router) / "calibration.json").write_text(json.dumps(
         {"router_version": loaded.version, "sample": sample.name, "n": len(prompts), "thresholds": table},
@@ -184,9 +191,10 @@ def router_calibrate(
 @app.command("score")
 def router_score(
     ctx: typer.Context,
-    router: Annotated[str, typer.Option("--router", help="Registry name, directory or hub id.")],
     input_path: Annotated[Path, typer.Option("--input", exists=True, help="Prompts: JSONL or CSV, as for submit.")],
     output: Annotated[Path, typer.Option("--output", help="JSONL: one {id, prompt, score} per line.")],
+    router: Annotated[str, typer.Option("--router", help="serving, a registry name, a directory or a hub id.")
+                      ] = SERVING,
 ) -> None:
     """Score prompts (probability that the strong model is needed), batched."""
     with input_path.open("rb") as f:
@@ -195,11 +203,12 @@ def router_score(
     for e in entries:
         if not isinstance(e, ParsedItem):
             err.print(f"  [yellow]line {e.line_no}:[/] {e.reason}")
-    loaded = load_job_router(router, cli_context(ctx).settings)
-    with bars() as progress:
-        advance = RichProgress(progress).stage("scoring", len(items))
+    state = cli_context(ctx)
+    loaded = load_job_router(resolve_router_spec(state.db, router, state.settings), state.settings)
+    with Stages() as stages:
+        advance = stages.stage("scoring", len(items))
         scores = loaded.router.win_rate([i.prompt for i in items], progress=advance)
-    with output.open("w", encoding="utf-8") as out:
+    with atomic_output(output) as out:
         for item, score in zip(items, scores, strict=True):
             out.write(json.dumps({"id": item.custom_id, "prompt": item.prompt, "score": float(score)}) + "\n")
     console.print(f"scored {len(items)} prompts with {loaded.name} {loaded.version} -> {output}")

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Format = Literal["auto", "jsonl", "csv"]
+Format = Literal["auto", "jsonl", "csv", "tsv"]
+FileFormat = Literal["jsonl", "csv", "tsv"]
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 MAX_PROMPT_CHARS = 1_000_000
 
@@ -132,15 +133,16 @@ def _jsonl(stream: io.BufferedReader) -> Iterator[ParsedItem | Rejection]:
             yield Rejection(line_no, str(exc))
 
 
-def _csv(stream: io.BufferedReader) -> Iterator[ParsedItem | Rejection]:
+def _csv(stream: io.BufferedReader, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
-    reader = csv.reader(text)
+    reader = csv.reader(text, delimiter=delimiter)
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
         return
     if "prompt" not in header:
-        yield Rejection(1, f"CSV header needs a 'prompt' column; found {header}")
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        yield Rejection(1, f"{kind} header needs a 'prompt' column; found {header}")
         return
     p_col, id_col = header.index("prompt"), header.index("id") if "id" in header else None
     last_line = reader.line_num
@@ -160,16 +162,18 @@ def _csv(stream: io.BufferedReader) -> Iterator[ParsedItem | Rejection]:
             yield Rejection(line_no, str(exc))
 
 
-def detect_format(path: Path, fmt: Format = "auto") -> Literal["jsonl", "csv"]:
+def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
+    """The format asked for, or the one the file's suffix names (.csv, .tsv; anything else is JSONL)."""
     if fmt != "auto":
         return fmt
-    return "csv" if path.suffix.lower() in (".csv", ".tsv") else "jsonl"
+    return {".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "jsonl")  # type: ignore[return-value]
 
 
-def parse_stream(stream: io.BufferedReader, fmt: Literal["jsonl", "csv"]) -> Iterator[ParsedItem | Rejection]:
+def parse_stream(stream: io.BufferedReader, fmt: FileFormat) -> Iterator[ParsedItem | Rejection]:
     """Accepted items and rejections, in file order. Duplicate ids are rejected (first one wins)."""
     seen: dict[str, int] = {}
-    for entry in (_csv(stream) if fmt == "csv" else _jsonl(stream)):
+    entries = {"csv": lambda: _csv(stream), "tsv": lambda: _csv(stream, "\t"), "jsonl": lambda: _jsonl(stream)}[fmt]()
+    for entry in entries:
         if isinstance(entry, ParsedItem):
             first = seen.setdefault(entry.custom_id, entry.line_no)
             if first != entry.line_no:

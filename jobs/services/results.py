@@ -40,6 +40,8 @@ class JobStatusView:
     n_items: int
     n_rejected: int
     counts: dict[ItemStatus, int]
+    strong_items: int  # items routed to the strong model (what a budget or a PGR target turned into)
+    routed_items: int
     created_at: datetime
     finished_at: datetime | None
     rejected: list[tuple[int, str]]
@@ -55,11 +57,13 @@ class JobStatusView:
 def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_id: str | None = None) -> JobStatusView:
     job: Job = store.get_job(session, job_id, tenant_id)
     counts = store.status_counts(session, job_id)
+    tiers = store.tier_counts(session, job_id)
     rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, job_id)[:rejected_limit]]
     return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
                          ",".join(store.router_versions(session, job_id)) or None, job.strong_fraction,
                          job.budget_usd, job.target_pgr, job.threshold,
-                         job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts, job.created_at,
+                         job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts,
+                         tiers.get("strong", 0), sum(tiers.values()), job.created_at,
                          job.finished_at, rejected)
 
 
@@ -79,9 +83,9 @@ def openai_batch_record(item: Item) -> dict[str, Any]:
         response = {"status_code": item.status_code, "request_id": (item.response or {}).get("id"),
                     "body": item.response if item.response is not None else {"error": {"message": item.error}}}
     error = None
-    if item.status == "failed" and item.status_code is None:
+    if item.status == ItemStatus.FAILED and item.status_code is None:
         error = {"code": "request_failed", "message": item.error}
-    elif item.status not in ("succeeded", "failed"):
+    elif item.status not in (ItemStatus.SUCCEEDED, ItemStatus.FAILED):
         error = {"code": "not_finished", "message": f"item is {item.status}"}
     return {"id": f"batch_req_{item.id}", "custom_id": item.custom_id, "response": response, "error": error}
 

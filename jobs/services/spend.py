@@ -40,14 +40,14 @@ class SpendReport:
 
 
 def spend_report(session: Session, settings: Settings, job_id: str | None = None,
-                 since: datetime | None = None, tenant_id: str | None = None) -> SpendReport:
+                 since: datetime | None = None, tenant_id: str | None = None, tag: str | None = None) -> SpendReport:
     """The all-strong estimate prices each weak call's tokens at the strong model's rates: the same prompt,
     and an answer of the same length (strong models tend to write longer, so the saving is if anything low)."""
     if job_id is not None:
         store.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
     merged: dict[tuple[str, str], ModelSpend] = {}
     all_strong = 0.0
-    for row in spend_rows(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, since=since)):
+    for row in spend_rows(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, tag=tag, since=since)):
         all_strong += _all_strong_cost(row, settings)
         key = (row.tier, row.model)
         prev = merged.get(key)

@@ -24,17 +24,18 @@ from jobs.services.versions import resolve_router_spec
 from routers.calibration import fraction_for_target_pgr
 from routers.registry import DEFAULT_ROUTER
 from routeyard.errors import Conflict, InvalidInput
-from routeyard.pricing import cost_bound, price_for
+from routeyard.pricing import Unbounded, cost_bound, price_for
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 
 INSERT_CHUNK = 1000
+DEFAULT_STRONG_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
 class JobOptions:
     router: str = DEFAULT_ROUTER
-    strong_fraction: float = 0.3
+    strong_fraction: float | None = None  # share of items sent strong; DEFAULT_STRONG_FRACTION when no way is given
     idempotency_key: str | None = None
     tag: str | None = None
     tenant_id: str = LOCAL_TENANT
@@ -76,12 +77,23 @@ def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> 
 
 def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, fmt: str, options: JobOptions,
                source_name: str | None = None) -> SubmitResult:
-    if not 0.0 <= options.strong_fraction <= 1.0:
+    ways = [name for name, value in (("--strong-fraction", options.strong_fraction),
+                                     ("--budget-usd", options.budget_usd), ("--target-pgr", options.target_pgr))
+            if value is not None]
+    if len(ways) > 1:  # each decides how many items go strong: taking one would silently ignore the other
+        raise InvalidInput(f"give one of {' and '.join(ways)}: each sets how many items go to the strong model")
+    if options.strong_fraction is not None and not 0.0 <= options.strong_fraction <= 1.0:
         raise InvalidInput(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
+    if options.target_pgr is not None and not 0.0 < options.target_pgr <= 1.0:
+        raise InvalidInput(f"target PGR must be in (0, 1] (a share of the strong model's gain), got "
+                           f"{options.target_pgr}")
     if options.shadow_fraction is not None and not 0.0 <= options.shadow_fraction <= 1.0:
         raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
     if options.budget_usd is not None and options.budget_usd <= 0:
         raise InvalidInput(f"budget must be a positive number of dollars, got {options.budget_usd}")
+    problems = settings.endpoint_problems()  # a job that could never be called is refused, not stored
+    if problems:
+        raise InvalidInput("; ".join(problems))
     weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
     price_for(settings.strong_model, settings.price_table)  # could not be counted
     if options.idempotency_key:
@@ -93,8 +105,6 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     requested = options  # idempotency compares what the client sent, not what it resolved to
     options = replace(options, router=resolve_router_spec(sf, options.router, settings))  # the exact version, recorded
     if options.target_pgr is not None:
-        if not 0.0 < options.target_pgr <= 1.5:
-            raise InvalidInput(f"target PGR must be in (0, 1.5], got {options.target_pgr}")
         if not Path(options.router).is_dir():
             raise InvalidInput(f"--target-pgr needs a router directory with a held-out quality curve, got "
                               f"{options.router!r}")
@@ -103,6 +113,8 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                                                                                options.target_pgr))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
+    if options.strong_fraction is None:  # a budgeted job's share is whatever its budget buys: status shows it
+        options = replace(options, strong_fraction=0.0 if options.budget_usd is not None else DEFAULT_STRONG_FRACTION)
     job_id = f"job_{uuid.uuid4().hex}"
     reader = _HashingReader(source)
     rejected: list[tuple[int, str]] = []
@@ -127,7 +139,11 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                 # A budget is only a promise if every answer has a length limit.
                 if not (entry.body.get("max_tokens") or entry.body.get("max_completion_tokens")):
                     entry.body["max_tokens"] = settings.default_max_tokens
-                weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
+                try:
+                    weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
+                except Unbounded as exc:
+                    rejected.append((entry.line_no, f"{exc}: a budgeted job cannot take it"))
+                    continue
             chunk.append(_row(job_id, entry))
             if len(chunk) >= INSERT_CHUNK:
                 store.add_items(session, chunk)

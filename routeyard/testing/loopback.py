@@ -32,6 +32,7 @@ class ModelProfile:
     first_token_ms: float = 300.0
     ms_per_token: float = 2.0
     answer_words: int = 60
+    reasoning_tokens: int = 0  # hidden tokens a reasoning model bills as completion, within max_completion_tokens
 
 
 @dataclass
@@ -50,6 +51,9 @@ class LoopbackConfig:
     echo_key_marker: str = "ROUTEYARD_ECHO_KEY"  # prompts containing it get a 400 that quotes the Authorization header
     seed: int = 0
     jitter: bool = True  # lognormal latency noise; off for benchmarks that want a fixed per-call latency
+
+
+IMAGE_TOKENS = 765  # what OpenAI bills for a 1024x1024 image at high detail
 
 
 def estimate_tokens(text: str) -> int:
@@ -125,22 +129,37 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         profile = config.models.get(model, config.default_profile)
         answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
                   or compose_answer(model, prompt, profile.answer_words))
-        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        completion_tokens = estimate_tokens(answer)
-        finish = "stop"
-        if max_tokens and completion_tokens > max_tokens:
-            answer, completion_tokens, finish = answer[: max_tokens * 4], max_tokens, "length"
+        # Billed like a provider: the prompt includes tool and response-format schemas; each of the `n` choices
+        # is billed, reasoning tokens included, and stops at max_completion_tokens (else max_tokens).
+        prompt_tokens = sum(estimate_tokens(json.dumps(m.get("content") or "")) + 4 for m in messages)
+        prompt_tokens += IMAGE_TOKENS * sum(1 for m in messages if isinstance(m.get("content"), list)
+                                            for part in m["content"] if isinstance(part, dict)
+                                            and part.get("type") == "image_url")
+        prompt_tokens += sum(estimate_tokens(json.dumps(body[k])) for k in ("tools", "functions", "response_format")
+                             if body.get(k))
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        choices, completion_tokens, reasoning = [], 0, 0
+        for index in range(int(body.get("n") or 1)):
+            text = answer if index == 0 else compose_answer(model, f"{prompt}#{index}", profile.answer_words)
+            hidden = min(profile.reasoning_tokens, cap) if cap else profile.reasoning_tokens
+            visible, finish = estimate_tokens(text), "stop"
+            if cap and hidden + visible > cap:
+                visible, finish = cap - hidden, "length"
+                text = text[: visible * 4]
+            choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                            "finish_reason": finish})
+            completion_tokens += hidden + visible
+            reasoning += hidden
         jitter = random.Random(key).lognormvariate(0, 0.25) if config.jitter else 1.0
         delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
         await asyncio.sleep(delay_ms * config.latency_scale / 1000)
         answered[key] += 1
         return JSONResponse({
             "id": "chatcmpl-" + hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24],
-            "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
+            "object": "chat.completion", "created": int(time.time()), "model": model, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "completion_tokens_details": {"reasoning_tokens": reasoning}},
         })
 
     @app.get("/v1/models")
