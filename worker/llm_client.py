@@ -76,3 +76,25 @@ class ModelClient:
     async def aclose(self) -> None:
         if self.client is not None:
             await self.client.close()
+
+
+def probe(endpoint: Endpoint, timeout_s: float = 10.0) -> tuple[bool, str]:
+    """Whether a tier's endpoint answers, takes its key and serves its model (`GET /models`; servers that do not
+    list models count as reachable). No completion is bought."""
+    key = endpoint.api_key.get_secret_value() or ("EMPTY" if endpoint.base_url else None)
+    where = endpoint.base_url or "api.openai.com"
+    try:
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0, timeout=timeout_s)
+        served = [m.id for m in client.models.list()]
+    except openai.AuthenticationError:
+        return False, f"{where} refused the key (ROUTEYARD_{endpoint.tier.upper()}_API_KEY)"
+    except openai.NotFoundError:
+        return True, f"{where} answers (it does not list its models)"
+    except openai.APIConnectionError as exc:
+        return False, f"cannot reach {where} (ROUTEYARD_{endpoint.tier.upper()}_BASE_URL): {exc}"
+    except openai.OpenAIError as exc:
+        return False, f"{where}: {type(exc).__name__}: {exc}"
+    if served and endpoint.model not in served:
+        return False, (f"{where} does not serve {endpoint.model!r} (ROUTEYARD_{endpoint.tier.upper()}_MODEL); it "
+                       f"serves {', '.join(served[:8])}{' ...' if len(served) > 8 else ''}")
+    return True, f"{where} serves {endpoint.model!r}"

@@ -162,9 +162,12 @@ def create_app(config: LoopbackConfig) -> FastAPI:
                       "completion_tokens_details": {"reasoning_tokens": reasoning}},
         })
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model"} for m in config.models]}
+    @app.get("/v1/models", response_model=None)
+    async def models(request: Request) -> dict[str, Any] | JSONResponse:
+        if config.api_key is not None and request.headers.get("authorization") != f"Bearer {config.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"}
+                                           for m in config.models]}
 
     @app.get("/_stats")
     async def stats() -> dict[str, Any]:

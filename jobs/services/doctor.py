@@ -1,0 +1,75 @@
+"""`routeyard check`: is everything a job needs reachable and configured, before a job is stored?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import OperationalError
+
+from db.session import open_database
+from jobs.services.versions import SERVING, resolve_router_spec
+from routeyard.errors import RouteyardError
+from routeyard.pricing import price_for
+from routeyard.redact import redact, safe_url
+from routeyard.settings import Settings
+from worker.llm_client import probe
+from worker.runtime import load_job_router
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(settings: Settings, router: str | None = SERVING) -> list[Check]:
+    """Database, broker (when configured), each tier's endpoint, key, model and price, and the router jobs
+    will use (None: skip loading it)."""
+    checks: list[Check] = []
+    url = settings.resolved_database_url
+    try:
+        sf = open_database(url)
+        checks.append(Check("database", True, f"{safe_url(url)} (migrated)"))
+    except OperationalError as exc:
+        sf = None
+        checks.append(Check("database", False, f"cannot reach {safe_url(url)} (ROUTEYARD_DATABASE_URL): "
+                                               f"{str(exc.orig).strip().splitlines()[0]}"))
+    if settings.broker_url:
+        checks.append(_broker(settings.broker_url))
+    for tier in ("strong", "weak"):
+        endpoint = settings.endpoint(tier)  # type: ignore[arg-type]
+        problems = [p for p in settings.endpoint_problems() if p.startswith(f"the {tier} ")]
+        if problems:
+            checks.append(Check(f"{tier} endpoint", False, problems[0]))
+        else:
+            ok, detail = probe(endpoint, timeout_s=min(settings.request_timeout_s, 15.0))
+            checks.append(Check(f"{tier} endpoint", ok, redact(detail, settings.secrets())))
+        try:
+            price = price_for(endpoint.model, settings.price_table)
+            checks.append(Check(f"{tier} price", True, f"${price.input:g} in / ${price.output:g} out per 1M tokens"))
+        except RouteyardError as exc:
+            checks.append(Check(f"{tier} price", False, str(exc)))
+    if router is not None:
+        checks.append(_router(settings, router, sf))
+    return checks
+
+
+def _broker(url: str) -> Check:
+    from kombu import Connection  # the broker client: only when a broker is configured
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+        return Check("broker", True, safe_url(url) or "")
+    except Exception as exc:  # kombu raises the transport's own errors
+        return Check("broker", False, f"cannot reach {safe_url(url)} (ROUTEYARD_BROKER_URL): {exc}")
+
+
+def _router(settings: Settings, spec: str, sf: object) -> Check:
+    try:
+        resolved = resolve_router_spec(sf, spec, settings) if sf is not None else spec  # type: ignore[arg-type]
+        loaded = load_job_router(resolved, settings)
+        return Check("router", True, f"{spec} -> {loaded.label}")
+    except RouteyardError as exc:
+        return Check("router", False, str(exc))
