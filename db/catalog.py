@@ -7,24 +7,68 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.jobs import rowcount
-from db.models import Feedback, Item, RouterVersion, Schedule, Tenant, utcnow
+from db.models import LOCAL_TENANT, Feedback, Item, Job, RouterVersion, Schedule, Tenant, utcnow
 from routeyard.errors import NotFound
+from routeyard.states import JOB_ACTIVE
 
 # --- tenants ----------------------------------------------------------------------------------------------
 
 
 def add_tenant(session: Session, tenant_id: str, name: str, key_hash: str) -> Tenant:
-    tenant = Tenant(id=tenant_id, name=name, key_hash=key_hash)
+    tenant = Tenant(id=tenant_id, name=name, key_hash=key_hash, key_issued_at=utcnow())
     session.add(tenant)
     return tenant
 
 
 def tenant_by_key_hash(session: Session, key_hash: str) -> Tenant | None:
-    return session.scalar(select(Tenant).where(Tenant.key_hash == key_hash))
+    """The tenant holding this key now; a revoked or rotated-away key matches none."""
+    return session.scalar(select(Tenant).where(Tenant.key_hash == key_hash, Tenant.revoked_at.is_(None)))
+
+
+def tenant_by_name(session: Session, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def find_tenant(session: Session, name_or_id: str, *, lock: bool = False) -> Tenant | None:
+    """By id, else by name; with `lock`, the row is locked (two rotations at once cannot both hand out a key)."""
+    query = select(Tenant).execution_options(populate_existing=True)
+    if lock:
+        query = query.with_for_update()
+    return (session.scalar(query.where(Tenant.id == name_or_id))
+            or session.scalar(query.where(Tenant.name == name_or_id)))
+
+
+def list_tenants(session: Session) -> list[tuple[Tenant, int]]:
+    """Every tenant, oldest first, with how many jobs it owns."""
+    jobs = select(Job.tenant_id, func.count().label("n")).group_by(Job.tenant_id).subquery()
+    rows = session.execute(select(Tenant, func.coalesce(jobs.c.n, 0))
+                           .join(jobs, jobs.c.tenant_id == Tenant.id, isouter=True)
+                           .order_by(Tenant.created_at, Tenant.id))
+    return [(tenant, int(n)) for tenant, n in rows]
+
+
+def tenant_job_count(session: Session, tenant_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)) or 0
+
+
+def set_tenant_key(session: Session, tenant: Tenant, key_hash: str | None) -> None:
+    """A new key (the old one stops matching, and a revoked tenant is active again), or None: revoked."""
+    tenant.key_hash = key_hash
+    if key_hash is None:
+        tenant.revoked_at = tenant.revoked_at or utcnow()
+    else:
+        tenant.key_issued_at, tenant.revoked_at = utcnow(), None
+
+
+def unfinished_tenant_jobs(session: Session) -> list[str]:
+    """Jobs submitted by tenants (over the API) that have not ended, oldest first. The local tenant's jobs
+    (the CLI's, run in the CLI's own process) are not included: `routeyard resume` is theirs."""
+    return list(session.scalars(select(Job.id).where(Job.tenant_id != LOCAL_TENANT, Job.status.in_(JOB_ACTIVE))
+                                .order_by(Job.created_at, Job.id)))
 
 
 # --- router versions --------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ LOCAL_TENANT = "local"  # jobs submitted from the CLI on this machine
 
 
 class Tenant(Base):
-    """Who owns jobs. Only a hash of the API key is stored; the key is shown once, when created."""
+    """Who owns jobs. Only a hash of the API key is stored; the key is shown once, when created or rotated.
+    A revoked tenant has no key hash (so no key matches it) and keeps its jobs."""
 
     __tablename__ = "tenants"
 
@@ -54,6 +55,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_issued_at: Mapped[datetime | None] = mapped_column()  # when the current key was made (create, rotate)
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class Job(Base):

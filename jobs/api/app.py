@@ -1,14 +1,20 @@
-"""The HTTP API (FastAPI): submit, status, results, spend, feedback, cancel. `routeyard api` serves it.
+"""The HTTP API (FastAPI): submit, status, results, spend, feedback, cancel, resume; tenants on the admin path
+(jobs/api/admin.py). `routeyard api` serves it.
 
 Every request carries a tenant's API key (`Authorization: Bearer ry_...`); a tenant sees only its own jobs,
 and another tenant's job answers 404 exactly like a job that does not exist. Errors are mapped once: a
 `UserError` answers its own status (422 invalid, 404 not found, 409 conflict) with `{"detail": message}`.
 
 In embedded mode (no broker) jobs run on an executor that the app's lifespan owns: requests return at once,
-and shutting the app down waits for running jobs. Pass `executor=` (e.g. one that runs inline) in tests.
+and shutting the app down waits for running jobs (jobs still waiting for a thread are left queued). On
+start-up the app resumes the tenant jobs a previous API process left unfinished (jobs/api/runs.py). Pass
+`executor=` (e.g. one that runs inline) in tests.
+
+/docs (Swagger UI) and /redoc load their scripts and styles from this package (fastapi-offline ships them),
+never from a CDN, so they work offline.
 """
 
-
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -17,10 +23,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
 from db.session import open_database
+from jobs.api.admin import admin_routes
+from jobs.api.runs import Runs
 from jobs.api.schemas import (
     CancelResponse,
     ErrorResponse,
@@ -31,6 +40,7 @@ from jobs.api.schemas import (
     JobSummary,
     Rejected,
     ResultsPage,
+    ResumeResponse,
     SpendResponse,
     SubmitResponse,
 )
@@ -42,8 +52,9 @@ from jobs.services.spend import spend_report
 from jobs.services.submit import JobOptions, submit_job
 from jobs.services.tenants import tenant_for_key
 from routeyard import __version__
-from routeyard.errors import UserError
+from routeyard.errors import Conflict, UserError
 from routeyard.settings import Settings
+from routeyard.states import ItemStatus, JobStatus
 from worker.dispatch import Dispatcher
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 422)}
@@ -52,6 +63,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
     settings = settings or Settings()
     sf: sessionmaker[Session] = open_database(settings.resolved_database_url)
+    admin = admin_routes(sf, settings)  # a bad ROUTEYARD_ADMIN_KEY is refused here, before anything serves
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,14 +71,20 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         if executor is None and settings.embedded:
             owned = ThreadPoolExecutor(max_workers=2, thread_name_prefix="routeyard-job")
         app.state.dispatcher = Dispatcher(sf, settings, executor or owned)
+        app.state.runs = Runs(app.state.dispatcher)
+        if settings.embedded:  # jobs a previous API process left unfinished (a broker's are beat's to re-enqueue),
+            # off the event loop: it reads the database, and an inline executor runs the jobs right there
+            await asyncio.to_thread(app.state.runs.resume_left_unfinished, sf)
         try:
             yield
         finally:
-            if owned is not None:
-                owned.shutdown(wait=True, cancel_futures=False)
+            if owned is not None:  # jobs not started yet stay queued and are resumed by the next start
+                owned.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title="Routeyard", version=__version__, lifespan=lifespan,
-                  description="Route batches of LLM prompts between a strong and a weak model (RouteLLM).")
+    app = FastAPIOffline(title="Routeyard", version=__version__, lifespan=lifespan, static_url="/docs/assets",
+                         swagger_ui_parameters={"validatorUrl": None},  # no call to swagger.io's validator
+                         description="Route batches of LLM prompts between a strong and a weak model (RouteLLM).")
+    app.include_router(admin)
 
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError) -> JSONResponse:
@@ -82,7 +100,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing header 'Authorization: Bearer <API key>'")
         found = tenant_for_key(s, authorization[7:].strip())
         if found is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key")
         return found.id
 
     Tenant = Annotated[str, Depends(tenant)]
@@ -112,7 +130,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
         result = submit_job(sf, settings, file.file, fmt, options, source_name=file.filename)
         if result.created:
-            request.app.state.dispatcher.run(result.job_id)
+            request.app.state.runs.start(result.job_id)
         return SubmitResponse(job_id=result.job_id, created=result.created, n_items=result.n_items,
                               rejected=[Rejected(line=n, reason=r) for n, r in result.rejected])
 
@@ -172,5 +190,28 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     @app.post("/v1/jobs/{job_id}/cancel", response_model=CancelResponse, responses=ERRORS)
     def cancel(job_id: str, tenant_id: Tenant) -> CancelResponse:
         return CancelResponse(job_id=job_id, cancelled_items=control.cancel(sf, job_id, tenant_id))
+
+    @app.post("/v1/jobs/{job_id}/resume", response_model=ResumeResponse, responses=ERRORS)
+    def resume(request: Request, job_id: str, tenant_id: Tenant,
+               retry_failed: Annotated[bool, Query(description="also call the failed items again")] = False,
+               ) -> ResumeResponse:
+        """Take an interrupted job up again: finished items are not called again, spend is not counted twice."""
+        with sf() as s:
+            job = store.get_job(s, job_id, tenant_id)
+            failed = store.status_counts(s, job_id).get(ItemStatus.FAILED, 0)
+        runs: Runs = request.app.state.runs
+        if job.status == JobStatus.CANCELLED:
+            raise Conflict(f"job {job_id!r} was cancelled; a cancelled job is not resumed (submit it again)")
+        if job.status == JobStatus.COMPLETED and not (retry_failed and failed):
+            hint = f"; {failed} item(s) failed: resume with retry_failed=true to call them again" if failed else ""
+            return ResumeResponse(job_id=job_id, resumed=False, status=job.status,
+                                  detail=f"the job has completed, nothing is left to call{hint}")
+        if not runs.start(job_id, retry_failed=retry_failed):
+            return ResumeResponse(job_id=job_id, resumed=False, status=job.status,
+                                  detail="the job is already queued or running on this API process")
+        with sf() as s:
+            now = store.get_job(s, job_id).status
+        where = "here" if settings.embedded else "on the workers"
+        return ResumeResponse(job_id=job_id, resumed=True, status=now, detail=f"resumed {where}")
 
     return app

@@ -99,3 +99,30 @@ class Health(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class ResumeResponse(BaseModel):
+    job_id: str
+    resumed: bool = Field(description="false when there was nothing to do; `detail` says why")
+    status: JobStatus
+    detail: str
+
+
+class TenantCreateBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200, description="unique; not starting with 'tn_'")
+
+
+class TenantResponse(BaseModel):
+    id: str
+    name: str
+    state: Literal["active", "revoked", "no key"] = Field(
+        description="'no key': the local tenant, which owns the CLI's jobs")
+    created_at: datetime
+    key_issued_at: datetime | None
+    revoked_at: datetime | None
+    jobs: int
+
+
+class TenantKeyResponse(BaseModel):
+    tenant: TenantResponse
+    api_key: str = Field(description="shown once: only its SHA-256 is stored")
