@@ -154,3 +154,15 @@ def test_a_failed_scheduled_retrain_exits_1(cli, tmp_path):
         time.sleep(1.1)
         code, out, _ = cli("schedule", "run-due")
     assert code == 1 and "failed" in out
+
+
+def test_check_names_what_is_wrong_before_any_job(cli):
+    code, out, _ = cli("check", "--skip-router", "--json")
+    assert code == 0 and all(c["ok"] for c in json.loads(out))
+    code, out, _ = cli("check", "--skip-router", "--json", env={"ROUTEYARD_WEAK_MODEL": "gpt-4o-mini",
+                                                                 "ROUTEYARD_STRONG_API_KEY": "sk-wrong-key-123456"})
+    failed = {c["name"]: c["detail"] for c in json.loads(out) if not c["ok"]}
+    assert code == 1 and set(failed) == {"strong endpoint", "weak endpoint"}
+    assert "refused the key (ROUTEYARD_STRONG_API_KEY)" in failed["strong endpoint"]
+    assert "does not serve 'gpt-4o-mini' (ROUTEYARD_WEAK_MODEL)" in failed["weak endpoint"]
+    assert "sk-wrong-key" not in out

@@ -1,25 +1,27 @@
-"""Running the services (`api`, `worker`), stored schedules, and tenants."""
+"""Running the services (`api`, `worker`) and stored schedules. Tenants: jobs/cli/tenant_commands.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from db.catalog import list_schedules
-from jobs.cli.context import cli_context, console
+from jobs.cli.context import ExitCode, cli_context, console
 from jobs.cli.options import DATA_HELP, StrongColumn, WeakColumn, read_outcome_data
+from jobs.services.doctor import run_checks
 from jobs.services.schedules import add_schedule, next_run, remove_schedule
-from jobs.services.tenants import create_tenant
+from jobs.services.versions import SERVING
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK
 from routers.registry import DEFAULT_ROUTER
 from routeyard.errors import InvalidInput
 
 app = typer.Typer()
 schedule_app = typer.Typer(help="Periodic jobs kept in the database (beat fires them).", no_args_is_help=True)
-tenant_app = typer.Typer(help="Tenants of the HTTP API and their keys.", no_args_is_help=True)
 ALL_QUEUES = "routeyard.score,routeyard.complete"
 
 
@@ -47,6 +49,29 @@ def worker(
     from jobs.periodic import app as celery_app  # the pipeline's tasks and the periodic ones
 
     celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    router: Annotated[str, typer.Option(help="The router jobs will use (loaded to check it).")] = SERVING,
+    skip_router: Annotated[bool, typer.Option("--skip-router", help="Do not load the router.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the database, the broker, both models' endpoints, keys, models and prices, and the router;
+    exit 1 if anything is wrong. Nothing is stored and no completion is bought."""
+    checks = run_checks(cli_context(ctx).settings, None if skip_router else router)
+    if as_json:
+        console.print_json(json.dumps([c.__dict__ for c in checks]))
+    else:
+        table = Table()
+        for col in ("check", "", "detail"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", escape(c.detail))
+        console.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(ExitCode.ERROR)
 
 
 @schedule_app.command("retrain")
@@ -78,17 +103,23 @@ def schedule_retrain(
 
 
 @schedule_app.command("list")
-def schedule_list(ctx: typer.Context) -> None:
+def schedule_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Stored schedules, when they run next and what they did last."""
+    with cli_context(ctx).db() as session:
+        rows = list_schedules(session)
+    if as_json:
+        console.print_json(json.dumps([{"id": r.id, "task": r.task, "cron": r.cron, "every_s": r.every_s,
+                                        "args": r.args, "enabled": r.enabled, "next_run": next_run(r).isoformat(),
+                                        "last_run": r.last_run_at.isoformat() if r.last_run_at else None,
+                                        "last_result": r.last_result} for r in rows]))
+        return
     table = Table()
     for col in ("id", "task", "when", "next run (UTC)", "last run", "last result"):
         table.add_column(col)
-    with cli_context(ctx).db() as session:
-        for row in list_schedules(session):
-            table.add_row(str(row.id), row.task, row.cron or f"every {row.every_s:g}s",
-                          next_run(row).strftime("%Y-%m-%d %H:%M:%S"),
-                          row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "-",
-                          row.last_result or "")
+    for row in rows:
+        table.add_row(str(row.id), row.task, row.cron or f"every {row.every_s:g}s",
+                      next_run(row).strftime("%Y-%m-%d %H:%M:%S"),
+                      row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "-", row.last_result or "")
     console.print(table)
 
 
@@ -104,13 +135,8 @@ def schedule_run_due(ctx: typer.Context) -> None:
     from jobs.periodic import run_due_schedules  # loads the Celery app; only this command needs it
 
     state = cli_context(ctx)
-    for schedule_id, message in run_due_schedules(state.db, state.settings):
+    ran = run_due_schedules(state.db, state.settings)
+    for schedule_id, message in ran:
         console.print(f"schedule {schedule_id}: {message}")
-
-
-@tenant_app.command("create")
-def tenant_create(ctx: typer.Context, name: str) -> None:
-    """Create a tenant and print its API key (shown once; only its hash is stored)."""
-    tenant_id, key = create_tenant(cli_context(ctx).db, name)
-    console.print(f"tenant {tenant_id} ({name}); API key, shown once:")
-    print(key)
+    if any(message.startswith("failed") for _, message in ran):
+        raise typer.Exit(ExitCode.ERROR)  # cron and CI see that a scheduled retrain failed
