@@ -82,6 +82,8 @@ class Job(Base):
     weak_model: Mapped[str] = mapped_column(String(200))
     strong_base_url: Mapped[str | None] = mapped_column(String(500))
     weak_base_url: Mapped[str | None] = mapped_column(String(500))
+    # {model: {"input": $/1M, "output": $/1M}} for its two models, fixed at submit: what its calls are billed at
+    prices: Mapped[dict[str, Any] | None] = mapped_column()
     n_items: Mapped[int] = mapped_column(Integer, default=0)
     n_rejected: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -166,3 +166,14 @@ def test_check_names_what_is_wrong_before_any_job(cli):
     assert "refused the key (ROUTEYARD_STRONG_API_KEY)" in failed["strong endpoint"]
     assert "does not serve 'gpt-4o-mini' (ROUTEYARD_WEAK_MODEL)" in failed["weak endpoint"]
     assert "sk-wrong-key" not in out
+
+
+def test_a_job_is_billed_at_the_prices_of_its_submission(cli, tmp_path):
+    batch = write_batch(tmp_path / "b.jsonl", [f"p{i}" for i in range(4)])
+    cheap = json.dumps({STRONG: {"input": 0, "output": 0}, WEAK: {"input": 0, "output": 0}})
+    code, out, _ = cli("submit", batch, "--router", "random", "--detach", "--json", env={"ROUTEYARD_PRICING": cheap})
+    job_id = json.loads(out)["job_id"]
+    code, out, _ = cli("run", job_id, env={"ROUTEYARD_PRICING": None})  # list prices now; the job keeps its own
+    assert code == 0
+    code, out, _ = cli("spend", job_id, "--json")
+    assert json.loads(out)["calls"] == 4 and json.loads(out)["cost_usd"] == 0.0

@@ -20,7 +20,7 @@ from routers.calibration import BatchRouting, route_batch, route_within_budget, 
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.pricing import cost_bound, cost_usd, price_for
-from routeyard.settings import Settings, Tier
+from routeyard.settings import Price, Settings, Tier
 from routeyard.states import JobStatus
 from worker.llm_client import CallResult, ModelClient
 
@@ -43,6 +43,13 @@ def make_clients(settings: Settings) -> Clients:
                            timeout_s=settings.request_timeout_s, secrets=settings.secrets())
 
     return Clients(make("strong"), make("weak"))
+
+
+def job_prices(job: Job, settings: Settings) -> dict[str, Price]:
+    """The prices fixed when the job was submitted (jobs stored before that was recorded: today's table)."""
+    if not job.prices:
+        return settings.price_table
+    return {**settings.price_table, **{m: Price.model_validate(p) for m, p in job.prices.items()}}
 
 
 def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, batch_size: int,
@@ -72,7 +79,7 @@ def _route_budget(session: Session, job: Job, ids: list[int], scores: list[float
     budget = job.budget_usd
     assert budget is not None  # only budgeted jobs are routed here
     bodies = store.item_bodies(session, ids)
-    weak, strong = (price_for(m, settings.price_table) for m in (job.weak_model, job.strong_model))
+    weak, strong = (price_for(m, job_prices(job, settings)) for m in (job.weak_model, job.strong_model))
     bound = settings.default_max_tokens
     return route_within_budget(np.asarray(scores, dtype=np.float64),
                                np.array([cost_bound(bodies[i], weak, bound) for i in ids]),
@@ -108,7 +115,8 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
                          on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None) -> None:
     """Call the chosen model for each item, at most `concurrency` at a time, storing each result as it lands."""
     limit = asyncio.Semaphore(concurrency)
-    prices = settings.price_table
+    with sf() as session:
+        prices = job_prices(store.get_job(session, job_id), settings)
 
     async def one(item_id: int) -> None:
         async with limit:

@@ -38,7 +38,7 @@ def run_checks(settings: Settings, router: str | None = SERVING) -> list[Check]:
     if settings.broker_url:
         checks.append(_broker(settings.broker_url))
     for tier in ("strong", "weak"):
-        endpoint = settings.endpoint(tier)  # type: ignore[arg-type]
+        endpoint = settings.endpoint(tier)
         problems = [p for p in settings.endpoint_problems() if p.startswith(f"the {tier} ")]
         if problems:
             checks.append(Check(f"{tier} endpoint", False, problems[0]))

@@ -95,7 +95,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     if problems:
         raise InvalidInput("; ".join(problems))
     weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
-    price_for(settings.strong_model, settings.price_table)  # could not be counted
+    strong_price = price_for(settings.strong_model, settings.price_table)  # could not be counted
     if options.idempotency_key:
         with sf() as session:
             existing = store.job_by_key(session, options.idempotency_key, options.tenant_id)
@@ -126,7 +126,9 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                   target_pgr=options.target_pgr, shadow_fraction=options.shadow_fraction,
                   strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
-                  weak_base_url=safe_url(settings.weak_base_url))
+                  weak_base_url=safe_url(settings.weak_base_url),
+                  prices={settings.strong_model: strong_price.model_dump(),
+                          settings.weak_model: weak_price.model_dump()})
         session.add(job)
         session.flush()
         chunk: list[dict] = []
