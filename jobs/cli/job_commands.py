@@ -290,7 +290,11 @@ def demo(
         with batch.open("rb") as source:
             result = submit_job(state.db, settings, source, "jsonl", options, source_name=batch.name)
         render.submitted(result)
-        _run(ctx, result.job_id, settings=settings.model_copy(update={"broker_url": None}))  # the demo runs here
+        here = state.dispatcher(settings.model_copy(update={"broker_url": None}))  # the demo always runs here
+        with Stages() as stages:
+            done = here.run(result.job_id, progress=stages)
+        assert done.summary is not None  # an embedded run ends here
+        render.run_summary(done.summary)
         with state.db() as session:
             render.spend(spend_report(session, settings, result.job_id))
             render.score_examples(list(store.iter_items(session, result.job_id)))
