@@ -41,6 +41,7 @@ def routeyard(*args: str, env: dict, check: bool = True) -> subprocess.Completed
     return proc
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_without_recalling_finished_items_or_double_counting(
         tmp_path, database_url, loopback):
     loopback.config.latency_scale = 8.0  # ~0.2-0.5 s a call: slow enough to kill mid-run
@@ -110,6 +111,7 @@ def test_cli_reports_bad_input_and_unknown_jobs_clearly(tmp_path, loopback):
     assert proc.returncode == 2 and "--format must be" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_demo_runs_a_whole_routed_job_on_the_embedded_default(tmp_path):
     """The README's first command, minus the install: no configuration, no server to start."""
     env = cli_env(tmp_path / "home")
@@ -124,6 +126,7 @@ def test_the_demo_runs_a_whole_routed_job_on_the_embedded_default(tmp_path):
         assert all(r.cost_usd > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_router_train_takes_settings_and_names_a_bad_or_unknown_one(tmp_path, embedding_cache):
     data = tmp_path / "outcomes.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i * 7}?", "strong": i % 2,

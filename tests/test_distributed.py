@@ -24,6 +24,8 @@ from db.session import open_database
 from jobs.services.tenants import create_tenant
 from routers.registry import DEFAULT_ROUTER
 
+pytestmark = pytest.mark.slow  # worker, beat and API processes against real PostgreSQL and Redis
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -39,6 +39,7 @@ def test_spend_is_bucketed_by_day_and_week_and_tag(settings, tmp_path):
     assert sum(p.calls for p in nightly) == 6 and all(set(p.by_tag) == {"nightly"} for p in nightly)
 
 
+@pytest.mark.slow
 def test_spend_cli_writes_csv_and_a_plot(tmp_path, loopback, embedding_cache):
     settings = make_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'r.db'}", loopback, embedding_cache)
     submit_and_run(settings, write_batch(tmp_path / "a.jsonl", ["x", "y", "z"]))

@@ -52,6 +52,7 @@ def test_feedback_becomes_preference_rows(settings, tmp_path):
         record_feedback(sf, FeedbackIn(job, "nope", "thumbs", 1.0))
 
 
+@pytest.mark.slow
 def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_items_record_the_version(
         settings, tmp_path, gsm8k):
     settings = settings.model_copy(update={"default_router": "random"})  # what serves before any promotion
@@ -90,6 +91,7 @@ def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_item
         assert session.scalar(select(RouterVersion.version).where(RouterVersion.serving.is_(True))) == bad.version
 
 
+@pytest.mark.slow
 def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_path, gsm8k):
     from routers.linear import CORRECTION_GRID
     from routers.registry import DEFAULT_ROUTER
