@@ -174,8 +174,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
+    parser.add_argument("--routers", default="random,linear", help="comma-separated router specs")
+    parser.add_argument("--workers", default="1,2", help="comma-separated Celery worker counts ('' for none)")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/throughput_<latency>ms.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"throughput_{args.latency_ms:g}ms.json"
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port), "--latency-ms",
@@ -194,12 +197,12 @@ def main() -> None:
         print(f"{name:<28} {rate:8.1f} items/s  router share {share:5.1%}", flush=True)
 
     try:
-        clusters = {n: Workers(home, base_url, n) for n in (1, 2)}
+        clusters = {int(n): Workers(home, base_url, int(n)) for n in args.workers.split(",") if n}
         for _ in range(args.repeats):  # interleaved, so drift hits every configuration alike
             for conc in (CONCURRENCY, 2 * CONCURRENCY):
                 record(f"bare asyncio c={conc}",
                        asyncio.run(bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc)))
-            for router in ("random", "mf"):
+            for router in args.routers.split(","):
                 record(f"embedded c={CONCURRENCY} {router}",
                        run_embedded(home, base_url, prompts(args.items, f"e{next(counter)}"), router))
                 for n, cluster in clusters.items():

@@ -250,6 +250,46 @@ def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> 
     return Claim(row.tier, row.body, bool(row.shadow)) if row else None
 
 
+def claim_items(session: Session, item_ids: Sequence[int], lease_s: float | None = None) -> dict[int, Claim]:
+    """claim_item for many items in one conditional UPDATE: those claimed, by id (the others are finished or
+    in flight elsewhere)."""
+    if not item_ids:
+        return {}
+    claimable = Item.status == ItemStatus.ROUTED
+    if lease_s is not None:
+        stale = utcnow() - timedelta(seconds=lease_s)
+        claimable = claimable | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale))
+    rows = session.execute(
+        update(Item).where(Item.id.in_(item_ids), claimable)
+        .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
+        .returning(Item.id, Item.tier, Item.body, Item.shadow).execution_options(synchronize_session=False)
+    ).all()
+    return {row.id: Claim(row.tier, row.body, bool(row.shadow)) for row in rows}
+
+
+def result_values(item_id: int, result: CallOutcome, cost: float, shadow: CallOutcome | None = None,
+                  shadow_cost: float = 0.0) -> dict[str, Any]:
+    """One item's result as the row values record_results writes (every key present, so rows batch)."""
+    return {
+        "id": item_id, "status": ItemStatus.SUCCEEDED if result.ok else ItemStatus.FAILED,
+        "status_code": result.status_code, "response": result.response, "answer": result.answer,
+        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "cost_usd": cost, "latency_ms": result.latency_ms, "error": result.error, "finished_at": utcnow(),
+        "shadow_answer": shadow.answer if shadow else None,
+        "shadow_prompt_tokens": shadow.prompt_tokens if shadow else None,
+        "shadow_completion_tokens": shadow.completion_tokens if shadow else None,
+        "shadow_cost_usd": shadow_cost if shadow else None, "shadow_error": shadow.error if shadow else None,
+    }
+
+
+def record_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Store many results in one statement (result_values rows); an item that already succeeded (a duplicate
+    delivery) is left as it is."""
+    if rows:
+        session.execute(update(Item).where(Item.status != ItemStatus.SUCCEEDED)
+                        .execution_options(synchronize_session=None), list(rows))
+
+
 def record_result(session: Session, item_id: int, result: CallOutcome, cost: float,
                   shadow: CallOutcome | None = None, shadow_cost: float = 0.0) -> bool:
     """Store a call's result (and its shadow call's) unless the item already succeeded (a duplicate delivery);

@@ -8,13 +8,16 @@ again and spend (the sum of item costs) is never counted twice.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db.jobs import Claim
 from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
 from routers.registry import LoadedRouter
@@ -110,23 +113,59 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
         return routing.threshold
 
 
+CLAIM_CHUNK = 64  # items claimed per UPDATE at most; a quarter of the concurrency below that (see claimer)
+FLUSH_ROWS = 64  # results written per statement, at the latest...
+FLUSH_EVERY_S = 1.0  # ...this long after the first of them landed
+
+
 async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
                          settings: Settings, concurrency: int,
                          on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None) -> None:
-    """Call the chosen model for each item, at most `concurrency` at a time, storing each result as it lands."""
-    limit = asyncio.Semaphore(concurrency)
+    """Call the chosen model for each item, at most `concurrency` at a time.
+
+    Claims are taken a chunk at a time (one conditional UPDATE each) and results are written in groups, at
+    least every second and always before this returns (so before a task is acknowledged): a session per
+    batch, not two commits per call. A process killed between a call and its flush leaves that item in
+    flight; it is called again once its lease runs out (or when the embedded runner resumes), and a finished
+    item is never called again."""
     with sf() as session:
         prices = job_prices(store.get_job(session, job_id), settings)
+    todo = deque(item_ids)
+    # A claimed item's lease runs from its claim, so few may wait for a call slot: at most two chunks of a
+    # quarter of the concurrency, which start within about one call's time.
+    chunk_size = max(1, min(CLAIM_CHUNK, concurrency // 4))
+    claimed: asyncio.Queue[tuple[int, Claim] | None] = asyncio.Queue(maxsize=chunk_size)
+    buffer: list[dict[str, Any]] = []
+    callers = max(1, min(concurrency, len(item_ids)))
 
-    async def one(item_id: int) -> None:
-        async with limit:
+    def flush() -> None:
+        if buffer:
+            rows = buffer[:]
+            buffer.clear()
             with sf() as session:
-                claim = store.claim_item(session, item_id, lease_s)
+                store.record_results(session, rows)
                 session.commit()
-            if claim is None:  # finished meanwhile (another worker, a redelivered task)
-                return
+
+    async def claimer() -> None:
+        try:
+            while todo:
+                chunk = [todo.popleft() for _ in range(min(chunk_size, len(todo)))]
+                with sf() as session:
+                    got = store.claim_items(session, chunk, lease_s)
+                    session.commit()
+                for item_id in chunk:  # in input order; finished items (another worker, a redelivery) are skipped
+                    if item_id in got:
+                        await claimed.put((item_id, got[item_id]))
+        finally:
+            for _ in range(callers):
+                await claimed.put(None)
+
+    async def caller() -> None:
+        while (entry := await claimed.get()) is not None:
+            item_id, claim = entry
             client = clients.for_tier(claim.tier)
-            shadow = shadow_cost = None
+            shadow = None
+            shadow_cost = 0.0
             if claim.shadow:  # both answers, for comparison; recorded together so a resume never splits them
                 result, shadow = await asyncio.gather(client.complete(claim.body), clients.strong.complete(claim.body))
                 shadow_cost = cost_usd(price_for(clients.strong.model, prices), shadow.prompt_tokens,
@@ -134,13 +173,23 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
             else:
                 result = await client.complete(claim.body)
             cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
-            with sf() as session:
-                store.record_result(session, item_id, result, cost if result.ok else 0.0, shadow, shadow_cost or 0.0)
-                session.commit()
+            buffer.append(store.result_values(item_id, result, cost if result.ok else 0.0, shadow, shadow_cost))
+            if len(buffer) >= FLUSH_ROWS:
+                flush()
             if on_done:
                 on_done(result)
 
-    await asyncio.gather(*(one(i) for i in item_ids))
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            flush()
+
+    ticker = asyncio.create_task(flusher())
+    try:
+        await asyncio.gather(claimer(), *(caller() for _ in range(callers)))
+    finally:
+        ticker.cancel()
+        flush()
 
 
 def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings) -> None:

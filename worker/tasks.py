@@ -112,17 +112,22 @@ def complete_batch(job_id: str, item_ids: list[int]) -> None:
     except Conflict as exc:  # this worker serves other models: leave the items for one that matches
         log.error("%s; %d items left unclaimed", exc, len(item_ids))
         return
-    asyncio.run(_complete(settings, job_id, item_ids))
+    loop, clients = _thread_loop()
+    loop.run_until_complete(pipeline.complete_items(worker_db(), job_id, item_ids, clients, settings,
+                                                    settings.concurrency, lease_s=settings.effective_lease_s))
     pipeline.finish_if_done(worker_db(), job_id)
 
 
-async def _complete(settings: Settings, job_id: str, item_ids: list[int]) -> None:
-    clients = pipeline.make_clients(settings)
-    try:
-        await pipeline.complete_items(worker_db(), job_id, item_ids, clients, settings, settings.concurrency,
-                                      lease_s=settings.effective_lease_s)
-    finally:
-        await clients.aclose()
+_THREAD = threading.local()
+
+
+def _thread_loop() -> tuple[asyncio.AbstractEventLoop, pipeline.Clients]:
+    """One event loop and one pair of model clients per worker thread, kept for the process's life: each
+    completion task reuses the clients' open connections instead of dialling the endpoints again."""
+    if getattr(_THREAD, "loop", None) is None:
+        _THREAD.loop = asyncio.new_event_loop()
+        _THREAD.clients = pipeline.make_clients(worker_settings())
+    return _THREAD.loop, _THREAD.clients
 
 
 @app.task(name="routeyard.reconcile", **RETRY)
