@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from routeyard.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class BatchRouting:
@@ -20,7 +22,7 @@ class BatchRouting:
 
 def strong_count(n: int, fraction: float) -> int:
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"strong fraction must be in [0, 1], got {fraction}")
+        raise InvalidInput(f"strong fraction must be in [0, 1], got {fraction}")
     return math.floor(fraction * n + 0.5)
 
 
@@ -44,7 +46,7 @@ def threshold_for_fraction(calibration_scores: np.ndarray, fraction: float) -> f
     """A threshold that sends ~`fraction` of prompts like the calibration sample to the strong model
     (for streams, where the whole batch is not known up front)."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"strong fraction must be in [0, 1], got {fraction}")
+        raise InvalidInput(f"strong fraction must be in [0, 1], got {fraction}")
     return float(np.quantile(calibration_scores, 1.0 - fraction, method="higher"))
 
 
@@ -65,8 +67,8 @@ def route_within_budget(scores: np.ndarray, weak_cost: np.ndarray, strong_cost: 
     strong = np.zeros(n, dtype=bool)
     left = budget - float(weak_cost.sum())
     if left < 0:
-        raise ValueError(f"budget ${budget:.4f} is below the cost bound of sending every item weak "
-                         f"(${float(weak_cost.sum()):.4f})")
+        raise InvalidInput(f"budget ${budget:.4f} is below the cost bound of sending every item weak "
+                           f"(${float(weak_cost.sum()):.4f})")
     for i in np.lexsort((np.arange(n), -scores)):
         extra = float(strong_cost[i] - weak_cost[i])
         if extra <= left:
@@ -94,8 +96,8 @@ def fraction_for_target_pgr(router_dir: Path, target: float) -> float:
     """The smallest strong fraction whose held-out PGR reaches `target`, from the router's saved curve."""
     path = router_dir / QUALITY_FILE
     if not path.exists():
-        raise ValueError(f"router {router_dir} has no held-out quality curve ({QUALITY_FILE}); make one with "
-                         "`routeyard router eval --router DIR --outcomes HELDOUT --save-curve`")
+        raise InvalidInput(f"router {router_dir} has no held-out quality curve ({QUALITY_FILE}); make one with "
+                           "`routeyard router eval --router DIR --outcomes HELDOUT --save-curve`")
     data = json.loads(path.read_text())
     fractions, pgr = np.asarray(data["fraction"]), np.asarray(data["pgr"])
     hits = np.nonzero(pgr >= target)[0]

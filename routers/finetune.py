@@ -6,14 +6,18 @@ router's output means the same thing. Inference sorts prompts by length so batch
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
 
-from routers.base import Router, RouterRuntime, TrainOptions
+from routers.base import ConfigT, Router, RouterRuntime
 from routers.embeddings import resolve_device
+from routeyard.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,6 @@ class FitOptions:
 
 def logits(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int,
            device: str, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    import torch
-
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty(len(texts), dtype=np.float64)
     model.eval()
@@ -49,9 +51,6 @@ def fit(model: Any, tokenizer: Any, texts: Sequence[str], labels: Sequence[float
         progress: Callable[[str, int, int], None] | None = None, offsets: Sequence[float] | None = None) -> float:
     """Train the parameters of `model` that require grad; returns the last epoch's mean loss. `offsets` are
     fixed per-row additions to the logit (group biases, routers/groups.py)."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     steps = opts.epochs * ((len(texts) + opts.batch_size - 1) // opts.batch_size)
@@ -93,39 +92,39 @@ def load_trained(model: Any, tensors: dict[str, Any], base: str) -> Any:
     """Put saved (trained) parameters into a freshly built base model."""
     unknown = set(tensors) - set(model.state_dict())
     if unknown:
-        raise ValueError(f"router weights do not fit base {base!r}: {sorted(unknown)[:3]}")
+        raise InvalidInput(f"router weights do not fit base {base!r}: {sorted(unknown)[:3]}")
     model.load_state_dict(tensors, strict=False)
     return model.eval()
 
 
-class ClassifierRouter(Router):
+class ClassifierRouter(Router[ConfigT]):
     """A router that is a transformers sequence classifier (bert, causal_llm): the model and tokenizer are
-    built from a base (`_build`), and only the trained parameters are saved on top of it."""
+    built from a base model named by the config's `base` (`build`), and only the trained parameters are saved
+    on top of it."""
 
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, model: Any, tokenizer: Any) -> None:
+    def __init__(self, config: ConfigT, runtime: RouterRuntime, model: Any, tokenizer: Any) -> None:
         super().__init__(config, runtime)
         self.model, self.tokenizer = model, tokenizer
         self.device = resolve_device(runtime.device)
 
-    build: ClassVar[Callable[[dict[str, Any], str], tuple[Any, Any]]]  # (config, device) -> (model, tokenizer)
+    @classmethod
+    @abstractmethod
+    def build(cls, config: ConfigT, device: str) -> tuple[Any, Any]:
+        """(model, tokenizer) from the base model, shaped as `config` says, nothing trained yet."""
 
     def tensors(self) -> dict[str, Any]:
         return trainable_state(self.model)
 
     @classmethod
-    def start_training(cls, options: TrainOptions, runtime: RouterRuntime, defaults: dict[str, Any]
-                       ) -> tuple[dict[str, Any], str, Any, Any]:
-        """(config, device, model, tokenizer) for a seeded training run from the base model."""
-        import torch
-
-        config = options.config(defaults)
-        torch.manual_seed(options.seed)
+    def start_training(cls, config: ConfigT, runtime: RouterRuntime, seed: int) -> tuple[str, Any, Any]:
+        """(device, model, tokenizer) for a seeded training run from the base model."""
+        torch.manual_seed(seed)
         device = resolve_device(runtime.device)
         model, tokenizer = cls.build(config, device)
-        return config, device, model, tokenizer
+        return device, model, tokenizer
 
     @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime
-                     ) -> ClassifierRouter:
+    def load_model(cls, config: ConfigT, tensors: dict[str, Any], runtime: RouterRuntime) -> tuple[Any, Any]:
+        """(model, tokenizer) of a saved router: the base, with the saved (trained) parameters put in."""
         model, tokenizer = cls.build(config, resolve_device(runtime.device))
-        return cls(config, runtime, load_trained(model, tensors, config["base"]), tokenizer)
+        return load_trained(model, tensors, config.base), tokenizer  # type: ignore[attr-defined]

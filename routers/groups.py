@@ -16,7 +16,7 @@ and the prior is flat.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,14 +64,18 @@ class GroupPrior:
         return self.intercept + self.slope * log_length(prompts)
 
     def to_config(self) -> dict[str, float | int]:
+        """As saved in config.json's `group_prior`."""
         return asdict(self)
 
     @classmethod
-    def from_config(cls, config: dict | None) -> GroupPrior:
-        return cls(**config) if config else cls(0.0)
+    def from_config(cls, saved: Mapping[str, float | int] | None) -> GroupPrior:
+        """From config.json's `group_prior`; none (routers saved before priors): no offset."""
+        if not saved:
+            return cls(0.0)
+        return cls(float(saved["intercept"]), float(saved.get("slope", 0.0)), int(saved.get("groups", 1)))
 
 
-def win_probability(logits: np.ndarray, prompts: Sequence[str], config: dict) -> np.ndarray:
-    """sigmoid(prompt-model logit + the saved group prior's offset): the score of a logit-based router."""
-    z = np.asarray(logits, dtype=np.float64) + GroupPrior.from_config(config.get("group_prior")).offsets(prompts)
+def win_probability(logits: np.ndarray, prompts: Sequence[str], prior: GroupPrior) -> np.ndarray:
+    """sigmoid(prompt-model logit + the group prior's offset): the score of a logit-based router."""
+    z = np.asarray(logits, dtype=np.float64) + prior.offsets(prompts)
     return 1.0 / (1.0 + np.exp(-z))

@@ -25,23 +25,37 @@ Preference rows without per-model qualities (arena battles, feedback) enter as q
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
+import torch
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
 
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
-from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
 from routers.evaluate import curve
 from routers.linear_head import validation_folds
+from routers.rows import Preference, data_hash
 
-DEFAULTS: dict[str, Any] = {
-    "encoder": DEFAULT_ENCODER,
-    "c": None,  # None: chosen from C_GRID by grouped validation
-    "focus_c": "auto",  # the user's rows' correction: auto (by validation on them), None (none), or its C
-}
+
+@dataclass(frozen=True)
+class LinearConfig:
+    # Whose layers are the features: MiniLM ships offline, and all its 7 x 384 layer means come from one fast
+    # forward pass on a CPU. Scoring must use the encoder training used, so it is saved with the router.
+    encoder: str = DEFAULT_ENCODER
+    # scikit-learn's C (inverse L2 strength) of both quality heads. None: chosen from C_GRID by grouped
+    # validation (whole benchmarks/subjects held out), which favours the strong penalties that carry to
+    # unseen traffic; a number skips that validation (faster, e.g. for repeated fits on one data set).
+    c: float | None = None
+    # The correction fitted on the user's own rows (`TrainOptions.focus_groups`): "auto" chooses its C, or
+    # none, by validation on those rows; None never corrects; a number always corrects with that C.
+    focus_c: float | Literal["auto"] | None = "auto"
+
+
 C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
 CORRECTION_GRID = (1e-5, 1e-4, 1e-3, 1e-2)  # C of the correction fitted on the user's rows: slight to near refit
 MIN_GAIN = 0.01  # validation APGR a correction must gain over none: 5 folds of a few dozen rows are noisy
@@ -58,8 +72,6 @@ class Heads:
     b: np.ndarray  # (2,)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        from scipy.special import expit
-
         p = expit(((x - self.mean) / self.scale) @ self.w.T + self.b)
         return 0.5 * (1.0 + p[:, 0] - p[:, 1])
 
@@ -72,8 +84,6 @@ def qualities(rows: Sequence[Preference]) -> np.ndarray:
 
 def _fit_quality(x: np.ndarray, q: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     """Logistic regression on a soft target: each row is a positive with weight q and a negative with 1 - q."""
-    from sklearn.linear_model import LogisticRegression
-
     xs = np.concatenate([x, x])
     ys = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
     ws = np.concatenate([q, 1.0 - q])
@@ -124,9 +134,6 @@ def choose_c(x: np.ndarray, q: np.ndarray, groups: Sequence[str], seed: int = 0)
 def _fit_correction(z: np.ndarray, offset: np.ndarray, q: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     """A logistic residual on top of fixed logits: minimise c * sum(BCE(offset + z v + b, q)) + |v|^2 / 2
     (scikit-learn's C convention; the intercept b is free, so a domain's own base rate costs nothing)."""
-    from scipy.optimize import minimize
-    from scipy.special import expit
-
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         v, b = theta[:-1], theta[-1]
         logit = offset + z @ v + b
@@ -170,25 +177,33 @@ def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
     return float(best), tried
 
 
-class LinearRouter(Router):
+class LinearRouter(Router[LinearConfig]):
     name = "linear"
+    config_class = LinearConfig
 
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, heads: Heads | None = None) -> None:
+    def __init__(self, config: LinearConfig, runtime: RouterRuntime, heads: Heads,
+                 tried: dict[str, dict[str, float]] | None = None) -> None:
         super().__init__(config, runtime)
         self.heads = heads
-        self.embedder = embedder_for(config["encoder"], runtime, layers=True)
+        # Validation scores of the choices training made: "c_tried" (per C, when `c` was chosen) and
+        # "focus_tried" (per correction, "none" included, when `focus_c` was chosen).
+        self.tried = tried or {}
+        self.embedder = embedder_for(config.encoder, runtime, layers=True)
 
     def tensors(self) -> dict[str, Any]:
-        import torch
-
         h = self.heads
         return {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
                 for k, v in (("mean", h.mean), ("scale", h.scale), ("w", h.w), ("b", h.b))}
 
+    def learned(self) -> dict[str, Any]:
+        return dict(self.tried)
+
     @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> LinearRouter:
+    def restore(cls, config: LinearConfig, saved: Mapping[str, Any], tensors: dict[str, Any],
+                runtime: RouterRuntime) -> LinearRouter:
         arrays = {k: v.double().numpy() for k, v in tensors.items()}
-        return cls(config, runtime, Heads(arrays["mean"], arrays["scale"], arrays["w"], arrays["b"]))
+        return cls(config, runtime, Heads(arrays["mean"], arrays["scale"], arrays["w"], arrays["b"]),
+                   {key: saved[key] for key in ("c_tried", "focus_tried") if key in saved})
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         if not prompts:
@@ -197,25 +212,29 @@ class LinearRouter(Router):
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> LinearRouter:
-        config = options.config(DEFAULTS)
-        x = embed_rows(config["encoder"], data, runtime, options, layers=True).astype(np.float64)
+        config = cls.configure(options)
+        x = embed_rows(config.encoder, data, runtime, options, layers=True).astype(np.float64)
         q = qualities(data)
         in_focus = np.array([r.group in options.focus_groups for r in data], dtype=bool)
         focus = in_focus if not in_focus.all() else np.zeros(len(data), dtype=bool)  # no base rows to correct
         base = ~focus
-        if config["c"] is None:
+        tried: dict[str, dict[str, float]] = {}
+        c = config.c
+        if c is None:
             groups = [r.group for r, keep in zip(data, base, strict=True) if keep]
-            config["c"], config["c_tried"] = choose_c(x[base], q[base], groups, options.seed)
+            c, tried["c_tried"] = choose_c(x[base], q[base], groups, options.seed)
         if options.progress:
             options.progress("validate", 1, 2)
-        heads = fit_heads(x[base], q[base], float(config["c"]))
+        heads = fit_heads(x[base], q[base], c)
+        focus_c = config.focus_c
         if focus.any():
-            if config["focus_c"] == "auto":
-                config["focus_c"], config["focus_tried"] = choose_correction(heads, x[focus], q[focus], options.seed)
-            if config["focus_c"] is not None:
-                heads = correct_heads(heads, x[focus], q[focus], float(config["focus_c"]))
+            if focus_c == "auto":
+                focus_c, tried["focus_tried"] = choose_correction(heads, x[focus], q[focus], options.seed)
+            if focus_c is not None:
+                heads = correct_heads(heads, x[focus], q[focus], focus_c)
         if options.progress:
             options.progress("validate", 2, 2)
-        config["train"] = {"rows": len(data), "focus_rows": int(in_focus.sum()), "data_hash": data_hash(data),
-                           "seed": options.seed}
-        return cls(config, runtime, heads)
+        router = cls(replace(config, c=c, focus_c=focus_c), runtime, heads, tried)
+        router.trained = {"rows": len(data), "focus_rows": int(in_focus.sum()), "data_hash": data_hash(data),
+                          "seed": options.seed}
+        return router

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from routers.evaluate import curve
 from routers.groups import MIN_GROUPS, GroupPrior, group_ids
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -26,8 +28,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, ids: np.ndarray | None
                  max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Minimise mean BCE(sigmoid(x w + b[ids]), y) + l2 |w|^2 (soft labels allowed); returns (w, b).
     `ids` gives each row's bias (fixed effects, unpenalised); None: one bias for all rows."""
-    import torch
-
     xt, yt = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.float32))
     it = torch.zeros(len(y), dtype=torch.long) if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64))
     w = torch.zeros(xt.shape[1], requires_grad=True)
@@ -92,8 +92,6 @@ def fit_outcome_heads(x: np.ndarray, outcomes: np.ndarray, groups: Sequence[str]
 
 def label_apgr(scores: np.ndarray, labels: np.ndarray) -> float:
     """APGR on preference labels: a label y stands for strong quality y and weak quality 1 - y."""
-    from routers.evaluate import curve
-
     c = curve(np.asarray(scores), np.asarray(labels, dtype=np.float64), 1.0 - np.asarray(labels, dtype=np.float64))
     return float(np.trapezoid(c.pgr, c.fraction))
 
@@ -127,12 +125,12 @@ def choose_l2(x: np.ndarray, y: np.ndarray, groups: Sequence[str], prompts: Sequ
         for held in folds:
             train = np.ones(len(y), dtype=bool)
             train[held] = False
-            rows = np.nonzero(train)[0]
+            rows = np.nonzero(train)[0].tolist()
             span = float(np.mean(2 * y[held] - 1))  # strong minus weak quality on the held-out rows
             if span <= 0:
                 continue
             fold_groups, fold_prompts = [groups[i] for i in rows], [prompts[i] for i in rows]
-            held_prompts = [prompts[i] for i in held]
+            held_prompts = [prompts[i] for i in held.tolist()]
             if outcomes is None:
                 w, prior, _ = _fit_head(x[rows], y[rows], fold_groups, fold_prompts, l2)
                 scores = x[held] @ w + prior.offsets(held_prompts)

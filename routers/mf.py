@@ -10,98 +10,117 @@ what separates prompts within a group; unseen prompts get the group prior learne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
-from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
 from routers.groups import GroupPrior, group_ids, win_probability
-
-DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "dim": 128, "epochs": 20, "lr": 3e-3,
-                            "weight_decay": 1e-4, "batch_size": 256}
+from routers.rows import Preference, data_hash
 
 
-def _module(text_dim: int, dim: int):  # noqa: ANN202 - torch is imported lazily
-    import torch
-    from torch import nn
-
-    class MF(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.P = nn.Embedding(2, dim)  # 0: strong, 1: weak
-            self.text_proj = nn.Linear(text_dim, dim, bias=False)
-            self.classifier = nn.Linear(dim, 1, bias=False)
-            self.bias = nn.Parameter(torch.zeros(1))
-
-        def forward(self, emb: torch.Tensor) -> torch.Tensor:
-            models = nn.functional.normalize(self.P.weight, dim=-1)
-            q = self.text_proj(emb)
-            strong = self.classifier(models[0] * q).squeeze(-1)
-            weak = self.classifier(models[1] * q).squeeze(-1)
-            return strong - weak + self.bias
-
-    return MF()
+@dataclass(frozen=True)
+class MFConfig:
+    # The frozen sentence encoder the factorisation reads; MiniLM ships offline and is fast on a CPU. Scoring
+    # must use the encoder training used, so it is saved with the router.
+    encoder: str = DEFAULT_ENCODER
+    # Width of the shared model/prompt space, the paper's 128: wider has more room to memorise a benchmark's
+    # few thousand rows, narrower less room for what separates prompts within a group.
+    dim: int = 128
+    # Passes over the rows: more fit the training rows closer (and memorise them sooner). Each pass over
+    # cached embeddings is cheap; the shipped checkpoint used 20.
+    epochs: int = 20
+    # AdamW's step size; with `epochs` it sets how far training moves from the random start.
+    lr: float = 3e-3
+    # L2 on the factorisation (not on the group biases): keeps the projection from fitting single prompts,
+    # light enough that the within-group signal survives.
+    weight_decay: float = 1e-4
+    # Rows per step: large batches keep the gradient steady when many labels are ties (0.5); steps are cheap.
+    batch_size: int = 256
 
 
-class MFRouter(Router):
+class MFModule(nn.Module):
+    """logit(strong beats weak | prompt embedding); the state dict's names are what checkpoints hold."""
+
+    def __init__(self, text_dim: int, dim: int) -> None:
+        super().__init__()
+        self.P = nn.Embedding(2, dim)  # 0: strong, 1: weak
+        self.text_proj = nn.Linear(text_dim, dim, bias=False)
+        self.classifier = nn.Linear(dim, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        models = nn.functional.normalize(self.P.weight, dim=-1)
+        q = self.text_proj(emb)
+        strong = self.classifier(models[0] * q).squeeze(-1)
+        weak = self.classifier(models[1] * q).squeeze(-1)
+        return strong - weak + self.bias
+
+
+class MFRouter(Router[MFConfig]):
     name = "mf"
+    config_class = MFConfig
 
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, module: Any = None) -> None:
+    def __init__(self, config: MFConfig, runtime: RouterRuntime, module: MFModule, prior: GroupPrior,
+                 text_dim: int) -> None:
         super().__init__(config, runtime)
-        self.embedder = embedder_for(config["encoder"], runtime)
+        self.embedder = embedder_for(config.encoder, runtime)
         self.module = module
+        self.prior = prior  # the logit offset of an unseen group, from the per-group biases training learned
+        self.text_dim = text_dim  # the encoder's width, which the module's projection reads
 
     def tensors(self) -> dict[str, Any]:
         return dict(self.module.state_dict())
 
+    def learned(self) -> dict[str, Any]:
+        return {"text_dim": self.text_dim, "group_prior": self.prior.to_config()}
+
     @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> MFRouter:
-        module = _module(int(config["text_dim"]), int(config["dim"]))
+    def restore(cls, config: MFConfig, saved: Mapping[str, Any], tensors: dict[str, Any],
+                runtime: RouterRuntime) -> MFRouter:
+        text_dim = int(saved["text_dim"])
+        module = MFModule(text_dim, config.dim)
         module.load_state_dict(tensors)
         module.eval()
-        return cls(config, runtime, module)
+        return cls(config, runtime, module, GroupPrior.from_config(saved.get("group_prior")), text_dim)
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        import torch
-
         emb = self.embedder.embed(prompts, progress=progress)
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(emb)).double().numpy()
-        return win_probability(logits, prompts, self.config)
+        return win_probability(logits, prompts, self.prior)
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> MFRouter:
-        import torch
-
-        config = options.config(DEFAULTS)
-        x = torch.from_numpy(embed_rows(config["encoder"], data, runtime, options))
+        config = cls.configure(options)
+        x = torch.from_numpy(embed_rows(config.encoder, data, runtime, options))
         y = torch.tensor([r.label for r in data], dtype=torch.float32)
-        config["text_dim"] = int(x.shape[1])
         torch.manual_seed(options.seed)
-        module = _module(config["text_dim"], int(config["dim"]))
+        module = MFModule(int(x.shape[1]), config.dim)
         names, ids = group_ids([r.group for r in data])
         gid = torch.from_numpy(ids)
         group_bias = torch.nn.Parameter(torch.zeros(len(names)))
-        opt = torch.optim.AdamW([{"params": module.parameters()}, {"params": [group_bias], "weight_decay": 0.0}],
-                                lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+        groups: list[dict[str, Any]] = [{"params": module.parameters()}, {"params": [group_bias], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         gen = torch.Generator().manual_seed(options.seed)
-        epochs, bs = int(config["epochs"]), int(config["batch_size"])
         module.train()
-        for epoch in range(epochs):
-            for idx in torch.randperm(len(y), generator=gen).split(bs):
+        for epoch in range(config.epochs):
+            for idx in torch.randperm(len(y), generator=gen).split(config.batch_size):
                 opt.zero_grad()
                 loss = loss_fn(module(x[idx]) + group_bias[gid[idx]], y[idx])
                 loss.backward()
                 opt.step()
             if options.progress:
-                options.progress("train", epoch + 1, epochs)
+                options.progress("train", epoch + 1, config.epochs)
         module.eval()
-        config["group_prior"] = GroupPrior.fit(group_bias.detach().double().numpy(), ids,
-                                               [r.prompt for r in data]).to_config()
-        config["train"] = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
-                           "final_loss": float(loss.detach())}
-        return cls(config, runtime, module)
+        prior = GroupPrior.fit(group_bias.detach().double().numpy(), ids, [r.prompt for r in data])
+        router = cls(config, runtime, module, prior, int(x.shape[1]))
+        router.trained = {"rows": len(data), "data_hash": data_hash(data), "seed": options.seed,
+                          "final_loss": float(loss.detach())}
+        return router

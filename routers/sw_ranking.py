@@ -8,45 +8,65 @@ likelihood gives P(strong beats weak | q) = sum_i w_i y_i / sum_i w_i, so no per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
-from routers.data import Preference, data_hash
 from routers.embeddings import DEFAULT_ENCODER
 from routers.groups import GroupPrior, group_ids
+from routers.rows import Preference, data_hash
 
-DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "gamma": 10.0, "chunk": 512}
 EPS = 1e-4
 
 
-class SWRankingRouter(Router):
-    name = "sw_ranking"
+@dataclass(frozen=True)
+class SWRankingConfig:
+    # The sentence encoder whose cosine similarities weight the battles; MiniLM ships offline and embeds ~50
+    # prompts/s on a CPU. The training embeddings are stored with the router, so scoring must use the same one.
+    encoder: str = DEFAULT_ENCODER
+    # How sharply weight concentrates on the nearest battles: a battle's weight runs from gamma (unrelated) to
+    # gamma**2 (the nearest). The paper's 10 still lets the many far battles outvote a few near ones; larger
+    # values trust fewer neighbours (sharper, noisier).
+    gamma: float = 10.0
+    # Queries scored per block: the block's similarity matrix is chunk x training rows floats, so this bounds
+    # scoring memory (512 x 12k rows ~ 50 MB) without slowing it.
+    chunk: int = 512
 
-    def __init__(self, config: dict[str, Any], runtime: RouterRuntime, embeddings: np.ndarray | None = None,
-                 labels: np.ndarray | None = None) -> None:
+
+class SWRankingRouter(Router[SWRankingConfig]):
+    name = "sw_ranking"
+    config_class = SWRankingConfig
+
+    def __init__(self, config: SWRankingConfig, runtime: RouterRuntime, embeddings: np.ndarray,
+                 labels: np.ndarray, prior: GroupPrior) -> None:
         super().__init__(config, runtime)
-        self.embedder = embedder_for(config["encoder"], runtime)
+        self.embedder = embedder_for(config.encoder, runtime)
         self.embeddings = embeddings  # (n, d) unit rows of the training prompts
-        self.labels = labels  # (n,) in [0, 1]
+        self.labels = labels  # (n,) each row's label less its group's mean
+        self.prior = prior  # the between-group part the labels had taken out
 
     def tensors(self) -> dict[str, Any]:
-        import torch
-
         # float16 halves the file; cosine similarities need no more precision than that.
         return {"embeddings": torch.from_numpy(self.embeddings.astype(np.float16)),
                 "labels": torch.from_numpy(self.labels.astype(np.float32))}
 
+    def learned(self) -> dict[str, Any]:
+        return {"group_prior": self.prior.to_config()}
+
     @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, Any], runtime: RouterRuntime) -> SWRankingRouter:
-        return cls(config, runtime, tensors["embeddings"].float().numpy(), tensors["labels"].numpy())
+    def restore(cls, config: SWRankingConfig, saved: Mapping[str, Any], tensors: dict[str, Any],
+                runtime: RouterRuntime) -> SWRankingRouter:
+        return cls(config, runtime, tensors["embeddings"].float().numpy(), tensors["labels"].numpy(),
+                   GroupPrior.from_config(saved.get("group_prior")))
 
     def win_rate(self, prompts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        prior = GroupPrior.from_config(self.config.get("group_prior")).offsets(prompts)
+        prior = self.prior.offsets(prompts)
         queries = self.embedder.embed(prompts, progress=progress)
-        gamma, chunk = float(self.config["gamma"]), int(self.config["chunk"])
+        gamma, chunk = self.config.gamma, self.config.chunk
         out = np.empty(len(prompts), dtype=np.float64)
         for start in range(0, len(queries), chunk):
             sims = queries[start : start + chunk] @ self.embeddings.T  # (m, n) cosine similarities
@@ -59,13 +79,13 @@ class SWRankingRouter(Router):
 
     @classmethod
     def train(cls, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions) -> SWRankingRouter:
-        config = options.config(DEFAULTS)
-        embeddings = embed_rows(config["encoder"], data, runtime, options)
+        config = cls.configure(options)
+        embeddings = embed_rows(config.encoder, data, runtime, options)
         labels = np.array([r.label for r in data], dtype=np.float64)
         # Stored relative to each group's mean; the prior adds the between-group part back.
         names, ids = group_ids([r.group for r in data])
         means = np.bincount(ids, weights=labels, minlength=len(names)) / np.bincount(ids, minlength=len(names))
-        config["group_prior"] = GroupPrior.fit(means, ids, [r.prompt for r in data]).to_config()
-        labels = (labels - means[ids]).astype(np.float32)
-        config["train"] = {"rows": len(data), "data_hash": data_hash(data)}
-        return cls(config, runtime, embeddings, labels)
+        prior = GroupPrior.fit(means, ids, [r.prompt for r in data])
+        router = cls(config, runtime, embeddings, (labels - means[ids]).astype(np.float32), prior)
+        router.trained = {"rows": len(data), "data_hash": data_hash(data)}
+        return router

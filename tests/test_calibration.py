@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from routers.calibration import route_batch, strong_count, threshold_for_fraction
+from routeyard.errors import InvalidInput
 
 
 @pytest.mark.parametrize("n,fraction,expected", [(10, 0.3, 3), (7, 0.3, 2), (5, 0.5, 3), (1, 0.3, 0), (4, 1.0, 4)])
@@ -25,7 +26,7 @@ def test_no_strong_calls_sets_a_threshold_above_every_score():
 
 
 def test_fraction_outside_zero_one_is_refused():
-    with pytest.raises(ValueError, match="strong fraction"):
+    with pytest.raises(InvalidInput, match="strong fraction"):
         route_batch(np.array([0.1]), 1.2)
 
 

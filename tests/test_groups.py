@@ -42,5 +42,6 @@ def test_sw_ranking_keeps_labels_relative_to_their_group_and_adds_the_prior(tmp_
     labels = router.labels.astype(np.float64)
     for g in range(4):
         assert abs(labels[25 * g : 25 * (g + 1)].mean()) < 1e-6  # each group's base rate is taken out
-    prior = GroupPrior.from_config(router.config["group_prior"])
+    prior = router.prior
     assert prior.groups == 4 and prior.slope < 0  # here the longer groups have the lower rates
+    assert router.to_json()["group_prior"] == prior.to_config()

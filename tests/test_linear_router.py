@@ -11,6 +11,7 @@ from routers.embeddings import Embedder
 from routers.evaluate import metrics, random_metrics
 from routers.linear import C_GRID, CORRECTION_GRID, qualities
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, load_router, train_router
+from routeyard.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_the_default_router_is_linear_and_ships_a_checkpoint(runtime):
     loaded = load_router(DEFAULT_ROUTER, runtime)
     config = json.loads((PRETRAINED_DIR / DEFAULT_ROUTER / "config.json").read_text())
     assert loaded.name == "linear" and config["c"] in C_GRID and config["train"]["rows"] > 12000
+    assert loaded.router.config.c == config["c"] and loaded.router.tried["c_tried"] == config["c_tried"]
     scores = loaded.router.win_rate(["hello there", "Prove that there are infinitely many primes.", ""])
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all() and scores.std() > 0
 
@@ -56,10 +58,11 @@ def test_layer_features_hold_the_sentence_embedding_as_their_top_layer():
     assert not np.allclose(layers[:, :384], layers[:, -384:])  # the lower layers are really there
 
 
+@pytest.mark.slow
 def test_linear_learns_which_prompts_need_the_strong_model_and_reloads_identically(runtime, tmp_path):
     train, test = synthetic(0, 240), synthetic(1, 120)
     router = train_router("linear", [outcome_to_preference(o) for o in train], runtime, TrainOptions(seed=0))
-    assert router.config["c"] in C_GRID and set(router.config["c_tried"]) == {f"{c:g}" for c in C_GRID}
+    assert router.config.c in C_GRID and set(router.tried["c_tried"]) == {f"{c:g}" for c in C_GRID}
     scores = router.win_rate([o.prompt for o in test])
     algebra = np.array([o.group == "algebra" for o in test])
     assert scores[algebra].min() > scores[~algebra].max()  # every hard prompt ranks above every easy one
@@ -70,6 +73,7 @@ def test_linear_learns_which_prompts_need_the_strong_model_and_reloads_identical
     np.testing.assert_allclose(loaded.router.win_rate([o.prompt for o in test]), scores, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_beats_random_on_held_out_gsm8k(gsm8k, runtime):
     train, test = gsm8k
     router = train_router("linear", [outcome_to_preference(o) for o in train], runtime, TrainOptions(seed=0))
@@ -95,6 +99,7 @@ def user_domain(seed: int, n: int) -> list[Preference]:
     return rows
 
 
+@pytest.mark.slow
 def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
     base = [outcome_to_preference(o) for o in synthetic(2, 200)]
     # The base rows teach the opposite of the user's traffic (Python easy, shell hard), so the base-only
@@ -109,13 +114,18 @@ def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
     base_only = train_router("linear", base, runtime, TrainOptions(params=fixed))
     focused = train_router("linear", base + user, runtime,
                            TrainOptions(params=fixed, focus_groups=frozenset({"user"})))
-    assert focused.config["focus_c"] in CORRECTION_GRID and focused.config["train"]["focus_rows"] == 120
-    assert set(focused.config["focus_tried"]) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
+    assert focused.config.focus_c in CORRECTION_GRID and focused.trained["focus_rows"] == 120
+    assert set(focused.tried["focus_tried"]) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
+    assert base_only.config.c == 1e-4 and base_only.config.focus_c == "auto" and not base_only.tried
     before = metrics(base_only.win_rate([r.prompt for r in test]), as_outcomes).apgr
     after = metrics(focused.win_rate([r.prompt for r in test]), as_outcomes).apgr
     assert before < 0.5 and after > before + 0.2, (before, after)
 
 
 def test_an_unknown_linear_setting_is_an_error_naming_the_known_ones(runtime):
-    with pytest.raises(ValueError, match="focus_c"):
+    with pytest.raises(InvalidInput, match="unknown setting 'gamma' of router 'linear'; valid settings: encoder, c, "
+                                           "focus_c"):
         train_router("linear", [Preference("a", 1.0)], runtime, TrainOptions(params={"gamma": 1}))
+    with pytest.raises(InvalidInput, match="setting 'focus_c' of router 'linear': 'sometimes' is not a number or "
+                                           "'auto' or null"):
+        train_router("linear", [Preference("a", 1.0)], runtime, TrainOptions(params={"focus_c": "sometimes"}))

@@ -17,6 +17,7 @@ from routers.data import (
     read_data,
     read_routellm_evals,
 )
+from routeyard.errors import DataError
 
 STRONG_COL, WEAK_COL = "gpt-4o", "llama-3-8b"
 
@@ -65,7 +66,7 @@ def test_a_directory_in_any_layout_reads_with_groups_per_file_and_its_contaminat
     assert any("questions.jsonl" in note and "'question'" in note for note in found.notes())
     assert {o.weak for o in found.outcomes if o.group == "chat"} == {0.25}
     # The same files named one by one: a file without outcomes is then an error, not skipped.
-    with pytest.raises(ValueError, match=r"questions\.jsonl: not outcomes.*'question'"):
+    with pytest.raises(DataError, match=r"questions\.jsonl: not outcomes.*'question'"):
         read_data([tmp_path / "data" / "law.tsv", tmp_path / "data" / "extra" / "questions.jsonl"],
                   STRONG_COL, WEAK_COL)
 
@@ -82,15 +83,23 @@ def test_the_routellm_layout_keeps_its_groups_and_drops_its_contaminated_prompts
 
 def test_a_missing_column_names_the_columns_wanted_and_those_there(tmp_path):
     path = write_csv(tmp_path / "evals.csv", outcome_rows("x", 3, 0))
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(DataError) as exc:
         read_data([path])
     message = str(exc.value)
     assert "evals.csv" in message and "'gpt-4-1106-preview' (--strong-column)" in message
     assert "--weak-column" in message and "'gpt-4o'" in message and "'llama-3-8b'" in message
-    with pytest.raises(ValueError, match=r"no column 'llama-3-70b' \(--weak-column\)"):
+    with pytest.raises(DataError, match=r"no column 'llama-3-70b' \(--weak-column\)"):
         read_data([path], STRONG_COL, "llama-3-70b")
     plain = write_csv(tmp_path / "plain.csv", outcome_rows("y", 3, 0, strong="strong", weak="weak"))
     assert len(read_data([plain]).outcomes) == 3  # columns named strong and weak need no flags
+    with pytest.raises(DataError, match=r"missing\.csv: no such file or directory"):
+        read_data([tmp_path / "missing.csv"])
+    (tmp_path / "binary.csv").write_bytes(b"prompt,strong,weak\n\xff\xfe,1,0\n")
+    with pytest.raises(DataError, match=r"binary\.csv: not UTF-8 text"):
+        read_data([tmp_path / "binary.csv"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no outcome rows in"):
+        read_data([tmp_path / "empty"])
 
 
 def test_bad_rows_are_errors_naming_file_line_and_column(tmp_path):
@@ -98,23 +107,24 @@ def test_bad_rows_are_errors_naming_file_line_and_column(tmp_path):
     rows[0]["prompt"] = "a prompt\nover two lines"
     rows[2][WEAK_COL] = "maybe"
     path = write_csv(tmp_path / "bad.csv", rows)
-    with pytest.raises(ValueError, match=r"bad\.csv, line 5, column 'llama-3-8b': 'maybe' is not a quality"):
+    with pytest.raises(DataError, match=r"bad\.csv, line 5, column 'llama-3-8b': 'maybe' is not a quality"):
         read_data([path], STRONG_COL, WEAK_COL)
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text('{"prompt": "a", "strong": 1, "weak": 0}\n{"prompt": "b", "strong": 1,\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON"):
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 2: not JSON"):
         read_data([jsonl])
     jsonl.write_text('{"prompt": "a", "strong": 1, "weak": 0}\n{"prompt": "b", "strong": 3, "weak": 0}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2, field 'strong': 3 is not a quality"):
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 2, field 'strong': 3 is not a quality"):
         read_data([jsonl])
     battles = tmp_path / "arena.jsonl"
     battles.write_text(json.dumps({"prompt": "hi", "model_a": "gpt-4-0613", "model_b": "llama-2-70b-chat",
                                    "winner": "model_a"}) + "\n")
     assert read_data([battles]).battles[0].label == 1.0  # training takes battles ...
-    with pytest.raises(ValueError, match="PGR needs outcomes"):
+    with pytest.raises(DataError, match="PGR needs outcomes"):
         read_data([battles], outcomes_only=True)  # ... evaluation cannot
 
 
+@pytest.mark.slow
 def test_router_train_takes_a_directory_of_csvs_with_its_own_column_names(tmp_path, embedding_cache):
     home = tmp_path / "home"
     home.mkdir()
@@ -135,6 +145,7 @@ def test_router_train_takes_a_directory_of_csvs_with_its_own_column_names(tmp_pa
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_router_eval_warns_when_the_quality_gap_is_too_small_for_pgr(tmp_path):
     env = cli_env(tmp_path / "home")
     rows = outcome_rows("tied", 200, 5)
@@ -152,6 +163,7 @@ def test_router_eval_warns_when_the_quality_gap_is_too_small_for_pgr(tmp_path):
     assert "warning" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_retrain_and_schedule_take_heldout_as_router_eval_does(tmp_path):
     """A directory of CSVs with the users' column names, for base data and held-out set alike."""
     env = cli_env(tmp_path / "home", ROUTEYARD_DEFAULT_ROUTER="random")  # serves before any promotion
