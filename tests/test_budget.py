@@ -48,7 +48,7 @@ def test_a_budgeted_job_never_costs_more_than_its_budget(settings, tmp_path):
 def test_a_budget_too_small_for_all_weak_is_refused_and_unbounded_answers_get_a_cap(settings, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text('{"id": "a", "prompt": "no max_tokens here"}\n{"id": "b", "prompt": "nor here"}\n')
-    with pytest.raises(InvalidInput, match=r"budget \$0.0000 is below"):
+    with pytest.raises(InvalidInput, match=r"budget \$1e-09 is below"):
         submit(settings, path, budget_usd=1e-9)
     sf, result = submit(settings, path, budget_usd=1.0)
     assert all(r.body["max_tokens"] == settings.default_max_tokens for r in items(sf, result.job_id))

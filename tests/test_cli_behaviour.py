@@ -96,7 +96,7 @@ def test_exit_codes_json_and_progress_lines_for_scripts(cli, tmp_path, loopback)
 def test_conflicting_routing_options_are_refused(cli, tmp_path):
     batch = write_batch(tmp_path / "b.jsonl", ["x"])
     code, _, err = cli("submit", batch, "--router", "random", "--budget-usd", "1", "--strong-fraction", "0.5")
-    assert code == 2 and "--strong-fraction and --budget-usd" in err
+    assert code == 2 and "give a strong fraction or a budget, not both" in err
     code, _, err = cli("submit", batch, "--router", "random", "--target-pgr", "1.2")
     assert code == 2 and "(0, 1]" in err
 
@@ -137,7 +137,9 @@ def test_bad_settings_and_an_unreachable_broker_are_one_line(cli, tmp_path):
     batch = write_batch(tmp_path / "b.jsonl", ["x"])
     code, _, err = cli("submit", batch, "--router", "random",
                        env={"ROUTEYARD_PRICING": None, "ROUTEYARD_BROKER_URL": "redis://127.0.0.1:9/0"})
-    assert code == 1 and "ROUTEYARD_BROKER_URL" in err and "is stored" in err and "Traceback" not in err
+    assert code == 1 and "ROUTEYARD_BROKER_URL" in err and "nothing was stored" in err and "Traceback" not in err
+    code, out, _ = cli("jobs", "--json", env={"ROUTEYARD_BROKER_URL": None})
+    assert json.loads(out) == []
 
 
 def test_a_failed_scheduled_retrain_exits_1(cli, tmp_path):
@@ -177,3 +179,45 @@ def test_a_job_is_billed_at_the_prices_of_its_submission(cli, tmp_path):
     assert code == 0
     code, out, _ = cli("spend", job_id, "--json")
     assert json.loads(out)["calls"] == 4 and json.loads(out)["cost_usd"] == 0.0
+
+
+def test_user_mistakes_are_one_line_and_exit_2(cli, tmp_path, loopback):
+    batch = write_batch(tmp_path / "b.jsonl", ["x", "y"])
+    for args, message in [
+        (("submit", batch, "--router", "nosuch"), "unknown router 'nosuch'"),
+        (("submit", batch, "--router", str(tmp_path)), "without config.json"),
+        (("submit", tmp_path / "missing.jsonl"), "does not exist"),
+        (("submit", batch, "--strong-fraction", "1.5"), "--strong-fraction"),
+        (("results", "job_x", "-o", batch / "r.jsonl"), ""),
+    ]:
+        code, _, err = cli(*args)
+        assert code == 2 and message in err and "Traceback" not in err and "internal error" not in err, (args, err)
+    code, out, _ = cli("jobs", "--json")
+    assert json.loads(out) == []  # nothing stored for a router that cannot load
+    code, _, err = cli("jobs", env={"ROUTEYARD_DATABASE_URL": "nonsense"})
+    assert code == 2 and "ROUTEYARD_DATABASE_URL" in err
+    code, _, err = cli("jobs", env={"ROUTEYARD_DATABASE_URL": None,
+                                    "ROUTEYARD_PRICING": '{"gpt-4-1106-preview": {"input": 1}}'})
+    assert code == 2 and "ROUTEYARD_PRICING['gpt-4-1106-preview']['output']" in err
+
+
+def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):
+    batch = write_batch(tmp_path / "b.jsonl", ["x"])
+    code, out, _ = cli("submit", batch, "--router", "random", "--strong-fraction", "0.3", "--key", "k", "--json")
+    first = json.loads(out)["job_id"]
+    code, out, _ = cli("submit", batch, "--router", "random", "--key", "k", "--json")
+    assert code == 0 and json.loads(out)["job_id"] == first and not json.loads(out)["created"]
+
+
+def test_cancelled_and_completed_jobs_say_what_they_are(cli, tmp_path):
+    batch = write_batch(tmp_path / "b.jsonl", ["x", "y"])
+    code, out, _ = cli("submit", batch, "--router", "random", "--json")
+    done = json.loads(out)["job_id"]
+    code, out, _ = cli("cancel", done)
+    assert code == 0 and "already completed; nothing to cancel" in out
+    code, out, _ = cli("submit", batch, "--router", "random", "--detach", "--json", "--key", "other")
+    stored = json.loads(out)["job_id"]
+    code, out, _ = cli("cancel", stored)
+    assert "2 items will not be called" in out
+    code, _, err = cli("run", stored)
+    assert code == 2 and "was cancelled" in err

@@ -31,7 +31,7 @@ def plain_batch(path, prompts):
 
 def test_feedback_becomes_preference_rows(settings, tmp_path):
     sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [f"q{i}" for i in range(10)]),
-                                   strong_fraction=0.5)
+                                   strong_fraction=0.5, shadow_fraction=0.4)  # two weak items get both answers
     rows = {r.custom_id: r for r in items(sf, result.job_id)}
     weak = [c for c, r in rows.items() if r.tier == "weak"]
     strong = [c for c, r in rows.items() if r.tier == "strong"]
@@ -41,11 +41,14 @@ def test_feedback_becomes_preference_rows(settings, tmp_path):
     record_feedback(sf, FeedbackIn(job, weak[2], "rating", 0.2))
     record_feedback(sf, FeedbackIn(job, weak[2], "rating", 0.8))  # the latest judgement counts
     record_feedback(sf, FeedbackIn(job, strong[0], "thumbs", 1.0))  # says nothing about the weak model
-    record_feedback(sf, FeedbackIn(job, strong[1], "prefer", 1.0))
+    both = next(c for c in weak[3:] if rows[c].shadow)
+    record_feedback(sf, FeedbackIn(job, both, "prefer", 1.0))
     with sf() as session:
         labels = {p.prompt: p.label for p in feedback_preferences(session)}
     assert labels == {rows[weak[0]].prompt: 0.5, rows[weak[1]].prompt: 1.0, rows[weak[2]].prompt: 0.6,
-                      rows[strong[1]].prompt: 1.0}
+                      rows[both].prompt: 1.0}
+    with pytest.raises(InvalidInput, match="a preference needs both"):
+        record_feedback(sf, FeedbackIn(job, strong[1], "prefer", 1.0))
     with pytest.raises(InvalidInput, match="field 'value'"):
         record_feedback(sf, FeedbackIn(job, weak[0], "prefer", 0.3))
     with pytest.raises(InvalidInput, match="no item 'nope'"):
@@ -58,7 +61,8 @@ def test_informative_feedback_is_promoted_shuffled_feedback_is_rejected_and_item
     settings = settings.model_copy(update={"default_router": "random"})  # what serves before any promotion
     train, test = gsm8k
     judged, heldout = train[:500], test[:300]
-    sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [o.prompt for o in judged]))
+    sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [o.prompt for o in judged]),
+                                   strong_fraction=0.0, shadow_fraction=1.0)  # both answers of every item
     for i, o in enumerate(judged):  # what users who saw both answers would say
         record_feedback(sf, FeedbackIn(result.job_id, str(i), "prefer", outcome_to_preference(o).label))
 
@@ -102,7 +106,8 @@ def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_
     base.write_text("".join(json.dumps({"prompt": o.prompt, "strong": o.strong, "weak": o.weak}) + "\n"
                             for o in train[300:500]))
     judged = train[:60]
-    sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [o.prompt for o in judged]))
+    sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [o.prompt for o in judged]),
+                                   strong_fraction=0.0, shadow_fraction=1.0)
     for i, o in enumerate(judged):
         record_feedback(sf, FeedbackIn(result.job_id, str(i), "prefer", outcome_to_preference(o).label))
     done = retrain(sf, settings, DEFAULT_ROUTER, [base], test[:200])

@@ -48,6 +48,21 @@ class Dispatcher:
     def mode(self) -> Mode:
         return mode(self.settings)
 
+    def ready(self) -> None:
+        """Raise Unavailable when jobs could not be handed on now (the broker, in distributed mode): checked before
+        a job is stored, so an outage leaves no orphan job behind."""
+        if self.mode is Mode.EMBEDDED:
+            return
+        from kombu import Connection  # the broker client: only in distributed mode
+
+        url = self.settings.broker_url
+        try:
+            with Connection(url, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1, timeout=3)
+        except Exception as exc:  # kombu raises the transport's own errors
+            raise Unavailable(f"cannot reach the broker at {safe_url(url)} (ROUTEYARD_BROKER_URL): {exc}; nothing "
+                              "was stored") from None
+
     def run(self, job_id: str, *, retry_failed: bool = False, progress: Progress | None = None) -> Dispatched:
         """Take the job to its end from wherever it stopped: here (and wait, unless an executor was given),
         or by enqueueing it for the workers. Finished items are never called again."""

@@ -54,6 +54,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         session.commit()
     if ended:
         return summary(sf, job_id)
+    pipeline.check_models(sf, job_id, settings, before_routing=True)  # refuse before any work, not after scoring
 
     with sf() as session:
         unscored = len(store.unscored_items(session, job_id, n_items))

@@ -192,13 +192,15 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
         flush()
 
 
-def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings) -> None:
+def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings, before_routing: bool = False) -> None:
     """A job's models are fixed when it is submitted. A process whose endpoint for a tier the job uses serves
     another model must not call its items (results and spend would name a model that was not called): Conflict,
-    and the items are left for a process whose settings match."""
+    and the items are left for a process whose settings match. Before routing, both tiers count."""
     with sf() as session:
         job = store.get_job(session, job_id)
         tiers = set(store.tier_counts(session, job_id)) | ({"strong"} if job.shadow_fraction else set())
+        if before_routing and job.threshold is None:
+            tiers = {"strong", "weak"}
         pinned = {"strong": job.strong_model, "weak": job.weak_model}
     wrong = [f"the job's {tier} model is {pinned[tier]!r} but this process's ROUTEYARD_{tier.upper()}_MODEL is "
              f"{settings.endpoint(tier).model!r}"  # type: ignore[arg-type]

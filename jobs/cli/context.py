@@ -28,11 +28,11 @@ from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import open_database
-from routeyard.errors import Unavailable, UserError
+from routeyard.errors import InvalidInput, Unavailable, UserError
 from routeyard.redact import install_log_redaction, safe_url
 from routeyard.settings import Settings
 from worker.dispatch import Dispatcher
@@ -61,6 +61,9 @@ class CliContext:
     def db(self) -> sessionmaker[Session]:
         try:
             return open_database(self.settings.resolved_database_url)
+        except ArgumentError:
+            raise InvalidInput(f"ROUTEYARD_DATABASE_URL {self.settings.resolved_database_url!r} is not a database "
+                               "URL; e.g. postgresql+psycopg://user@host/db or sqlite:////path/routeyard.db") from None
         except OperationalError as exc:
             raise Unavailable(f"cannot reach the database at {safe_url(self.settings.resolved_database_url)} "
                               f"(ROUTEYARD_DATABASE_URL): {str(exc.orig).strip().splitlines()[0]}") from None
@@ -74,7 +77,8 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        err.print(f"[red]configuration error:[/] ROUTEYARD_{str(first['loc'][0]).upper()}: {escape(first['msg'])}")
+        where = f"ROUTEYARD_{str(first['loc'][0]).upper()}" + "".join(f"[{part!r}]" for part in first["loc"][1:])
+        err.print(f"[red]configuration error:[/] {escape(where)}: {escape(first['msg'])}")
         raise typer.Exit(ExitCode.USAGE) from None
     except SettingsError as exc:  # a setting that must be JSON is not
         field = re.search(r'field "(\w+)"', str(exc))
@@ -104,7 +108,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=args, prog_name="routeyard")
+        code = app(args=args, prog_name="routeyard", standalone_mode=False)
     except UserError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(ExitCode.USAGE)
@@ -112,12 +116,26 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(ExitCode.ERROR)
     except Exception as exc:
+        if _is_usage_error(exc):  # typer's own: a bad option value, a missing argument, a file that is not there
+            err.print(f"[red]error:[/] {escape(exc.format_message())} (see `routeyard {_command(args)}--help`)")
+            sys.exit(ExitCode.USAGE)
         if "--debug" in args:
             raise
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                   "This is a bug in Routeyard, not your input; rerun with `routeyard --debug ...` for the traceback "
                   "and report it.")
         sys.exit(ExitCode.ERROR)
+    sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Typer (its vendored click) raises these for bad command lines; they carry their own message and code."""
+    return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == ExitCode.USAGE
+
+
+def _command(args: list[str]) -> str:
+    words = [a for a in args if not a.startswith("-")][:2]
+    return "".join(f"{w} " for w in words[:1])
 
 
 class Stages:
@@ -169,10 +187,14 @@ class Stages:
 def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[str]]:
     """Write to a temporary file beside `path` and rename it over `path` only on success: a failed command
     never truncates or half-writes a file that was there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open(mode, encoding="utf-8", newline="") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = tmp.open(mode, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with f:
             yield f
         os.replace(tmp, path)
     finally:
@@ -182,8 +204,12 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[str]]:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """For writers that take a path (matplotlib): they write the temporary path, renamed on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         yield tmp
         os.replace(tmp, path)

@@ -24,7 +24,7 @@ from jobs.services.input_formats import detect_format
 from jobs.services.results import ResultFormat, export_results, job_status
 from jobs.services.spend import spend_over_time, spend_report
 from jobs.services.submit import JobOptions, submit_job
-from routeyard.errors import InvalidInput
+from routeyard.errors import Conflict, InvalidInput
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from routeyard.states import ITEM_FINISHED, ItemStatus, JobStatus
@@ -41,6 +41,9 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     """Run here to the end (embedded), or enqueue for the workers (and follow the job with `wait`). With
     `as_json`, one JSON document at the end: those fields with the job's status and counts."""
     state = cli_context(ctx)
+    with state.db() as session:
+        if store.get_job(session, job_id).status == JobStatus.CANCELLED:
+            raise Conflict(f"job {job_id} was cancelled; a cancelled job does not run again (submit it again)")
     dispatcher = state.dispatcher(settings)
     with Stages() as stages:
         done = dispatcher.run(job_id, retry_failed=retry_failed, progress=stages)
@@ -55,13 +58,14 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
 
 
 def _finish(summary: RunSummary, as_json: dict[str, object] | None = None) -> None:
-    """Print how the job ended and exit with its code: 3 when it finished with failed items."""
+    """Print how the job ended and exit with its code: 3 when some items did not succeed (failed, cancelled)."""
     if as_json is not None:
         console.print_json(json.dumps({**as_json, "job_id": summary.job_id, "status": summary.status,
                                        "counts": dict(summary.counts)}))
     else:
         render.run_summary(summary)
-    raise typer.Exit(ExitCode.FAILED_ITEMS if summary.counts.get(ItemStatus.FAILED) else ExitCode.OK)
+    unfinished = summary.counts.get(ItemStatus.FAILED) or summary.counts.get(ItemStatus.CANCELLED)
+    raise typer.Exit(ExitCode.FAILED_ITEMS if unfinished else ExitCode.OK)
 
 
 def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
@@ -113,6 +117,8 @@ def submit(
     if fmt not in ("auto", "jsonl", "csv", "tsv"):
         raise InvalidInput(f"--format must be auto, jsonl, csv or tsv, got {fmt!r}")
     input_format = detect_format(file, cast(InputFormat, fmt))
+    if not detach:
+        state.dispatcher().ready()
     with file.open("rb") as source:
         result = submit_job(state.db, state.settings, source, input_format, options, source_name=file.name)
     stored = {"job_id": result.job_id, "created": result.created, "n_items": result.n_items,
@@ -145,8 +151,14 @@ def resume(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False, a
 @app.command()
 def cancel(ctx: typer.Context, job_id: str) -> None:
     """Cancel a job: items not yet called are not called."""
-    n = control.cancel(cli_context(ctx).db, job_id)
-    console.print(f"job {job_id} cancelled; {n} items will not be called")
+    sf = cli_context(ctx).db
+    n = control.cancel(sf, job_id)
+    with sf() as session:
+        status = store.get_job(session, job_id).status
+    if status == JobStatus.COMPLETED:
+        console.print(f"job {job_id} had already completed; nothing to cancel")
+    else:
+        console.print(f"job {job_id} cancelled; {n} items will not be called")
 
 
 @app.command()
@@ -215,6 +227,8 @@ def spend(
 ) -> None:
     """Calls, tokens and dollars per model, and the saving against an all-strong run; or the same over time."""
     state = cli_context(ctx)
+    if as_json and as_csv:
+        raise InvalidInput("give --json or --csv, not both")
     if by is None and (as_csv or plot):
         raise InvalidInput("--csv and --plot report spend over time: add --by day or --by week")
     if by is not None and job_id is not None:

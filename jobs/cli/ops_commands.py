@@ -125,6 +125,7 @@ def schedule_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--j
 
 @schedule_app.command("remove")
 def schedule_remove(ctx: typer.Context, schedule_id: int) -> None:
+    """Remove a stored schedule (its past results go with it)."""
     remove_schedule(cli_context(ctx).db, schedule_id)
     console.print(f"schedule {schedule_id} removed")
 

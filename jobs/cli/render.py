@@ -41,17 +41,24 @@ def spend(report: SpendReport, tag: str | None = None) -> None:
                       f"{m.cost_usd:.4f}")
     table.add_row("total", "", str(report.calls), "", "", f"{report.cost_usd:.4f}", style="bold")
     console.print(table)
+    shadow = sum(m.calls for m in report.models if m.tier == "shadow")
+    extra = f", plus {shadow} shadow calls to the strong model" if shadow else ""
     console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
-                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of calls strong")
+                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of routed calls strong{extra}")
 
 
 def spend_periods_csv(periods: Sequence[PeriodSpend]) -> None:
     writer = csv.writer(sys.stdout)
+    models = sorted({m for p in periods for m in p.by_model})
+    tags = sorted({t for p in periods for t in p.by_tag})
     writer.writerow(["period", "calls", "strong_calls", "cost_usd", "strong_cost_usd", "weak_cost_usd",
-                     "all_strong_cost_usd", "saving_usd"])
+                     "all_strong_cost_usd", "saving_usd", *(f"cost_usd[model={m}]" for m in models),
+                     *(f"cost_usd[tag={t}]" for t in tags)])
     for p in periods:
         writer.writerow([p.period, p.calls, p.strong_calls, f"{p.cost_usd:.6f}", f"{p.strong_cost_usd:.6f}",
-                         f"{p.weak_cost_usd:.6f}", f"{p.all_strong_cost_usd:.6f}", f"{p.saving_usd:.6f}"])
+                         f"{p.weak_cost_usd:.6f}", f"{p.all_strong_cost_usd:.6f}", f"{p.saving_usd:.6f}",
+                         *(f"{p.by_model.get(m, 0.0):.6f}" for m in models),
+                         *(f"{p.by_tag.get(t, 0.0):.6f}" for t in tags)])
 
 
 def spend_periods(periods: Sequence[PeriodSpend], by: str, tag: str | None) -> None:

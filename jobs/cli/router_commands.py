@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.cli.context import Stages, atomic_output, atomic_path, cli_context, console, err
@@ -20,10 +22,10 @@ from jobs.cli.options import (
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
 from jobs.services.retrain import retrain as run_retrain
-from jobs.services.versions import SERVING, resolve_router_spec, rollback, version_rows
+from jobs.services.versions import SERVING, resolve_router_spec, rollback, training_prompts_of, version_rows
 from routers.base import TrainOptions
 from routers.calibration import calibration_table, save_quality_curve
-from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, save_training_prompts
+from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, prompt_fingerprint, save_training_prompts
 from routers.evaluate import evaluate
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, train_router
 from routeyard.errors import InvalidInput
@@ -99,6 +101,13 @@ def router_eval(
         raise InvalidInput("no outcome rows to evaluate on (all were contaminated)")
     warn_pgr(rows, ", ".join(p.name for p in outcomes))
     specs = [resolve_router_spec(state.db, spec, settings) for spec in routers or [SERVING]]
+    fingerprints = np.array([prompt_fingerprint(r.prompt) for r in rows], dtype=np.uint64)
+    for spec in specs:
+        seen = training_prompts_of(spec)
+        overlap = int(np.isin(fingerprints, seen).sum()) if seen is not None and len(seen) else 0
+        if overlap:
+            err.print(f"[yellow]warning ({escape(spec)}):[/] it trained on {overlap} of these {len(rows)} prompts; "
+                      "its figures here are inflated (judge it on prompts it never saw)")
     scores = {}
     with Stages() as stages:
         for spec in specs:

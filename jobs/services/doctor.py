@@ -37,6 +37,8 @@ def run_checks(settings: Settings, router: str | None = SERVING) -> list[Check]:
                                                f"{str(exc.orig).strip().splitlines()[0]}"))
     if settings.broker_url:
         checks.append(_broker(settings.broker_url))
+    else:
+        checks.append(Check("broker", True, "none configured: jobs run in this process (embedded)"))
     for tier in ("strong", "weak"):
         endpoint = settings.endpoint(tier)
         problems = [p for p in settings.endpoint_problems() if p.startswith(f"the {tier} ")]

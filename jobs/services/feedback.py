@@ -64,6 +64,10 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
             raise InvalidInput(f"job {fb.job_id} has no item {fb.custom_id!r}")
         if item.status != ItemStatus.SUCCEEDED:
             raise InvalidInput(f"item {fb.custom_id!r} has no answer to judge (it is {item.status})")
+        if fb.kind == "prefer" and item.shadow_answer is None:
+            raise InvalidInput(f"item {fb.custom_id!r} has one answer ({item.tier}); a preference needs both: submit "
+                               "with a shadow share (--shadow) so weak items also get the strong answer, or give a "
+                               "rating or thumbs")
         row = catalog.add_feedback(session, item.id, fb.kind, fb.value)
         session.commit()
         return row.id

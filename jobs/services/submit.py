@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db.models import LOCAL_TENANT, Job
 from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
-from jobs.services.versions import resolve_router_spec
+from jobs.services.versions import check_router_spec, resolve_router_spec
 from routers.calibration import fraction_for_target_pgr
 from routers.registry import DEFAULT_ROUTER
 from routeyard.errors import Conflict, InvalidInput
@@ -69,7 +69,10 @@ class _HashingReader(io.RawIOBase):
 
 
 def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> str:
-    parts = [file_digest, options.router, repr(options.strong_fraction), repr(options.budget_usd),
+    fraction = options.strong_fraction
+    if fraction is None and options.budget_usd is None and options.target_pgr is None:
+        fraction = DEFAULT_STRONG_FRACTION  # leaving the default out asks for the same job as giving it
+    parts = [file_digest, options.router, repr(fraction), repr(options.budget_usd),
              repr(options.target_pgr), repr(options.shadow_fraction),
              settings.strong_model, settings.weak_model]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
@@ -77,11 +80,13 @@ def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> 
 
 def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, fmt: str, options: JobOptions,
                source_name: str | None = None) -> SubmitResult:
-    ways = [name for name, value in (("--strong-fraction", options.strong_fraction),
-                                     ("--budget-usd", options.budget_usd), ("--target-pgr", options.target_pgr))
+    ways = [name for name, value in (("strong fraction", options.strong_fraction),
+                                     ("budget", options.budget_usd), ("target PGR", options.target_pgr))
             if value is not None]
     if len(ways) > 1:  # each decides how many items go strong: taking one would silently ignore the other
-        raise InvalidInput(f"give one of {' and '.join(ways)}: each sets how many items go to the strong model")
+        raise InvalidInput(f"give a {' or a '.join(ways)}, not both: each sets how many items go to the strong "
+                           "model (--strong-fraction, --budget-usd, --target-pgr; API: strong_fraction, budget_usd, "
+                           "target_pgr)")
     if options.strong_fraction is not None and not 0.0 <= options.strong_fraction <= 1.0:
         raise InvalidInput(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
     if options.target_pgr is not None and not 0.0 < options.target_pgr <= 1.0:
@@ -104,10 +109,12 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
 
     requested = options  # idempotency compares what the client sent, not what it resolved to
     options = replace(options, router=resolve_router_spec(sf, options.router, settings))  # the exact version, recorded
+    check_router_spec(options.router)  # a job whose router cannot load would never leave `scoring`
     if options.target_pgr is not None:
         if not Path(options.router).is_dir():
-            raise InvalidInput(f"--target-pgr needs a router directory with a held-out quality curve, got "
-                              f"{options.router!r}")
+            raise InvalidInput(f"a target PGR needs a router directory with a held-out quality curve, got "
+                               f"{options.router!r}: train one (`routeyard router train --out DIR ...`), then "
+                               "`routeyard router eval --router DIR --outcomes HELDOUT --save-curve`")
         try:
             options = replace(options, strong_fraction=fraction_for_target_pgr(Path(options.router),
                                                                                options.target_pgr))
@@ -159,7 +166,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
             raise InvalidInput(f"no valid items in {source_name or 'the input'}: {detail}")
         if options.budget_usd is not None and weak_bound > options.budget_usd:
             session.rollback()
-            raise InvalidInput(f"budget ${options.budget_usd:.4f} is below ${weak_bound:.4f}, the most these "
+            raise InvalidInput(f"budget ${options.budget_usd:.6g} is below ${weak_bound:.6g}, the most these "
                               f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
         store.add_rejected(session, job_id, rejected)
         job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)

@@ -7,6 +7,7 @@ router before any promotion (or ROUTEYARD_DEFAULT_ROUTER when it names another r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from db.models import RouterVersion, utcnow
 from routers.base import CONFIG_FILE, version_of
 from routers.data import load_training_prompts
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS
-from routeyard.errors import NotFound
+from routeyard.errors import InvalidInput, NotFound
 from routeyard.settings import Settings
 
 SERVING = "serving"  # the router spec that means "whatever version serves now"
@@ -81,6 +82,25 @@ def _router_dir(spec: str) -> Path | None:
     if spec in ROUTERS and (PRETRAINED_DIR / spec).is_dir():
         return PRETRAINED_DIR / spec
     return None
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_router_spec(spec: str) -> None:
+    """Refuse, before a job is stored, a router spec that cannot load: a registry name, a saved router directory
+    (with its config.json), or a hub id (`owner/name`) are the three kinds there are."""
+    if spec in ROUTERS:
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise InvalidInput(f"router {spec!r} is a directory without {CONFIG_FILE}: not a saved router "
+                               "(`routeyard router train --out DIR` makes one)")
+        return
+    if path.exists() or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        raise InvalidInput(f"unknown router {spec!r}: not one of {sorted(ROUTERS)}, not a router directory, not a "
+                           "hub id (owner/name)")
 
 
 def router_info(spec: str) -> RouterInfo:
