@@ -117,7 +117,8 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.ERROR)
     except Exception as exc:
         if _is_usage_error(exc):  # typer's own: a bad option value, a missing argument, a file that is not there
-            err.print(f"[red]error:[/] {escape(exc.format_message())} (see `routeyard {_command(args)}--help`)")
+            message = exc.format_message()  # type: ignore[attr-defined]  # checked by _is_usage_error
+            err.print(f"[red]error:[/] {escape(message)} (see `routeyard {_command(args)}--help`)")
             sys.exit(ExitCode.USAGE)
         if "--debug" in args:
             raise
