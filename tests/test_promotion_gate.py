@@ -22,8 +22,9 @@ from routers.data import (
     save_training_prompts,
 )
 from routers.evaluate import metrics
-from routers.random_router import RandomRouter
+from routers.random_router import RandomConfig, RandomRouter
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR
+from routeyard.errors import NotFound
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def synthetic(name: str, n: int, seed: int) -> list[Outcome]:
 
 def saved_random_router(path, trained_on: list[str] | None, seed: int = 5):
     """A saved router (random scores, so nothing trains) that records `trained_on` as its training prompts."""
-    version = RandomRouter({"seed": seed}, RouterRuntime()).save(path)
+    version = RandomRouter(RandomConfig(seed=seed), RouterRuntime()).save(path)
     if trained_on is not None:
         save_training_prompts(path, trained_on, version)
     return path
@@ -76,7 +77,7 @@ def test_both_routers_are_judged_only_on_heldout_prompts_neither_trained_on(sett
     assert "on 250 held-out prompts" in result.decision
     assert "150 of 400 held-out prompts excluded because the serving router random@" in result.decision
     fair = heldout[150:]
-    expected = metrics(RandomRouter({"seed": 5}, RouterRuntime()).win_rate([o.prompt for o in fair]), fair).apgr
+    expected = metrics(RandomRouter(RandomConfig(seed=5), RouterRuntime()).win_rate([o.prompt for o in fair]), fair).apgr
     assert result.serving_apgr == pytest.approx(expected)
     with sf() as session:
         row = session.scalar(select(RouterVersion))
@@ -136,7 +137,7 @@ def test_the_shipped_version_is_listed_and_can_be_served_again_after_a_promotion
     assert resolve_router_spec(sf, SERVING) == "random"
     rollback(sf, "shipped", settings)
     assert resolve_router_spec(sf, SERVING) == DEFAULT_ROUTER
-    with pytest.raises(ValueError, match="no router version 'nope'"):
+    with pytest.raises(NotFound, match="no router version 'nope'"):
         rollback(sf, "nope", settings)
 
 
