@@ -77,7 +77,8 @@ def test_both_routers_are_judged_only_on_heldout_prompts_neither_trained_on(sett
     assert "on 250 held-out prompts" in result.decision
     assert "150 of 400 held-out prompts excluded because the serving router random@" in result.decision
     fair = heldout[150:]
-    expected = metrics(RandomRouter(RandomConfig(seed=5), RouterRuntime()).win_rate([o.prompt for o in fair]), fair).apgr
+    serving = RandomRouter(RandomConfig(seed=5), RouterRuntime())
+    expected = metrics(serving.win_rate([o.prompt for o in fair]), fair).apgr
     assert result.serving_apgr == pytest.approx(expected)
     with sf() as session:
         row = session.scalar(select(RouterVersion))
