@@ -54,6 +54,7 @@ def test_a_budget_too_small_for_all_weak_is_refused_and_unbounded_answers_get_a_
     assert all(r.body["max_tokens"] == settings.default_max_tokens for r in items(sf, result.job_id))
 
 
+@pytest.mark.slow
 def test_target_pgr_routes_at_the_fraction_the_held_out_curve_gives(settings, tmp_path):
     import shutil
 

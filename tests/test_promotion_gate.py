@@ -142,6 +142,7 @@ def test_the_shipped_version_is_listed_and_can_be_served_again_after_a_promotion
         rollback(sf, "nope", settings)
 
 
+@pytest.mark.slow
 def test_router_versions_and_rollback_on_the_command_line(tmp_path):
     env = cli_env(tmp_path / "home")
     shipped_version = version_of(PRETRAINED_DIR / DEFAULT_ROUTER)

@@ -201,6 +201,7 @@ def test_causal_llm_fits_two_quality_heads_on_outcome_rows_and_one_on_preference
         train_router("causal_llm", bare, runtime, TrainOptions(params={"target": "both"}))
 
 
+@pytest.mark.slow
 def test_causal_llm_picks_the_layer_whose_features_carry_the_signal():
     """Layer choice by grouped validation: signal in one layer's features, noise in the other's."""
     import torch
