@@ -263,28 +263,3 @@ def test_router_eval_writes_metrics_and_a_plot(gsm8k, tmp_path, embedding_cache)
     assert found["oracle"]["apgr"] > found["random baseline"]["apgr"]
     assert set(found["random baseline"]["pgr_at"]) == {f"0.{i}" for i in range(1, 10)}
     assert (tmp_path / "eval" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.slow
-def test_router_calibrate_writes_thresholds_that_split_the_sample_as_asked(gsm8k, tmp_path, embedding_cache):
-    import shutil
-
-    from routers.registry import PRETRAINED_DIR
-
-    _, test = gsm8k
-    router_dir = tmp_path / "mf"
-    shutil.copytree(PRETRAINED_DIR / "mf", router_dir)
-    sample = tmp_path / "sample.jsonl"
-    sample.write_text("".join(json.dumps({"id": i, "prompt": o.prompt}) + "\n" for i, o in enumerate(test[:200])))
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(embedding_cache, target_is_directory=True)
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "router", "calibrate", "--router", str(router_dir),
-                           "--sample", str(sample)],
-                          env={"PATH": "/usr/bin:/bin", "ROUTEYARD_HOME": str(home), "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    table = json.loads((router_dir / "calibration.json").read_text())["thresholds"]
-    scores = load_router(str(router_dir)).router.win_rate([o.prompt for o in test[:200]])
-    for fraction in ("0.10", "0.30", "0.50"):
-        assert abs((scores >= table[fraction]).mean() - float(fraction)) <= 0.02

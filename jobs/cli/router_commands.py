@@ -1,4 +1,4 @@
-"""`routeyard router ...` (train, eval, score, calibrate, versions, rollback, list) and `routeyard retrain`."""
+"""`routeyard router ...` (train, eval, score, versions, rollback, list) and `routeyard retrain`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
 from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import SERVING, resolve_router_spec, rollback, training_prompts_of, version_rows
 from routers.base import TrainOptions
-from routers.calibration import calibration_table, save_quality_curve
+from routers.calibration import save_quality_curve
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, prompt_fingerprint, save_training_prompts
 from routers.evaluate import evaluate
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, train_router
@@ -171,30 +171,6 @@ def router_rollback(ctx: typer.Context,
     state = cli_context(ctx)
     v = rollback(state.db, version, state.settings)
     console.print(f"now serving {v.router} {v.version} ({v.path})")
-
-
-@app.command("calibrate")
-def router_calibrate(
-    ctx: typer.Context,
-    router: Annotated[str, typer.Option("--router", help="A router directory (the table is written into it).")],
-    sample: Annotated[Path, typer.Option("--sample", exists=True, help="Prompts like those to come: JSONL or CSV.")],
-) -> None:
-    """Thresholds for 5%..95% strong calls from a calibration sample, saved as calibration.json."""
-    if not Path(router).is_dir():
-        raise InvalidInput(f"--router must be a router directory to write calibration.json into, got {router!r}")
-    with sample.open("rb") as f:
-        prompts = [e.prompt for e in parse_stream(f, detect_format(sample)) if isinstance(e, ParsedItem)]
-    if len(prompts) < 20:
-        raise InvalidInput(f"{sample}: {len(prompts)} prompts; a calibration sample needs at least 20")
-    loaded = load_job_router(router, cli_context(ctx).settings)
-    with Stages() as stages:
-        scores = loaded.router.win_rate(prompts, progress=stages.stage("scoring", len(prompts)))
-    table = calibration_table(scores)
-    (Path(router) / "calibration.json").write_text(json.dumps(
-        {"router_version": loaded.version, "sample": sample.name, "n": len(prompts), "thresholds": table},
-        indent=2) + "\n")
-    for fraction, threshold in table.items():
-        console.print(f"{float(fraction):>5.0%} strong: score >= {threshold:.4f}")
 
 
 @app.command("score")
