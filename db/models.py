@@ -6,7 +6,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -113,6 +125,8 @@ class Item(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     status_code: Mapped[int | None] = mapped_column(Integer)
+    # the endpoint's answer as it came: {"status_code", "request_id" (x-request-id), "body" (JSON as returned)};
+    # rows stored before that hold the bare completion body
     response: Mapped[dict[str, Any] | None] = mapped_column()
     answer: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -140,6 +154,9 @@ class RejectedLine(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     line_no: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
+    # for the OpenAI Batch API's error file (batches only): the line's custom_id if it had one, an error code
+    custom_id: Mapped[str | None] = mapped_column(String(500))
+    code: Mapped[str | None] = mapped_column(String(40))
 
 
 class Feedback(Base):
@@ -188,3 +205,47 @@ class Schedule(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_run_at: Mapped[datetime | None] = mapped_column()
     last_result: Mapped[str | None] = mapped_column(Text)
+
+
+class File(Base):
+    """A file of the OpenAI-compatible Files API, stored in the database (so every API process and worker sees
+    it): a batch's input (purpose `batch`), or its output and error files (`batch_output`). Tenant-scoped."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at"),)  # a tenant's, newest first
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-...
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    filename: Mapped[str] = mapped_column(String(500))
+    purpose: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column("bytes", Integer)  # the object's `bytes`
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when asked for
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+
+
+class Batch(Base):
+    """An OpenAI Batch API batch. A valid one is a Routeyard job with the same id (`job_id` == `id`), whose
+    status it reads; a batch whose input had no valid line failed validation and has no job, only `errors`."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    input_file_id: Mapped[str] = mapped_column(String(40))  # no foreign key: deleting the input file is allowed
+    endpoint: Mapped[str] = mapped_column(String(100))
+    completion_window: Mapped[str] = mapped_column(String(20))
+    meta: Mapped[dict[str, Any] | None] = mapped_column()  # the metadata the client sent, returned as sent
+    errors: Mapped[dict[str, Any] | None] = mapped_column()  # {"data": [{code, line, message, param}]} if failed
+    output_expires_s: Mapped[int | None] = mapped_column(Integer)  # output_expires_after.seconds
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    usage: Mapped[dict[str, Any] | None] = mapped_column()  # token totals, counted when the files are written
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    in_progress_at: Mapped[datetime | None] = mapped_column()
+    failed_at: Mapped[datetime | None] = mapped_column()
+    cancelling_at: Mapped[datetime | None] = mapped_column()
+    finalizing_at: Mapped[datetime | None] = mapped_column()  # a writer's claim on the output files (a lease)
+    finalized_at: Mapped[datetime | None] = mapped_column()  # output files written (completed_at/cancelled_at)

@@ -85,3 +85,47 @@ def test_csv_reports_the_line_a_record_starts_on_even_after_multiline_prompts():
 def test_csv_without_a_prompt_column_is_one_clear_error():
     [rej] = parse("id,text\n1,x\n", "csv")
     assert isinstance(rej, Rejection) and "'prompt' column" in rej.reason
+
+
+def test_parameters_the_sdk_does_not_know_and_nulls_pass_through_as_written():
+    messages = [{"role": "user", "content": "call the tool"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                       "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                {"role": "user", "content": "and now?"}]
+    text = json.dumps({"custom_id": "v", "method": "POST", "url": "/v1/chat/completions", "body": {
+        "model": "x", "messages": messages, "top_k": 20, "repetition_penalty": 1.05, "stop": None,
+        "guided_json": {"type": "object"}, "stream": False}})
+    [item] = parse(text)
+    assert item.body == {"messages": messages, "top_k": 20, "repetition_penalty": 1.05, "stop": None,
+                         "guided_json": {"type": "object"}, "stream": False}
+
+
+def test_stream_true_is_refused_with_the_line_and_the_reason():
+    out = parse(batch_line("a") + "\n" + batch_line("s", stream=True) + "\n" + batch_line("b") + "\n")
+    assert [type(e).__name__ for e in out] == ["ParsedItem", "Rejection", "ParsedItem"]
+    rejected = out[1]
+    assert rejected.line_no == 2 and rejected.code == "unsupported_parameter" and rejected.param == "body.stream"
+    assert "streaming is not supported in a batch" in rejected.reason
+
+
+def test_lines_for_other_endpoints_are_refused_one_by_one_saying_why():
+    lines = [json.dumps({"custom_id": f"u{i}", "method": "POST", "url": url, "body": body}) for i, (url, body) in
+             enumerate([("/v1/embeddings", {"model": "e", "input": "hi"}), ("/v1/completions", {"prompt": "hi"}),
+                        ("/v1/responses", {"input": "hi"}), ("/v2/chat", {"messages": []})])]
+    out = parse("\n".join([*lines, batch_line("ok")]) + "\n")
+    assert isinstance(out[-1], ParsedItem) and out[-1].custom_id == "ok"
+    reasons = {e.line_no: e for e in out if isinstance(e, Rejection)}
+    assert set(reasons) == {1, 2, 3, 4} and {e.code for e in reasons.values()} == {"invalid_url"}
+    assert "'/v1/embeddings' is not routed" in reasons[1].reason and "/v1/chat/completions" in reasons[1].reason
+    assert "'/v1/completions' is not routed" in reasons[2].reason
+    assert "'/v1/responses' is not routed" in reasons[3].reason
+    assert "expected '/v1/chat/completions', got '/v2/chat'" in reasons[4].reason
+
+
+def test_rejections_carry_an_openai_error_code():
+    out = parse('{oops\n' + batch_line("a") + "\n" + batch_line("a") + "\n" +
+                json.dumps({"custom_id": "m", "method": "POST", "url": "/v1/chat/completions"}) + "\n")
+    codes = [(e.line_no, e.code, e.param) for e in out if isinstance(e, Rejection)]
+    assert codes == [(1, "invalid_json_line", None), (3, "duplicate_custom_id", "custom_id"),
+                     (4, "missing_required_parameter", "body")]

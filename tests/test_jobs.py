@@ -39,7 +39,8 @@ def test_a_routed_job_stores_answers_tokens_cost_and_routing(settings, loopback,
         price = settings.price_table[r.model]
         assert r.cost_usd == pytest.approx(cost_usd(price, r.prompt_tokens, r.completion_tokens))
         assert r.router_version == "random@default" and r.attempts == 1
-        assert r.response["usage"]["completion_tokens"] == r.completion_tokens
+        assert r.response["body"]["usage"]["completion_tokens"] == r.completion_tokens  # the body as returned
+        assert r.response["status_code"] == 200 and r.response["request_id"].startswith("req_")
     assert server_stats(loopback.base_url)["by_model"] == {STRONG: 12, WEAK: 28}
     with sf() as session:
         job = session.get(Job, result.job_id)

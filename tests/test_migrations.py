@@ -26,4 +26,4 @@ def test_workers_starting_together_migrate_a_fresh_database_once(database_url):
     with factories[0]() as session:
         from sqlalchemy import text
 
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0010"

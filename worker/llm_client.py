@@ -3,25 +3,75 @@
 Backoff is the client's own: it retries 408/409/429/5xx, connection errors and timeouts with exponential
 backoff and jitter, honouring Retry-After; `max_retries` bounds it. What still fails is returned, not raised,
 so one bad prompt never sinks a batch.
+
+A request body passes through as the endpoint expects it: the parameters the SDK knows are its keyword
+arguments, every other one (top_k, repetition_penalty, guided_json, ...: vLLM, Ollama and gateways take them)
+goes in `extra_body`. What comes back is kept as the endpoint sent it, as the OpenAI Batch API's output file
+needs it: `{"status_code", "request_id" (the x-request-id header), "body" (the JSON as returned, nulls kept)}`,
+for answers and for error responses alike.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import openai
+from openai.resources.chat.completions import AsyncCompletions
 
 from routeyard.redact import redact
 from routeyard.settings import Endpoint
+
+# Keyword arguments of chat.completions.create that are request fields; the rest of its signature is not.
+SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
+    "self", "extra_headers", "extra_query", "extra_body", "timeout"}
+
+
+def split_params(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the SDK takes as keyword arguments, what it must send as extra_body)."""
+    known = {k: v for k, v in body.items() if k in SDK_PARAMS}
+    return known, {k: v for k, v in body.items() if k not in SDK_PARAMS}
+
+
+class HttpResponse(Protocol):
+    """What exchange() reads of the SDK's HTTP response (httpx's or httpx2's, by SDK version)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+def exchange(response: HttpResponse) -> dict[str, Any]:
+    """The HTTP response as the Batch API's output line carries it: status, request id, body as returned."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:2000], "type": "invalid_response", "param": None, "code": None}}
+    return {"status_code": response.status_code, "request_id": response.headers.get("x-request-id"), "body": body}
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """An error response with every string redacted: gateways echo request headers (keys) in their errors."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
 class CallResult:
     ok: bool
     status_code: int | None
-    response: dict[str, Any] | None
+    response: dict[str, Any] | None  # exchange(): {"status_code", "request_id", "body"}; None if nothing came back
     answer: str | None
     prompt_tokens: int
     completion_tokens: int
@@ -55,10 +105,17 @@ class ModelClient:
         start = time.perf_counter()
         if self.client is None:
             return self._failure(start, None, self.setup_error or "no client")
+        if body.get("stream"):  # refused at submit; a job stored before that must not crash on it
+            return self._failure(start, None, "streaming is not supported in a batch: remove \"stream\" or set it "
+                                              "to false")
+        known, extra = split_params({**body, "model": self.model})
         try:
-            completion = await self.client.chat.completions.create(**{**body, "model": self.model})
+            raw = await self.client.chat.completions.with_raw_response.create(**known, extra_body=extra or None)
+            completion = raw.parse()
+            response = exchange(raw.http_response)
         except openai.APIStatusError as exc:
-            return self._failure(start, exc.status_code, f"{type(exc).__name__}: {exc}")
+            return self._failure(start, exc.status_code, f"{type(exc).__name__}: {exc}",
+                                 _scrub(exchange(exc.response), self.secrets))
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             return self._failure(start, None, f"{type(exc).__name__}: {exc}")
         except (openai.OpenAIError, TypeError, ValueError) as exc:  # bad request parameters, client config
@@ -66,11 +123,12 @@ class ModelClient:
         latency_ms = (time.perf_counter() - start) * 1000
         usage = completion.usage
         answer = completion.choices[0].message.content if completion.choices else None
-        return CallResult(True, 200, completion.model_dump(mode="json", exclude_none=True), answer,
+        return CallResult(True, response["status_code"], response, answer,
                           usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, latency_ms)
 
-    def _failure(self, start: float, status: int | None, message: str) -> CallResult:
-        return CallResult(False, status, None, None, 0, 0, (time.perf_counter() - start) * 1000,
+    def _failure(self, start: float, status: int | None, message: str,
+                 response: dict[str, Any] | None = None) -> CallResult:
+        return CallResult(False, status, response, None, 0, 0, (time.perf_counter() - start) * 1000,
                           redact(message, self.secrets)[:2000])
 
     async def aclose(self) -> None:

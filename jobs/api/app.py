@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db.session import open_database
 from jobs.api.admin import admin_routes
+from jobs.api.batches import batch_routes
+from jobs.api.files import file_routes
 from jobs.api.runs import Runs
 from jobs.api.schemas import (
     CancelResponse,
@@ -105,6 +107,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
 
     Tenant = Annotated[str, Depends(tenant)]
     Db = Annotated[Session, Depends(session)]
+    app.include_router(file_routes(sf, tenant))  # the OpenAI Files and Batches API (/v1/files, /v1/batches)
+    app.include_router(batch_routes(sf, settings, tenant))
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:

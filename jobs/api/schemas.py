@@ -126,3 +126,126 @@ class TenantResponse(BaseModel):
 class TenantKeyResponse(BaseModel):
     tenant: TenantResponse
     api_key: str = Field(description="shown once: only its SHA-256 is stored")
+
+
+# --- the OpenAI-compatible Files and Batches API: the objects OpenAI's SDK parses (openai.types) ----------
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorBody
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: Literal["batch", "batch_output"]
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class ExpiresAfter(BaseModel):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+class BatchCreateBody(BaseModel):
+    input_file_id: str = Field(max_length=40)
+    endpoint: str = Field(description="/v1/chat/completions (the one endpoint Routeyard routes)")
+    completion_window: str = Field(description="24h")
+    metadata: dict[str, str] | None = Field(
+        default=None, description="up to 16 keys; strong_fraction, budget_usd, target_pgr, shadow, router and tag "
+                                  "are the job's routing options, other keys are kept as they are")
+    output_expires_after: ExpiresAfter | None = None
+
+
+class BatchError(BaseModel):
+    code: str | None = None
+    line: int | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class BatchRequestCounts(BaseModel):
+    total: int = Field(description="input lines: requests and rejected lines")
+    completed: int = Field(description="requests answered successfully (in the output file)")
+    failed: int = Field(description="requests that failed and rejected input lines (in the error file)")
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class BatchUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class BatchObject(BaseModel):
+    id: str = Field(description="the job's id: status, results, spend and feedback take it")
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                    "cancelled"]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    metadata: dict[str, str] | None
+    model: str | None
+    usage: BatchUsage | None
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -2,6 +2,11 @@
 
 Parsing streams: each line yields an accepted item or a rejection naming the line and the field, so one bad
 line never sinks the batch and a file of a million lines is never held in memory.
+
+A Batch API line's body is kept as the user wrote it (nulls included), minus `model`: parameters the openai
+SDK does not know (top_k, guided_json, ...) reach the endpoint as they are. Lines the batch cannot answer are
+refused here, each with its reason: `"stream": true` (a batch stores whole answers) and urls other than chat
+completions (/v1/embeddings, /v1/completions, /v1/responses, ...: Routeyard routes chat prompts only).
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Format = Literal["auto", "jsonl", "csv", "tsv"]
 FileFormat = Literal["jsonl", "csv", "tsv"]
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
+# What the OpenAI Batch API takes besides chat completions; each is refused per line, saying why.
+OTHER_BATCH_URLS = {
+    "/v1/embeddings": "embeddings are not a choice between a strong and a weak model",
+    "/v1/completions": "legacy completions have no messages to route on",
+    "/v1/responses": "the Responses API is not routed (yet)",
+    "/v1/moderations": "moderations are not a choice between a strong and a weak model",
+}
 MAX_PROMPT_CHARS = 1_000_000
 
 
@@ -40,7 +52,7 @@ class BatchLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
     custom_id: str = Field(min_length=1, max_length=500)
     method: Literal["POST"]
-    url: Literal[CHAT_URLS]  # type: ignore[valid-type]
+    url: str  # checked first, by _check_url, so a wrong endpoint is named before its body's fields
     body: ChatBody
 
 
@@ -65,6 +77,16 @@ class ParsedItem:
 class Rejection:
     line_no: int
     reason: str
+    code: str = "invalid_request"  # for the OpenAI Batch API's errors: invalid_json_line, invalid_url, ...
+    param: str | None = None  # the field at fault, when there is one ("body.messages.0.role")
+
+
+class LineError(ValueError):
+    """Why one line is refused, with an error code and the field at fault."""
+
+    def __init__(self, reason: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(reason)
+        self.code, self.param = code, param
 
 
 def prompt_of(messages: list[dict[str, Any]]) -> str:
@@ -79,21 +101,41 @@ def prompt_of(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError) -> LineError:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "line"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"field '{where}': {err['msg']}{more}"
+    code = "missing_required_parameter" if err["type"] == "missing" else "invalid_request"
+    return LineError(f"field '{where}': {err['msg']}{more}", code, None if where == "line" else where)
+
+
+def _check_url(url: Any) -> None:
+    if url is None or url in CHAT_URLS:
+        return  # a missing url is the model's to report
+    why = OTHER_BATCH_URLS.get(url) if isinstance(url, str) else None
+    if why:
+        raise LineError(f"field 'url': {url!r} is not routed ({why}); Routeyard routes /v1/chat/completions "
+                        "lines only: send this one to the provider directly", "invalid_url", "url")
+    raise LineError(f"field 'url': expected '/v1/chat/completions', got {url!r}", "invalid_url", "url")
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    if body.get("stream"):
+        raise LineError("field 'body.stream': streaming is not supported in a batch (each answer is stored "
+                        "whole); remove \"stream\" or set it to false", "unsupported_parameter", "body.stream")
 
 
 def _from_object(obj: Any, line_no: int) -> ParsedItem:
-    """Validate one decoded JSON object in either JSONL form; raises ValueError with a clear reason."""
+    """Validate one decoded JSON object in either JSONL form; raises LineError with a clear reason."""
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        raise LineError(f"expected a JSON object, got {type(obj).__name__}", "invalid_json_line")
     try:
         if "body" in obj or "custom_id" in obj:
+            _check_url(obj.get("url"))
             line = BatchLine.model_validate(obj)
-            body = line.body.model_dump(mode="json", exclude_none=True, exclude={"model"})
+            # as written (a null the user sent stays null), without the model: the router picks it
+            body = line.body.model_dump(mode="json", exclude_unset=True, exclude={"model"})
+            _check_body(body)
             custom_id = line.custom_id
         else:
             plain = PlainLine.model_validate(obj)
@@ -106,10 +148,11 @@ def _from_object(obj: Any, line_no: int) -> ParsedItem:
                 body["temperature"] = plain.temperature
             custom_id = str(plain.id) if plain.id is not None else f"line-{line_no}"
     except ValidationError as exc:
-        raise ValueError(_explain(exc)) from None
+        raise _explain(exc) from None
     prompt = prompt_of(body["messages"])
     if not prompt.strip():
-        raise ValueError("field 'body.messages': no user message with text to route on")
+        raise LineError("field 'body.messages': no user message with text to route on", "invalid_request",
+                        "body.messages")
     return ParsedItem(line_no, custom_id, body, prompt)
 
 
@@ -120,17 +163,17 @@ def _jsonl(stream: io.BufferedReader) -> Iterator[ParsedItem | Rejection]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield Rejection(line_no, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+            yield Rejection(line_no, f"not UTF-8 text ({exc.reason} at byte {exc.start})", "invalid_json_line")
             continue
         try:
             obj = json.loads(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            yield Rejection(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            yield Rejection(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line")
             continue
         try:
             yield _from_object(obj, line_no)
-        except ValueError as exc:
-            yield Rejection(line_no, str(exc))
+        except LineError as exc:
+            yield Rejection(line_no, str(exc), exc.code, exc.param)
 
 
 def _csv(stream: io.BufferedReader, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
@@ -158,8 +201,8 @@ def _csv(stream: io.BufferedReader, delimiter: str = ",") -> Iterator[ParsedItem
             obj["id"] = row[id_col].strip()
         try:
             yield _from_object(obj, line_no)
-        except ValueError as exc:
-            yield Rejection(line_no, str(exc))
+        except LineError as exc:
+            yield Rejection(line_no, str(exc), exc.code, exc.param)
 
 
 def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
@@ -177,6 +220,7 @@ def parse_stream(stream: io.BufferedReader, fmt: FileFormat) -> Iterator[ParsedI
         if isinstance(entry, ParsedItem):
             first = seen.setdefault(entry.custom_id, entry.line_no)
             if first != entry.line_no:
-                yield Rejection(entry.line_no, f"duplicate id {entry.custom_id!r} (first on line {first})")
+                yield Rejection(entry.line_no, f"duplicate id {entry.custom_id!r} (first on line {first})",
+                                "duplicate_custom_id", "custom_id")
                 continue
         yield entry

@@ -1,8 +1,20 @@
-"""Job status and results, in Routeyard's own record, CSV, or the OpenAI Batch API output format."""
+"""Job status and results, in Routeyard's own record, CSV, or the OpenAI Batch API's output and error files.
+
+One writer makes the OpenAI lines, for `results --format openai` (the output file), `--format openai-errors`
+(the error file) and a batch's output and error files alike:
+
+- output file: `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}` for each
+  item that succeeded; `request_id` is the endpoint's x-request-id header, `body` the JSON exactly as returned.
+- error file: the rest, in input order. An item the endpoint answered with an error status keeps that
+  response (`error: null`, as OpenAI writes it); one that got no response (timeouts, connection errors), one
+  cancelled before it was called, and each rejected input line get `response: null, error: {code, message}`.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import heapq
 import io
 import json
 from collections.abc import Iterator
@@ -13,10 +25,10 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from db import jobs as store
-from db.models import Item, Job
+from db.models import Item, Job, RejectedLine
 from routeyard.states import ItemStatus
 
-ResultFormat = Literal["jsonl", "csv", "openai"]
+ResultFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
 
 RECORD_FIELDS = ["custom_id", "line", "status", "tier", "model", "score", "threshold", "router_version",
                  "answer", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "attempts", "error",
@@ -76,25 +88,98 @@ def record(item: Item) -> dict[str, Any]:
             "shadow_cost_usd": item.shadow_cost_usd}
 
 
-def openai_batch_record(item: Item) -> dict[str, Any]:
-    """One line of the OpenAI Batch API output file."""
-    response = None
-    if item.response is not None or item.status_code is not None:
-        response = {"status_code": item.status_code, "request_id": (item.response or {}).get("id"),
-                    "body": item.response if item.response is not None else {"error": {"message": item.error}}}
-    error = None
-    if item.status == ItemStatus.FAILED and item.status_code is None:
-        error = {"code": "request_failed", "message": item.error}
-    elif item.status not in (ItemStatus.SUCCEEDED, ItemStatus.FAILED):
-        error = {"code": "not_finished", "message": f"item is {item.status}"}
-    return {"id": f"batch_req_{item.id}", "custom_id": item.custom_id, "response": response, "error": error}
+def request_line_id(job_id: str, line_no: int) -> str:
+    """The `id` of a line of the output or error file: stable, unique across jobs."""
+    return "batch_req_" + hashlib.sha256(f"{job_id}:{line_no}".encode()).hexdigest()[:32]
+
+
+def stored_response(item: Item) -> dict[str, Any] | None:
+    """The endpoint's response as stored: {"status_code", "request_id", "body"} (older rows: the bare body)."""
+    stored = item.response
+    if stored is not None and set(stored) == {"status_code", "request_id", "body"}:
+        return stored
+    if stored is not None:
+        return {"status_code": item.status_code, "request_id": None, "body": stored}
+    if item.status_code is not None:  # an error status stored before error bodies were kept
+        return {"status_code": item.status_code, "request_id": None,
+                "body": {"error": {"message": item.error, "type": None, "param": None, "code": None}}}
+    return None
+
+
+def openai_line(item: Item) -> dict[str, Any]:
+    """The item's line: in the output file if it succeeded, in the error file otherwise."""
+    line: dict[str, Any] = {"id": request_line_id(item.job_id, item.line_no), "custom_id": item.custom_id}
+    answered = stored_response(item) if item.status in (ItemStatus.SUCCEEDED, ItemStatus.FAILED) else None
+    if answered is not None:
+        return {**line, "response": answered, "error": None}
+    if item.status == ItemStatus.FAILED:
+        error = {"code": "request_failed", "message": item.error or "the request failed"}
+    elif item.status == ItemStatus.CANCELLED:
+        error = {"code": "batch_cancelled", "message": "the batch was cancelled before this request was sent"}
+    else:
+        error = {"code": "not_finished", "message": f"the request has not finished (it is {item.status})"}
+    return {**line, "response": None, "error": error}
+
+
+def rejected_line(job_id: str, row: RejectedLine) -> dict[str, Any]:
+    """A rejected input line's line in the error file."""
+    return {"id": request_line_id(job_id, row.line_no), "custom_id": row.custom_id, "response": None,
+            "error": {"code": row.code or "invalid_request", "message": f"line {row.line_no}: {row.reason}"}}
+
+
+@dataclass
+class Usage:
+    """Token totals of the answers written, as the Batch object's `usage` reports them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, item: Item) -> None:
+        self.input_tokens += item.prompt_tokens or 0
+        self.output_tokens += item.completion_tokens or 0
+        usage = ((stored_response(item) or {}).get("body") or {}).get("usage") or {}
+        if isinstance(usage, dict):
+            self.cached_tokens += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            self.reasoning_tokens += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_tokens": self.input_tokens, "input_tokens_details": {"cached_tokens": self.cached_tokens},
+                "output_tokens": self.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                "total_tokens": self.input_tokens + self.output_tokens}
+
+
+def _dumps(line: dict[str, Any]) -> str:
+    return json.dumps(line, ensure_ascii=False) + "\n"
+
+
+def openai_output_lines(session: Session, job_id: str, usage: Usage | None = None) -> Iterator[str]:
+    """The OpenAI Batch API output file: one line per item that succeeded, in input order."""
+    for item in store.iter_items(session, job_id):
+        if item.status == ItemStatus.SUCCEEDED:
+            if usage is not None:
+                usage.add(item)
+            yield _dumps(openai_line(item))
+
+
+def openai_error_lines(session: Session, job_id: str) -> Iterator[str]:
+    """The OpenAI Batch API error file: every item that did not succeed and every rejected input line, in
+    input order."""
+    unanswered = (item for item in store.iter_items(session, job_id) if item.status != ItemStatus.SUCCEEDED)
+    entries: Iterator[Item | RejectedLine] = heapq.merge(unanswered, store.rejected_lines(session, job_id),
+                                                        key=lambda e: e.line_no)
+    for entry in entries:
+        yield _dumps(openai_line(entry) if isinstance(entry, Item) else rejected_line(job_id, entry))
 
 
 def page_results(session: Session, job_id: str, offset: int, limit: int, fmt: ResultFormat = "jsonl",
                  tenant_id: str | None = None) -> list[dict[str, Any]]:
-    """One page of results in input order (`offset` counts items, not lines)."""
+    """One page of results in input order (`offset` counts items, not lines); in the openai formats, each item's
+    line as the output file (succeeded) or the error file (the rest) has it."""
     store.get_job(session, job_id, tenant_id)
-    make = openai_batch_record if fmt == "openai" else record
+    make = openai_line if fmt in ("openai", "openai-errors") else record
     return [make(i) for i in store.items_page(session, job_id, offset, limit)]
 
 
@@ -112,6 +197,11 @@ def export_results(session: Session, job_id: str, fmt: ResultFormat, tenant_id: 
             writer.writerow(record(item))
             yield buf.getvalue()
         return
-    make = openai_batch_record if fmt == "openai" else record
+    if fmt == "openai":
+        yield from openai_output_lines(session, job_id)
+        return
+    if fmt == "openai-errors":
+        yield from openai_error_lines(session, job_id)
+        return
     for item in store.iter_items(session, job_id):
-        yield json.dumps(make(item), ensure_ascii=False) + "\n"
+        yield _dumps(record(item))

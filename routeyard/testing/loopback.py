@@ -4,7 +4,12 @@ It answers `POST /v1/chat/completions` like a real endpoint: answers (replayed f
 one is given, otherwise composed deterministically from the prompt), usage tokens, and a latency that grows
 with the answer's length. It can also misbehave on purpose: 429/500 for the first calls of a prompt, a share
 of random 429/5xx, calls that hang past the client's timeout, a prompt marker that always fails. `GET /_stats`
-says how often each prompt was called, which is how tests prove nothing was called twice.
+says how often each prompt was called, which is how tests prove nothing was called twice, and the last request
+body of each (what reached the endpoint).
+
+As a provider does, every response carries an `x-request-id` header (`req_` + the completion id's hex), and a
+request with tools and `tool_choice` "required" (or a named function) is answered with a tool call whose
+message `content` is null.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +90,19 @@ def load_recordings(path: Path) -> dict[tuple[str, str], str]:
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": None}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status, headers={"x-request-id": f"req_{uuid.uuid4().hex[:24]}"})
+
+
+def _tool_call(body: dict[str, Any], prompt: str, seed: str) -> dict[str, Any] | None:
+    """The tool call a model makes when it must call one (tool_choice "required" or a named function)."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if not tools or not (choice == "required" or isinstance(choice, dict)):
+        return None
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    name = name or (tools[0].get("function") or {}).get("name") or "tool"
+    return {"id": "call_" + hashlib.sha1(seed.encode()).hexdigest()[:24], "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"query": prompt[:80]})}}
 
 
 def create_app(config: LoopbackConfig) -> FastAPI:
@@ -92,6 +110,7 @@ def create_app(config: LoopbackConfig) -> FastAPI:
     calls: Counter[str] = Counter()
     answered: Counter[str] = Counter()  # calls that got a 200: what a provider would bill
     by_model: Counter[str] = Counter()
+    last_body: dict[str, dict[str, Any]] = {}
     rng = random.Random(config.seed)
 
     @app.post("/v1/chat/completions")
@@ -109,6 +128,7 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         key = f"{model}\x00{prompt}"
         calls[key] += 1
         by_model[model] += 1
+        last_body[key] = body
         if config.echo_key_marker in prompt:
             return _error(400, f"Malformed request; received header Authorization: {auth}", "invalid_request_error")
         if config.always_fail_marker in prompt:
@@ -142,6 +162,14 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         for index in range(int(body.get("n") or 1)):
             text = answer if index == 0 else compose_answer(model, f"{prompt}#{index}", profile.answer_words)
             hidden = min(profile.reasoning_tokens, cap) if cap else profile.reasoning_tokens
+            call = _tool_call(body, prompt, f"{key}#{index}")
+            if call is not None:  # content null beside tool_calls, as OpenAI answers
+                visible = estimate_tokens(json.dumps(call["function"]))
+                choices.append({"index": index, "message": {"role": "assistant", "content": None,
+                                                            "tool_calls": [call]}, "finish_reason": "tool_calls"})
+                completion_tokens += hidden + visible
+                reasoning += hidden
+                continue
             visible, finish = estimate_tokens(text), "stop"
             if cap and hidden + visible > cap:
                 visible, finish = cap - hidden, "length"
@@ -154,13 +182,14 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
         await asyncio.sleep(delay_ms * config.latency_scale / 1000)
         answered[key] += 1
+        digest = hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24]
         return JSONResponse({
-            "id": "chatcmpl-" + hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24],
+            "id": "chatcmpl-" + digest,
             "object": "chat.completion", "created": int(time.time()), "model": model, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
                       "completion_tokens_details": {"reasoning_tokens": reasoning}},
-        })
+        }, headers={"x-request-id": f"req_{digest}"})
 
     @app.get("/v1/models", response_model=None)
     async def models(request: Request) -> dict[str, Any] | JSONResponse:
@@ -175,13 +204,14 @@ def create_app(config: LoopbackConfig) -> FastAPI:
                 "max_calls_per_prompt": max(calls.values(), default=0),
                 "answered_total": sum(answered.values()),
                 "calls": [{"model": k.split("\x00", 1)[0], "prompt": k.split("\x00", 1)[1], "n": n,
-                           "answered": answered[k]} for k, n in calls.items()]}
+                           "answered": answered[k], "last_body": last_body.get(k)} for k, n in calls.items()]}
 
     @app.post("/_reset")
     async def reset() -> dict[str, bool]:
         calls.clear()
         answered.clear()
         by_model.clear()
+        last_body.clear()
         return {"ok": True}
 
     return app
