@@ -221,3 +221,15 @@ def test_cancelled_and_completed_jobs_say_what_they_are(cli, tmp_path):
     assert "2 items will not be called" in out
     code, _, err = cli("run", stored)
     assert code == 2 and "was cancelled" in err
+
+
+def test_results_export_the_batch_output_and_error_files(cli, tmp_path, loopback):
+    bad = write_batch(tmp_path / "b.jsonl", ["fine", f"{loopback.config.always_fail_marker} please"])
+    code, out, _ = cli("submit", bad, "--router", "random", "--strong-fraction", "0", "--json",
+                       env={"ROUTEYARD_MAX_RETRIES": "0"})
+    job_id = json.loads(out)["job_id"]
+    code, out, _ = cli("results", job_id, "--format", "openai")
+    assert [json.loads(line)["custom_id"] for line in out.splitlines()] == ["req-0"]
+    code, out, _ = cli("results", job_id, "--format", "openai-errors")
+    errors = [json.loads(line) for line in out.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["req-1"] and errors[0]["response"]["status_code"] == 500

@@ -59,6 +59,7 @@ from routeyard.settings import Settings
 from routeyard.states import ItemStatus, JobStatus
 from worker.dispatch import Dispatcher
 
+ExportFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 422)}
 
 
@@ -159,7 +160,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
 
     @app.get("/v1/jobs/{job_id}/results/export", responses=ERRORS)
     def results_export(job_id: str, tenant_id: Tenant,
-                       output_format: Annotated[Literal["jsonl", "csv", "openai"], Query(alias="format")] = "jsonl",
+                       output_format: Annotated[ExportFormat, Query(alias="format")] = "jsonl",
                        ) -> StreamingResponse:
         s = sf()
         try:

@@ -197,12 +197,13 @@ def list_jobs(ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, type
 def results(
     ctx: typer.Context,
     job_id: str,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, or openai (Batch API output).")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, openai (Batch API output file) or openai-errors "
+                                                      "(its error file).")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
 ) -> None:
     """Export a job's results in input order."""
-    if fmt not in ("jsonl", "csv", "openai"):
-        raise InvalidInput(f"--format must be jsonl, csv or openai, got {fmt!r}")
+    if fmt not in ("jsonl", "csv", "openai", "openai-errors"):
+        raise InvalidInput(f"--format must be jsonl, csv, openai or openai-errors, got {fmt!r}")
     result_format: ResultFormat = fmt  # type: ignore[assignment]  # checked just above
     with cli_context(ctx).db() as session:
         lines = export_results(session, job_id, result_format)
