@@ -73,7 +73,8 @@ def main() -> None:
             base_prefs = [outcome_to_preference(o) for o in base]
             start = time.perf_counter()
             base_router = train_router(args.router, base_prefs, runtime, TrainOptions(seed=rep))
-            fixed = {k: base_router.config[k] for k in ("c", "l2") if base_router.config.get(k) is not None}
+            fixed = {k: getattr(base_router.config, k) for k in ("c", "l2")
+                     if getattr(base_router.config, k, None) is not None}
             base_apgr = metrics(base_router.win_rate([o.prompt for o in test]), test).apgr
             for n in SIZES:
                 curves["base only"].setdefault(n, []).append(base_apgr)
@@ -89,7 +90,7 @@ def main() -> None:
                 curves["user only"].setdefault(n, []).append(
                     metrics(alone.win_rate([o.prompt for o in test]), test).apgr)
                 print(f"{domain} repeat {rep} n={n}: base+user {curves['base+user'][n][-1]:.3f} "
-                      f"(correction C {focused.config.get('focus_c')}), user only {curves['user only'][n][-1]:.3f}, "
+                      f"(correction C {getattr(focused.config, 'focus_c', None)}), user only {curves['user only'][n][-1]:.3f}, "
                       f"base only {base_apgr:.3f}", flush=True)
             print(f"{domain} repeat {rep}: {time.perf_counter() - start:.0f}s", flush=True)
         results[domain] = {name: {str(n): {"mean": float(np.mean(v)), "median": float(statistics.median(v)),
