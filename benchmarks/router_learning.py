@@ -89,8 +89,9 @@ def main() -> None:
                 alone = train_router(args.router, user, runtime, TrainOptions(seed=rep))
                 curves["user only"].setdefault(n, []).append(
                     metrics(alone.win_rate([o.prompt for o in test]), test).apgr)
+                focus_c = getattr(focused.config, "focus_c", None)
                 print(f"{domain} repeat {rep} n={n}: base+user {curves['base+user'][n][-1]:.3f} "
-                      f"(correction C {getattr(focused.config, 'focus_c', None)}), user only {curves['user only'][n][-1]:.3f}, "
+                      f"(correction C {focus_c}), user only {curves['user only'][n][-1]:.3f}, "
                       f"base only {base_apgr:.3f}", flush=True)
             print(f"{domain} repeat {rep}: {time.perf_counter() - start:.0f}s", flush=True)
         results[domain] = {name: {str(n): {"mean": float(np.mean(v)), "median": float(statistics.median(v)),
