@@ -229,7 +229,8 @@ def test_results_export_the_batch_output_and_error_files(cli, tmp_path, loopback
                        env={"ROUTEYARD_MAX_RETRIES": "0"})
     job_id = json.loads(out)["job_id"]
     code, out, _ = cli("results", job_id, "--format", "openai")
-    assert [json.loads(line)["custom_id"] for line in out.splitlines()] == ["req-0"]
+    assert code == 0 and [json.loads(line)["custom_id"] for line in out.splitlines()] == ["req-0"]
     code, out, _ = cli("results", job_id, "--format", "openai-errors")
+    assert code == 0
     errors = [json.loads(line) for line in out.splitlines()]
     assert [e["custom_id"] for e in errors] == ["req-1"] and errors[0]["response"]["status_code"] == 500
