@@ -31,7 +31,7 @@ def plain_batch(path, prompts):
 
 def test_feedback_becomes_preference_rows(settings, tmp_path):
     sf, result, _ = submit_and_run(settings, plain_batch(tmp_path / "b.jsonl", [f"q{i}" for i in range(10)]),
-                                   strong_fraction=0.5, shadow_fraction=0.4)  # two weak items get both answers
+                                   strong_fraction=0.5, shadow_fraction=1.0)  # weak items get both answers
     rows = {r.custom_id: r for r in items(sf, result.job_id)}
     weak = [c for c, r in rows.items() if r.tier == "weak"]
     strong = [c for c, r in rows.items() if r.tier == "strong"]
@@ -41,7 +41,8 @@ def test_feedback_becomes_preference_rows(settings, tmp_path):
     record_feedback(sf, FeedbackIn(job, weak[2], "rating", 0.2))
     record_feedback(sf, FeedbackIn(job, weak[2], "rating", 0.8))  # the latest judgement counts
     record_feedback(sf, FeedbackIn(job, strong[0], "thumbs", 1.0))  # says nothing about the weak model
-    both = next(c for c in weak[3:] if rows[c].shadow)
+    both = weak[3]
+    assert rows[both].shadow_answer is not None
     record_feedback(sf, FeedbackIn(job, both, "prefer", 1.0))
     with sf() as session:
         labels = {p.prompt: p.label for p in feedback_preferences(session)}
