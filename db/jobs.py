@@ -2,8 +2,13 @@
 safe against a second worker doing the same: an ended job never moves, a succeeded item is never overwritten,
 and an item is in flight for one worker at a time (until its lease runs out).
 
-Locks are always taken job row first, then item rows (cancel, routing, finishing), so two of these never
-wait on each other in opposite orders.
+Lock order, everywhere: the job row first, then its item rows in id order. Writers that change the job
+(cancel, routing, requeue, start, fail) lock its row FOR UPDATE (get_job(lock=True)); scoring updates the row
+(its heartbeat) before storing scores; claims and result writes, which touch only items, first take the row
+FOR KEY SHARE (lock_job_for_items), which many of them hold at once and which a cancel waits for (and they for
+it). Claims lock their items in id order and skip those another claim holds. So no two transactions ever wait
+on each other in opposite orders (a cancel during scoring or completion never deadlocks), and a claim that
+waited for a cancel sees the job ended and calls nothing.
 """
 
 from __future__ import annotations
@@ -235,32 +240,40 @@ def claimable_ids(session: Session, job_id: str, lease_s: float) -> list[int]:
     ).order_by(Item.id)))
 
 
+def lock_job_for_items(session: Session, job_id: str) -> JobStatus | None:
+    """Take the job row's shared lock before writing its items (see the module's lock order); the job's status
+    (None: no such job). Many claimers and writers share it; a cancel, which locks the row FOR UPDATE, waits for
+    them and they for it."""
+    return session.scalar(select(Job.status).where(Job.id == job_id).with_for_update(read=True, key_share=True))
+
+
 def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> Claim | None:
     """Mark a routed item in flight; None if it is finished or in flight elsewhere. With `lease_s`, an item in
     flight for longer than that counts as abandoned (its worker died) and may be claimed again."""
-    claimable = Item.status == ItemStatus.ROUTED
-    if lease_s is not None:
-        stale = utcnow() - timedelta(seconds=lease_s)
-        claimable = claimable | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale))
-    row = session.execute(
-        update(Item).where(Item.id == item_id, claimable)
-        .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
-        .returning(Item.tier, Item.body, Item.shadow)
-    ).first()
-    return Claim(row.tier, row.body, bool(row.shadow)) if row else None
+    job_id = session.scalar(select(Item.job_id).where(Item.id == item_id))
+    if job_id is None:
+        return None
+    return claim_items(session, job_id, [item_id], lease_s).get(item_id)
 
 
-def claim_items(session: Session, item_ids: Sequence[int], lease_s: float | None = None) -> dict[int, Claim]:
-    """claim_item for many items in one conditional UPDATE: those claimed, by id (the others are finished or
-    in flight elsewhere)."""
+def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s: float | None = None
+                ) -> dict[int, Claim]:
+    """claim_item for many items of one job in one conditional UPDATE: those claimed, by id (the others are
+    finished or in flight elsewhere). Nothing is claimed once the job has ended: an item abandoned in flight
+    by a dead worker is not called again after a cancel."""
     if not item_ids:
+        return {}
+    if lock_job_for_items(session, job_id) in (None, *JOB_ENDED):
         return {}
     claimable = Item.status == ItemStatus.ROUTED
     if lease_s is not None:
         stale = utcnow() - timedelta(seconds=lease_s)
         claimable = claimable | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale))
+    # Items locked in id order; one another claim holds is skipped (that claim takes it), never waited for.
+    mine = (select(Item.id).where(Item.id.in_(item_ids), Item.job_id == job_id, claimable).order_by(Item.id)
+            .with_for_update(skip_locked=True))
     rows = session.execute(
-        update(Item).where(Item.id.in_(item_ids), claimable)
+        update(Item).where(Item.id.in_(mine.scalar_subquery()), claimable)
         .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
         .returning(Item.id, Item.tier, Item.body, Item.shadow).execution_options(synchronize_session=False)
     ).all()
@@ -282,12 +295,13 @@ def result_values(item_id: int, result: CallOutcome, cost: float, shadow: CallOu
     }
 
 
-def record_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Store many results in one statement (result_values rows); an item that already succeeded (a duplicate
-    delivery) is left as it is."""
+def record_results(session: Session, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Store many results of one job in one statement (result_values rows); an item that already succeeded (a
+    duplicate delivery) is left as it is. The job row's shared lock first, then the items in id order."""
     if rows:
+        lock_job_for_items(session, job_id)
         session.execute(update(Item).where(Item.status != ItemStatus.SUCCEEDED)
-                        .execution_options(synchronize_session=None), list(rows))
+                        .execution_options(synchronize_session=None), sorted(rows, key=lambda r: r["id"]))
 
 
 def record_result(session: Session, item_id: int, result: CallOutcome, cost: float,
@@ -304,6 +318,9 @@ def record_result(session: Session, item_id: int, result: CallOutcome, cost: flo
         values.update(shadow_answer=shadow.answer, shadow_prompt_tokens=shadow.prompt_tokens,
                       shadow_completion_tokens=shadow.completion_tokens, shadow_cost_usd=shadow_cost,
                       shadow_error=shadow.error)
+    job_id = session.scalar(select(Item.job_id).where(Item.id == item_id))
+    if job_id is not None:
+        lock_job_for_items(session, job_id)
     res = session.execute(update(Item).where(Item.id == item_id, Item.status != ItemStatus.SUCCEEDED).values(**values))
     return rowcount(res) == 1
 

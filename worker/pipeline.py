@@ -143,7 +143,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
             rows = buffer[:]
             buffer.clear()
             with sf() as session:
-                store.record_results(session, rows)
+                store.record_results(session, job_id, rows)
                 session.commit()
 
     async def claimer() -> None:
@@ -151,7 +151,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
             while todo:
                 chunk = [todo.popleft() for _ in range(min(chunk_size, len(todo)))]
                 with sf() as session:
-                    got = store.claim_items(session, chunk, lease_s)
+                    got = store.claim_items(session, job_id, chunk, lease_s)
                     session.commit()
                 for item_id in chunk:  # in input order; finished items (another worker, a redelivery) are skipped
                     if item_id in got:
