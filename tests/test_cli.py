@@ -99,6 +99,7 @@ def test_a_killed_job_resumes_without_recalling_finished_items_or_double_countin
         assert TEST_KEY not in text
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes (seconds each)
 def test_cli_reports_bad_input_and_unknown_jobs_clearly(tmp_path, loopback):
     env = cli_env(tmp_path / "home", None, loopback.base_url)
     bad = tmp_path / "bad.jsonl"

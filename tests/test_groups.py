@@ -1,6 +1,7 @@
 """Group-robust training: one bias per group while fitting, a length prior learned from those biases."""
 
 import numpy as np
+import pytest
 
 from routers.base import RouterRuntime
 from routers.data import Preference
@@ -33,6 +34,7 @@ def test_the_prior_is_the_line_through_the_group_biases_against_their_mean_lengt
     assert GroupPrior.from_config(None).offsets(["abc"]).tolist() == [0.0]  # routers saved before priors
 
 
+@pytest.mark.slow  # trains and scores a real router
 def test_sw_ranking_keeps_labels_relative_to_their_group_and_adds_the_prior(tmp_path):
     rows = []
     for g, rate in enumerate((0.9, 0.7, 0.3, 0.1)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from jobs_helpers import write_batch
 from test_cli import ROOT, cli_env
 
@@ -32,6 +33,7 @@ def routeyard_without_ml(*args: str, env: dict) -> subprocess.CompletedProcess:
                           timeout=300, cwd=ROOT)
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes (seconds each)
 def test_a_job_runs_end_to_end_without_the_ml_stack(tmp_path, loopback):
     env = cli_env(tmp_path / "home", None, loopback.base_url)
     batch = write_batch(tmp_path / "b.jsonl", [f"prompt {i}" for i in range(8)])
@@ -40,6 +42,7 @@ def test_a_job_runs_end_to_end_without_the_ml_stack(tmp_path, loopback):
     assert "completed: succeeded 8" in proc.stdout
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes (seconds each)
 def test_a_learned_router_without_the_ml_stack_is_a_clear_error(tmp_path, loopback):
     env = cli_env(tmp_path / "home", None, loopback.base_url)
     batch = write_batch(tmp_path / "b.jsonl", ["a prompt"])
