@@ -1,7 +1,8 @@
-"""Dollar cost of a call from its usage tokens and the price table in settings."""
+"""Dollar cost of a call from its usage tokens: prices from ROUTEYARD_PRICING, else the maintained list."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -10,13 +11,47 @@ from routeyard.settings import Price
 
 
 def price_for(model: str, table: dict[str, Price]) -> Price:
-    try:
+    """The price of `model`: the table first (ROUTEYARD_PRICING, or the prices a job was submitted with), then
+    the maintained list shipped in the `genai-prices` package."""
+    if model in table:
         return table[model]
-    except KeyError:
+    listed = listed_price(model)
+    if listed is None:
         raise UnknownPrice(
-            f"no price for model {model!r}; add it to ROUTEYARD_PRICING, e.g. "
-            f"ROUTEYARD_PRICING='{{\"{model}\": {{\"input\": 0.5, \"output\": 1.5}}}}' (dollars per 1M tokens)"
-        ) from None
+            f"no price for model {model!r}: the price list (genai-prices {_list_version()}) does not know it; "
+            f"add it to ROUTEYARD_PRICING, e.g. ROUTEYARD_PRICING='{{\"{model}\": {{\"input\": 0.5, "
+            f"\"output\": 1.5}}}}' (dollars per 1M tokens; 0 for a model you serve yourself)")
+    return listed
+
+
+# Providers whose batch APIs bill half the list price (OpenAI Batch, Anthropic Message Batches, Gemini Batch
+# Mode, Mistral, Groq and Together batch): genai-prices lists synchronous prices only.
+BATCH_DISCOUNTS = {"openai": 0.5, "anthropic": 0.5, "google": 0.5, "mistral": 0.5, "groq": 0.5, "together": 0.5}
+_PROBE_TOKENS = 1_000  # far below every price tier's threshold, so the base (short-prompt) price is read
+
+
+@functools.lru_cache(maxsize=512)
+def listed_price(model: str) -> Price | None:
+    """The maintained list's current price for `model`, or None when the list does not know it.
+
+    Read offline from the package's bundled snapshot (no network: upgrade the package for newer prices). A
+    model priced in tiers by prompt length (some Gemini and Claude models above 200k tokens) gets its base
+    tier: what nearly every prompt pays; price long-context traffic with ROUTEYARD_PRICING."""
+    from genai_prices import Usage, calc_price
+
+    try:
+        calc = calc_price(Usage(input_tokens=_PROBE_TOKENS, output_tokens=_PROBE_TOKENS), model)
+    except LookupError:
+        return None
+    per_million = 1_000_000 / _PROBE_TOKENS
+    return Price(input=float(calc.input_price) * per_million, output=float(calc.output_price) * per_million,
+                 batch_discount=BATCH_DISCOUNTS.get(calc.provider.id))
+
+
+def _list_version() -> str:
+    from importlib.metadata import version
+
+    return version("genai-prices")
 
 
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:

@@ -6,7 +6,7 @@ from jobs_helpers import items, submit, submit_and_run, write_batch
 
 from routers.calibration import route_within_budget
 from routeyard.errors import InvalidInput
-from routeyard.pricing import cost_bound
+from routeyard.pricing import cost_bound, price_for
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ def test_a_budgeted_job_never_costs_more_than_its_budget(settings, tmp_path):
     path = write_batch(tmp_path / "b.jsonl", PROMPTS)  # max_tokens 200 on every line
     sf, probe = submit(settings, path)  # to read the bodies as stored
     bodies = [r.body for r in items(sf, probe.job_id)]
-    weak = sum(cost_bound(b, settings.price_table[settings.weak_model], 1024) for b in bodies)
-    strong = sum(cost_bound(b, settings.price_table[settings.strong_model], 1024) for b in bodies)
+    weak = sum(cost_bound(b, price_for(settings.weak_model, settings.price_table), 1024) for b in bodies)
+    strong = sum(cost_bound(b, price_for(settings.strong_model, settings.price_table), 1024) for b in bodies)
     budget = weak + 0.25 * (strong - weak)
     sf, result, summary = submit_and_run(settings, path, budget_usd=budget)
     assert summary.counts == {"succeeded": 40}
@@ -147,8 +147,8 @@ def test_realised_spend_never_exceeds_the_budget_over_randomised_requests(settin
                                             "body": random_body(rng, i)}) + "\n" for i in range(30)))
         sf, probe = submit(settings, path, strong_fraction=0.0)
         bodies = [r.body for r in items(sf, probe.job_id)]
-        weak = sum(cost_bound(b, settings.price_table[settings.weak_model], 1024) for b in bodies)
-        strong = sum(cost_bound(b, settings.price_table[settings.strong_model], 1024) for b in bodies)
+        weak = sum(cost_bound(b, price_for(settings.weak_model, settings.price_table), 1024) for b in bodies)
+        strong = sum(cost_bound(b, price_for(settings.strong_model, settings.price_table), 1024) for b in bodies)
         budget = weak + float(rng.uniform(0.05, 0.9)) * (strong - weak)
         sf, result, summary = submit_and_run(settings, path, budget_usd=budget)
         rows = items(sf, result.job_id)

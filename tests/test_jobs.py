@@ -15,7 +15,7 @@ from jobs.services.results import export_results, job_status
 from jobs.services.spend import spend_report
 from jobs.services.submit import JobOptions, submit_job
 from routeyard.errors import Conflict, InvalidInput
-from routeyard.pricing import cost_usd
+from routeyard.pricing import cost_usd, price_for
 from routeyard.testing.loopback import compose_answer
 from worker.embedded import run_embedded
 
@@ -36,7 +36,7 @@ def test_a_routed_job_stores_answers_tokens_cost_and_routing(settings, loopback,
         assert r.model == (STRONG if r.tier == "strong" else WEAK)
         assert r.answer == compose_answer(r.model, r.prompt, 60 if r.tier == "strong" else 40)
         assert r.prompt_tokens > 0 and r.completion_tokens > 0 and r.latency_ms > 0
-        price = settings.price_table[r.model]
+        price = price_for(r.model, settings.price_table)
         assert r.cost_usd == pytest.approx(cost_usd(price, r.prompt_tokens, r.completion_tokens))
         assert r.router_version == "random@default" and r.attempts == 1
         assert r.response["body"]["usage"]["completion_tokens"] == r.completion_tokens  # the body as returned
@@ -58,7 +58,7 @@ def test_spend_report_sums_item_costs_and_prices_the_all_strong_run(settings, tm
     by_model = {m.model: m for m in report.models}
     assert by_model[STRONG].calls == 10 and by_model[WEAK].calls == 30
     assert by_model[WEAK].completion_tokens == sum(r.completion_tokens for r in rows if r.tier == "weak")
-    strong_price = settings.price_table[STRONG]
+    strong_price = price_for(STRONG, settings.price_table)
     expected_all_strong = sum(cost_usd(strong_price, r.prompt_tokens, r.completion_tokens) for r in rows)
     assert report.all_strong_cost_usd == pytest.approx(expected_all_strong)
     assert report.saving_usd == pytest.approx(expected_all_strong - report.cost_usd) and report.saving_pct > 50
