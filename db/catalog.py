@@ -157,8 +157,8 @@ class FeedbackRow:
     tier: str | None  # the tier that answered the item
 
 
-def add_feedback(session: Session, item_id: int, kind: str, value: float) -> Feedback:
-    row = Feedback(item_id=item_id, kind=kind, value=value)
+def add_feedback(session: Session, item_id: int, kind: str, value: float, tenant_id: str = LOCAL_TENANT) -> Feedback:
+    row = Feedback(item_id=item_id, kind=kind, value=value, tenant_id=tenant_id)
     session.add(row)
     return row
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.models import LOCAL_TENANT, Item, Job, RejectedLine, utcnow
 from routeyard.errors import NotFound
-from routeyard.states import ITEM_UNFINISHED, JOB_ACTIVE, JOB_ENDED, ItemStatus, JobStatus
+from routeyard.states import ITEM_UNFINISHED, JOB_ACTIVE, JOB_ENDED, JOB_FINAL, ItemStatus, JobStatus
 
 
 class CallOutcome(Protocol):
@@ -120,6 +120,18 @@ def cancel_job(session: Session, job: Job) -> int:
                           .values(status=ItemStatus.CANCELLED))
     job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
     return rowcount(res)
+
+
+def fail_job(session: Session, job_id: str, reason: str) -> bool:
+    """End a job that cannot run at all (its router does not load): its unfinished items fail with the reason,
+    once; an ended job is left as it is. True if this call failed it."""
+    job = get_job(session, job_id, lock=True)
+    if job.status in JOB_ENDED:
+        return False
+    session.execute(update(Item).where(Item.job_id == job_id, Item.status.in_(ITEM_UNFINISHED))
+                    .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow()))
+    job.status, job.finished_at = JobStatus.FAILED, utcnow()
+    return True
 
 
 def finish_job_if_done(session: Session, job_id: str) -> bool:
@@ -329,7 +341,7 @@ def requeue(session: Session, job_id: str, statuses: Sequence[ItemStatus]) -> in
     """Put interrupted (in flight) or failed items back to routed, so they are called again; a completed job
     with items put back runs again (a cancelled one stays cancelled)."""
     job = get_job(session, job_id, lock=True)
-    if job.status == JobStatus.CANCELLED:
+    if job.status in JOB_FINAL:
         return 0
     res = session.execute(update(Item).where(Item.job_id == job_id, Item.status.in_(statuses))
                           .values(status=ItemStatus.ROUTED, error=None))

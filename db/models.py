@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from routeyard.states import ItemStatus, JobStatus
+from routeyard.states import ItemStatus, JobStatus, JudgmentStatus
 
 
 def utcnow() -> datetime:
@@ -89,6 +89,7 @@ class Job(Base):
     budget_usd: Mapped[float | None] = mapped_column(Float)  # when set, routing spends this instead of a fraction
     target_pgr: Mapped[float | None] = mapped_column(Float)  # when set, strong_fraction was derived from it
     shadow_fraction: Mapped[float | None] = mapped_column(Float)  # share of weak items also sent strong
+    judge: Mapped[str | None] = mapped_column(String(20))  # its shadow pairs are judged: "pair" or "grade"
     threshold: Mapped[float | None] = mapped_column(Float)
     strong_model: Mapped[str] = mapped_column(String(200))
     weak_model: Mapped[str] = mapped_column(String(200))
@@ -160,16 +161,53 @@ class RejectedLine(Base):
 
 
 class Feedback(Base):
-    """A user's judgement of a stored result: `prefer` (strong/weak/tie, when both answers exist), `rating`
-    of the routed answer (0..1), or `thumbs` (1 up, 0 down)."""
+    """A judgement of a stored result, by a user or the judge: `prefer` (strong/weak/tie, when both answers
+    exist), `rating` of the routed answer (0..1), or `thumbs` (1 up, 0 down). It belongs to the job's tenant:
+    only that tenant's router learns from it."""
 
     __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_tenant_created", "tenant_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), default=LOCAL_TENANT)
     kind: Mapped[str] = mapped_column(String(20))
     value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(20), default="user")  # user, or judge
+    judge_model: Mapped[str | None] = mapped_column(String(200))  # source=judge: which model said so
+    prompt_version: Mapped[str | None] = mapped_column(String(40))  # source=judge: with which prompt
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Judgment(Base):
+    """The judge's reading of one shadow pair (the weak answer and the strong one): claimed before its calls
+    (a unique row per item, so a pair is judged once), then its verdict, or the error that kept it from one.
+    `heldout` pairs are the tenant's gate: fixed per prompt, never trained on."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (Index("ix_judgments_job_status", "job_id", "status"),
+                      Index("ix_judgments_tenant_heldout", "tenant_id", "heldout"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    status: Mapped[JudgmentStatus] = mapped_column(StateType(JudgmentStatus), default=JudgmentStatus.IN_FLIGHT)
+    mode: Mapped[str] = mapped_column(String(20))  # pair (both orders) or grade (each answer 1-10)
+    judge_model: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(40))
+    heldout: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    verdicts: Mapped[dict[str, Any] | None] = mapped_column()  # each call's parsed verdict, as read
+    label: Mapped[float | None] = mapped_column(Float)  # 1 strong needed, 0.5 tie, 0 the weak answer is as good
+    strong_quality: Mapped[float | None] = mapped_column(Float)  # the pair as an outcome, for held-out APGR
+    weak_quality: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class RouterVersion(Base):
@@ -178,6 +216,8 @@ class RouterVersion(Base):
     __tablename__ = "router_versions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # whose router it is: a tenant's, trained on its feedback and serving only its jobs; None: the global default
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
     router: Mapped[str] = mapped_column(String(40))
     version: Mapped[str] = mapped_column(String(40))
     path: Mapped[str] = mapped_column(String(1000))

@@ -1,7 +1,8 @@
 """Spend, read from the items themselves (never a running total): one query, grouped as a report needs it.
 
 `spend_rows` groups by tier and model, optionally by period (day or ISO week) and job tag; shadow calls (weak
-items also sent to the strong model) come back as their own tier, "shadow". Failed calls are not billed by
+items also sent to the strong model) come back as their own tier, "shadow", and the judge's calls on shadow
+pairs (`--judge`) as "judge". Failed calls are not billed by
 the providers, so only succeeded items count.
 """
 
@@ -14,15 +15,15 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, func, literal, select
 from sqlalchemy.orm import Session
 
-from db.models import Item, Job
-from routeyard.states import ItemStatus
+from db.models import Item, Job, Judgment
+from routeyard.states import ItemStatus, JudgmentStatus
 
 Period = Literal["day", "week"]
 
 
 @dataclass(frozen=True)
 class SpendRow:
-    tier: str  # strong, weak, or shadow
+    tier: str  # strong, weak, shadow or judge
     model: str
     strong_model: str  # the job's strong model: what an all-strong run would have called
     calls: int
@@ -63,8 +64,14 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
                      Item.shadow_prompt_tokens.label("p"), Item.shadow_completion_tokens.label("c"),
                      Item.shadow_cost_usd.label("d"))
               .where(Item.shadow.is_(True), Item.shadow_answer.is_not(None)))
+    # a judge's calls are billed even when its reply had no verdict; tokens are zero when nothing came back
+    judge = (select(literal("judge").label("tier"), Judgment.judge_model.label("model"), Job.strong_model, start,
+                    tag, Judgment.prompt_tokens.label("p"), Judgment.completion_tokens.label("c"),
+                    Judgment.cost_usd.label("d"))
+             .select_from(Judgment).join(Item, Item.id == Judgment.item_id)
+             .where(Judgment.status != JudgmentStatus.IN_FLIGHT, Judgment.prompt_tokens > 0))
     parts = []
-    for part in (routed, shadow):
+    for part in (routed, shadow, judge):
         part = part.join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
         if where.job_id is not None:
             part = part.where(Item.job_id == where.job_id)
@@ -75,7 +82,7 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
         if where.since is not None:
             part = part.where(Item.finished_at >= where.since)
         parts.append(part)
-    u = parts[0].union_all(parts[1]).subquery()
+    u = parts[0].union_all(*parts[1:]).subquery()
     keys = (u.c.period, u.c.tag, u.c.tier, u.c.model, u.c.strong_model)
     query = (select(*keys, func.count(), func.coalesce(func.sum(u.c.p), 0), func.coalesce(func.sum(u.c.c), 0),
                     func.coalesce(func.sum(u.c.d), 0.0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,40 @@ def _resolve(spec: str) -> Path | None:
 
         return Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
     raise InvalidInput(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
+
+
+def check_spec(spec: str) -> None:
+    """Refuse, without loading anything, a spec `load_router` could not load: a registry name that ships no
+    checkpoint and needs one, a directory that is not a saved router (no config.json, or one naming no known
+    router), a missing path. A hub id (`owner/name`) is taken on its shape: only loading it can tell more."""
+    if spec in ROUTERS:
+        if (PRETRAINED_DIR / spec).is_dir():
+            return
+        try:
+            learns = router_class(spec).learns
+        except UserError:  # a learned router on a core install: it needs a checkpoint anyway, and none ships
+            learns = True
+        if learns:
+            shipped = sorted(p.name for p in PRETRAINED_DIR.iterdir())
+            raise InvalidInput(f"router {spec!r} ships no checkpoint (only {shipped} do): train one with "
+                               f"`routeyard router train --router {spec} --data ... --out DIR`")
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise InvalidInput(f"router {spec!r} is a directory without {CONFIG_FILE}: not a saved router "
+                               "(`routeyard router train --out DIR` makes one)")
+        name = _read_config(path).get("router")
+        if name not in ROUTERS:
+            raise InvalidInput(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r}")
+        return
+    looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or Path(spec.split("/", 1)[0]).is_dir()
+    if looks_like_path or not HUB_ID.match(spec):
+        raise InvalidInput(f"unknown router {spec!r}: not one of {sorted(ROUTERS)}, not a router directory"
+                           f"{' (no such directory)' if looks_like_path else ''}, not a hub id (owner/name)")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _read_config(path: Path) -> dict:

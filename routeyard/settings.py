@@ -11,20 +11,31 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Tier = Literal["strong", "weak"]
+Role = Literal["strong", "weak", "judge"]  # an endpoint: the two tiers a job routes between, and the judge
 
 
 class Price(BaseModel):
-    """Dollars per one million tokens, and the share a provider's batch API takes off (None: no batch price)."""
+    """Dollars per one million tokens."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    batch_discount: float | None = Field(default=None, ge=0, le=1)
+
+
+# List prices per 1M tokens. Override or extend with ROUTEYARD_PRICING='{"model": {"input": .., "output": ..}}'.
+DEFAULT_PRICING: dict[str, Price] = {
+    "gpt-4-1106-preview": Price(input=10.0, output=30.0),
+    "gpt-4-turbo": Price(input=10.0, output=30.0),
+    "gpt-4o": Price(input=2.5, output=10.0),
+    "gpt-4o-mini": Price(input=0.15, output=0.6),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": Price(input=0.6, output=0.6),
+    "mixtral-8x7b-instruct": Price(input=0.6, output=0.6),
+}
 
 
 class Endpoint(BaseModel):
-    """Where one tier's model is served. The key is a SecretStr so it never prints."""
+    """Where one tier's model (or the judge) is served. The key is a SecretStr so it never prints."""
 
-    tier: Tier
+    tier: Role
     base_url: str | None
     model: str
     api_key: SecretStr
@@ -43,6 +54,14 @@ class Settings(BaseSettings):
     weak_base_url: str | None = None
     weak_model: str = "mixtral-8x7b-instruct"
     weak_api_key: SecretStr = SecretStr("")
+
+    # The judge (`--judge`): labels shadow pairs; priced from the same table as the two tiers.
+    judge_base_url: str | None = None
+    judge_model: str = "gpt-4o"
+    judge_api_key: SecretStr = SecretStr("")
+    # of a tenant's judged prompts, the share set aside (by prompt) as its gate: never trained on
+    judge_heldout_share: float = Field(default=0.2, ge=0.0, lt=1.0)
+    gate_min_prompts: int = Field(default=100, ge=1)  # held-out prompts a promotion needs at the least
 
     pricing: dict[str, Price] = Field(default_factory=dict)
 
@@ -88,9 +107,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def price_table(self) -> dict[str, Price]:
-        """The operator's prices (ROUTEYARD_PRICING); routeyard.pricing.price_for falls back to the maintained
-        list for any model not named here."""
-        return dict(self.pricing)
+        return {**DEFAULT_PRICING, **self.pricing}
 
     def endpoint(self, tier: Tier) -> Endpoint:
         if tier == "strong":
@@ -98,6 +115,18 @@ class Settings(BaseSettings):
                             api_key=self.strong_api_key)
         return Endpoint(tier=tier, base_url=self.weak_base_url, model=self.weak_model,
                         api_key=self.weak_api_key)
+
+    def judge_endpoint(self) -> Endpoint:
+        return Endpoint(tier="judge", base_url=self.judge_base_url, model=self.judge_model,
+                        api_key=self.judge_api_key)
+
+    def judge_problems(self) -> list[str]:
+        """What stops the judge from being called at all (as endpoint_problems does for the tiers)."""
+        end = self.judge_endpoint()
+        if end.base_url is None and not end.api_key.get_secret_value() and not os.environ.get("OPENAI_API_KEY"):
+            return [f"the judge model {end.model!r} would be called on OpenAI, but no API key is set: set "
+                    "ROUTEYARD_JUDGE_API_KEY, or ROUTEYARD_JUDGE_BASE_URL to your own server"]
+        return []
 
     def endpoint_problems(self) -> list[str]:
         """What stops a tier's model from being called at all, found without a network call: OpenAI itself
@@ -114,5 +143,5 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing from anything that gets stored or logged."""
         keys = [self.strong_api_key.get_secret_value(), self.weak_api_key.get_secret_value(),
-                self.admin_key.get_secret_value()]
+                self.judge_api_key.get_secret_value(), self.admin_key.get_secret_value()]
         return [k for k in keys if len(k) >= 4]

@@ -11,6 +11,7 @@ class JobStatus(StrEnum):
     RUNNING = "running"  # routed; model calls under way
     COMPLETED = "completed"  # every item finished; some may have failed
     CANCELLED = "cancelled"
+    FAILED = "failed"  # could not run at all (its router did not load): items failed with the reason, never re-run
 
     @property
     def ended(self) -> bool:
@@ -31,9 +32,20 @@ class ItemStatus(StrEnum):
 
 
 # A job in one of these never moves again (a later run or a late worker must not undo a cancel).
-JOB_ENDED: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
+JOB_ENDED: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.FAILED})
+# Ended for good: `run`/`resume` refuse these (a completed job may run again for its failed items).
+JOB_FINAL: frozenset[JobStatus] = frozenset({JobStatus.CANCELLED, JobStatus.FAILED})
 JOB_ACTIVE: frozenset[JobStatus] = frozenset(JobStatus) - JOB_ENDED
 # An item in one of these is never called again.
 ITEM_FINISHED: frozenset[ItemStatus] = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
 ITEM_UNFINISHED: frozenset[ItemStatus] = frozenset(ItemStatus) - ITEM_FINISHED
 
+
+
+class JudgmentStatus(StrEnum):
+    """A shadow pair's judging. A pair that is judged (or whose reply could not be read) is never judged again
+    unless asked (`routeyard judge JOB --retry-errors`); one in flight past its lease died with its process."""
+
+    IN_FLIGHT = "in_flight"
+    JUDGED = "judged"  # a verdict, stored as a feedback row
+    ERROR = "error"  # a call failed or the reply had no verdict: stored, never a label

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from routers.registry import LoadedRouter
 from routeyard.settings import Settings
-from routeyard.states import ItemStatus, JobStatus
+from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker import pipeline
+from worker.judge import judge_if_asked
 from worker.llm_client import CallResult
-from worker.runtime import load_job_router
+from worker.runtime import load_or_fail
 
 
 class Progress(Protocol):
@@ -50,7 +51,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         statuses = [ItemStatus.IN_FLIGHT] + ([ItemStatus.FAILED] if retry_failed else [])
         store.requeue(session, job_id, statuses)
         job = store.start_job(session, job_id)
-        router_spec, n_items, ended = job.router, job.n_items, job.status == JobStatus.CANCELLED
+        router_spec, n_items, ended = job.router, job.n_items, job.status in JOB_FINAL
         session.commit()
     if ended:
         return summary(sf, job_id)
@@ -59,7 +60,9 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
     with sf() as session:
         unscored = len(store.unscored_items(session, job_id, n_items))
     if unscored:
-        loaded = loaded or load_job_router(router_spec, settings)
+        loaded = loaded or load_or_fail(sf, job_id, router_spec, settings)
+        if loaded is None:  # the job has failed, with the reason on its items
+            return summary(sf, job_id)
         pipeline.score_items(sf, job_id, loaded, settings.score_batch_size, progress.stage("scoring", unscored))
     pipeline.assign_routes(sf, job_id, settings)
 
@@ -70,6 +73,7 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         advance = progress.stage("calling models", len(todo))
         asyncio.run(_complete(sf, settings, job_id, todo, lambda _result: advance(1)))
     pipeline.finish_if_done(sf, job_id)
+    judge_if_asked(sf, settings, job_id)  # a job submitted with --judge: its shadow pairs, now
     return summary(sf, job_id)
 
 

@@ -94,7 +94,7 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
     Returns the threshold if this call routed the job, None if it was routed already or cannot be yet."""
     with sf() as session:
         job = store.get_job(session, job_id, lock=True)
-        if job.threshold is not None or job.status == JobStatus.CANCELLED:  # never route twice
+        if job.threshold is not None or job.status.ended:  # never route twice, nor an ended job
             return None
         if store.unscored_items(session, job_id, 1):
             return None

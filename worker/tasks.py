@@ -24,7 +24,7 @@ from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
 from worker import pipeline
 from worker.celery_app import app
-from worker.runtime import load_job_router
+from worker.runtime import load_job_router, load_or_fail
 
 log = logging.getLogger(__name__)
 RETRY = {"autoretry_for": (DatabaseError, BrokerError, ConnectionError), "retry_backoff": True,
@@ -55,9 +55,15 @@ def _open_database() -> sessionmaker[Session]:
 
 
 @lru_cache(maxsize=4)
-def _router(spec: str) -> LoadedRouter:
+def _loaded_router(spec: str) -> LoadedRouter:
     """Loaded once per worker process and kept: a job's batches all reuse it."""
     return load_job_router(spec, worker_settings())
+
+
+def _router(sf: sessionmaker[Session], job_id: str, spec: str) -> LoadedRouter | None:
+    """The job's router, or None when it does not load: the job has failed then, with the reason (once; not
+    retried: another delivery would fail the same way)."""
+    return load_or_fail(sf, job_id, spec, worker_settings(), load=_loaded_router)
 
 
 def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -81,8 +87,12 @@ def start_job(job_id: str) -> None:
 def score_batch(job_id: str, item_ids: list[int]) -> None:
     sf = worker_db()
     with sf() as session:
-        spec = store.get_job(session, job_id).router
-    pipeline.score_items(sf, job_id, _router(spec), worker_settings().score_batch_size, item_ids=item_ids)
+        job = store.get_job(session, job_id)
+        spec, ended = job.router, job.status.ended
+    loaded = None if ended else _router(sf, job_id, spec)
+    if loaded is None:  # the job ended (or its router failed it just now): nothing to score
+        return
+    pipeline.score_items(sf, job_id, loaded, worker_settings().score_batch_size, item_ids=item_ids)
     route_job(job_id)
 
 

@@ -56,7 +56,7 @@ from jobs.services.tenants import tenant_for_key
 from routeyard import __version__
 from routeyard.errors import Conflict, UserError
 from routeyard.settings import Settings
-from routeyard.states import ItemStatus, JobStatus
+from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker.dispatch import Dispatcher
 
 ExportFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
@@ -124,14 +124,16 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
         target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5)] = None,
         shadow: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+        judge: Annotated[Literal["pair", "grade"] | None, Form(description="judge the shadow pairs when the job "
+                                                                           "completes: pair or grade")] = None,
         router: Annotated[str | None, Form(max_length=500)] = None,
         tag: Annotated[str | None, Form(max_length=200)] = None,
         input_format: Annotated[Literal["auto", "jsonl", "csv"], Form(alias="format")] = "auto",
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> SubmitResponse:
-        options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction,
+        options = JobOptions(router=router or None, strong_fraction=strong_fraction,
                              idempotency_key=idempotency_key, tag=tag, tenant_id=tenant_id, budget_usd=budget_usd,
-                             target_pgr=target_pgr, shadow_fraction=shadow)
+                             target_pgr=target_pgr, shadow_fraction=shadow, judge=judge)
         fmt = detect_format(Path(file.filename or "upload.jsonl"), input_format)
         result = submit_job(sf, settings, file.file, fmt, options, source_name=file.filename)
         if result.created:
@@ -205,8 +207,9 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             job = store.get_job(s, job_id, tenant_id)
             failed = store.status_counts(s, job_id).get(ItemStatus.FAILED, 0)
         runs: Runs = request.app.state.runs
-        if job.status == JobStatus.CANCELLED:
-            raise Conflict(f"job {job_id!r} was cancelled; a cancelled job is not resumed (submit it again)")
+        if job.status in JOB_FINAL:  # cancelled, or failed: its router did not load (its items say why)
+            raise Conflict(f"job {job_id!r} {'was cancelled' if job.status == JobStatus.CANCELLED else 'failed'}; "
+                           f"a {job.status} job is not resumed (submit it again)")
         if job.status == JobStatus.COMPLETED and not (retry_failed and failed):
             hint = f"; {failed} item(s) failed: resume with retry_failed=true to call them again" if failed else ""
             return ResumeResponse(job_id=job_id, resumed=False, status=job.status,

@@ -178,8 +178,8 @@ class BatchCreateBody(BaseModel):
     endpoint: str = Field(description="/v1/chat/completions (the one endpoint Routeyard routes)")
     completion_window: str = Field(description="24h")
     metadata: dict[str, str] | None = Field(
-        default=None, description="up to 16 keys; strong_fraction, budget_usd, target_pgr, shadow, router and tag "
-                                  "are the job's routing options, other keys are kept as they are")
+        default=None, description="up to 16 keys; strong_fraction, budget_usd, target_pgr, shadow, judge, router and "
+                                  "tag are the job's routing options, other keys are kept as they are")
     output_expires_after: ExpiresAfter | None = None
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jobs.cli import job_commands, ops_commands, router_commands, tenant_commands
+from jobs.cli import job_commands, judge_commands, ops_commands, router_commands, tenant_commands
 from jobs.cli.context import CliContext, load_settings, run_app
 from routeyard import __version__
 
@@ -29,7 +29,7 @@ def _context(ctx: typer.Context,
     ctx.obj = CliContext(load_settings(), debug=debug)
 
 
-for group in (job_commands.app, router_commands.top, ops_commands.app):
+for group in (job_commands.app, judge_commands.app, router_commands.top, ops_commands.app):
     for command in group.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(router_commands.app, name="router")

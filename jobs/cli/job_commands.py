@@ -27,7 +27,7 @@ from jobs.services.submit import JobOptions, submit_job
 from routeyard.errors import Conflict, InvalidInput
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
-from routeyard.states import ITEM_FINISHED, ItemStatus, JobStatus
+from routeyard.states import ITEM_FINISHED, JOB_FINAL, ItemStatus, JobStatus
 from routeyard.testing.demo_data import write_demo_batch
 from routeyard.testing.loopback import DEMO_MODELS, LoopbackConfig, LoopbackServer
 from worker.dispatch import Mode
@@ -42,8 +42,10 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     `as_json`, one JSON document at the end: those fields with the job's status and counts."""
     state = cli_context(ctx)
     with state.db() as session:
-        if store.get_job(session, job_id).status == JobStatus.CANCELLED:
-            raise Conflict(f"job {job_id} was cancelled; a cancelled job does not run again (submit it again)")
+        job = store.get_job(session, job_id)
+        if job.status in JOB_FINAL:  # cancelled, or failed: its router did not load (its items say why)
+            raise Conflict(f"job {job_id} {'was cancelled' if job.status == JobStatus.CANCELLED else 'failed'}; "
+                           f"a {job.status} job does not run again (submit it again)")
     dispatcher = state.dispatcher(settings)
     with Stages() as stages:
         done = dispatcher.run(job_id, retry_failed=retry_failed, progress=stages)
@@ -103,6 +105,11 @@ def submit(
     shadow: Annotated[float | None, typer.Option("--shadow", min=0.0, max=1.0,
                                                  help="Also send this share of weak items to the strong model "
                                                       "(both answers kept, for feedback).")] = None,
+    judge: Annotated[bool, typer.Option("--judge", help="When the job completes, the judge model "
+                                                        "(ROUTEYARD_JUDGE_*) labels its shadow pairs: feedback.")
+                     ] = False,
+    judge_mode: Annotated[str, typer.Option("--judge-mode", help="pair (MT-Bench pairwise, both orders) or grade "
+                                                                 "(each answer 1-10).")] = "pair",
     fmt: Annotated[str, typer.Option("--format", help="auto (by suffix), jsonl, csv or tsv.")] = "auto",
     detach: Annotated[bool, typer.Option(help="Store the job and return; run it later with `routeyard run`.")] = False,
     wait: Annotated[bool, typer.Option(help="Distributed mode: follow the job until it ends.")] = False,
@@ -111,9 +118,9 @@ def submit(
 ) -> None:
     """Submit a batch: the embedded default runs it here to the end; with a broker, workers run it."""
     state = cli_context(ctx)
-    options = JobOptions(router=router or state.settings.default_router, strong_fraction=strong_fraction,
+    options = JobOptions(router=router or None, strong_fraction=strong_fraction,
                          idempotency_key=key, tag=tag, budget_usd=budget_usd, target_pgr=target_pgr,
-                         shadow_fraction=shadow)
+                         shadow_fraction=shadow, judge=judge_mode if judge else None)
     if fmt not in ("auto", "jsonl", "csv", "tsv"):
         raise InvalidInput(f"--format must be auto, jsonl, csv or tsv, got {fmt!r}")
     input_format = detect_format(file, cast(InputFormat, fmt))
@@ -155,8 +162,8 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     n = control.cancel(sf, job_id)
     with sf() as session:
         status = store.get_job(session, job_id).status
-    if status == JobStatus.COMPLETED:
-        console.print(f"job {job_id} had already completed; nothing to cancel")
+    if status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        console.print(f"job {job_id} had already {status}; nothing to cancel")
     else:
         console.print(f"job {job_id} cancelled; {n} items will not be called")
 
@@ -301,7 +308,7 @@ def demo(
     try:
         batch = write_demo_batch(settings.home / "demo" / "batch.jsonl", n)
         console.print(f"database {safe_url(settings.resolved_database_url)}; batch {batch}")
-        options = JobOptions(router=router or settings.default_router, strong_fraction=strong_fraction, tag="demo")
+        options = JobOptions(router=router or None, strong_fraction=strong_fraction, tag="demo")
         with batch.open("rb") as source:
             result = submit_job(state.db, settings, source, "jsonl", options, source_name=batch.name)
         render.submitted(result)

@@ -42,7 +42,9 @@ def spend(report: SpendReport, tag: str | None = None) -> None:
     table.add_row("total", "", str(report.calls), "", "", f"{report.cost_usd:.4f}", style="bold")
     console.print(table)
     shadow = sum(m.calls for m in report.models if m.tier == "shadow")
+    judge = sum(m.calls for m in report.models if m.tier == "judge")
     extra = f", plus {shadow} shadow calls to the strong model" if shadow else ""
+    extra += f", plus {judge} judge calls" if judge else ""
     console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
                   f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of routed calls strong{extra}")
 

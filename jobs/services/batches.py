@@ -33,7 +33,7 @@ from jobs.services.files import OUTPUT_PURPOSE, store_file, unix
 from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
 from jobs.services.results import Usage, openai_error_lines, openai_output_lines
 from jobs.services.submit import JobOptions, submit_job
-from jobs.services.versions import check_router_spec, resolve_router_spec
+from jobs.services.versions import job_router
 from routeyard.errors import Conflict, InvalidInput
 from routeyard.pricing import price_for
 from routeyard.settings import Settings
@@ -86,11 +86,24 @@ def routing_options(metadata: dict[str, str] | None, settings: Settings, tenant_
     if len(ways) > 1:
         raise InvalidInput(f"metadata: give one of {' and '.join(ways)}: each sets how many requests go to the "
                            "strong model")
-    return JobOptions(router=md.get("router") or settings.default_router,
+    return JobOptions(router=md.get("router") or None,
                       strong_fraction=_number(md, "strong_fraction"),
                       idempotency_key=idempotency_key, tag=md.get("tag"), tenant_id=tenant_id,
                       budget_usd=_number(md, "budget_usd"), target_pgr=_number(md, "target_pgr"),
-                      shadow_fraction=_number(md, "shadow"))
+                      shadow_fraction=_number(md, "shadow"), judge=_judge(md))
+
+
+JUDGE_VALUES = {"true": "pair", "pair": "pair", "grade": "grade", "false": None}
+
+
+def _judge(metadata: dict[str, str]) -> str | None:
+    """metadata['judge']: true or pair (pairwise), grade (each answer 1-10), false."""
+    value = metadata.get("judge")
+    if value is None:
+        return None
+    if value.lower() not in JUDGE_VALUES:
+        raise InvalidInput(f"metadata['judge'] must be one of {', '.join(JUDGE_VALUES)}, got {value[:80]!r}")
+    return JUDGE_VALUES[value.lower()]
 
 
 def _check_request(request: BatchRequest, settings: Settings) -> None:
@@ -164,7 +177,7 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
             raise InvalidInput(f"file {source.id} has purpose {source.purpose!r}; a batch's input file must have "
                                "purpose 'batch'")
         content, filename = source.content, source.filename
-    check_router_spec(resolve_router_spec(sf, options.router, settings))  # the request is judged before its file
+    job_router(sf, options.router, settings, tenant_id)  # the request is judged before its file
     if not any(isinstance(e, ParsedItem) for e in _entries(content)):  # stops at the first valid line
         return _failed(sf, settings, tenant_id, request, content), None
     result = submit_job(sf, settings, io.BytesIO(content), "jsonl", options, source_name=filename)
@@ -234,6 +247,8 @@ def _status(batch: Batch, job: Job | None) -> str:
         return "failed"
     if not job.status.ended:
         return "in_progress"
+    if job.status == JobStatus.FAILED:  # its router did not load: every request failed, with the reason
+        return "failed"
     if _written(batch, job):
         return "completed" if job.status == JobStatus.COMPLETED else "cancelled"
     return "finalizing" if job.status == JobStatus.COMPLETED else "cancelling"
@@ -242,7 +257,7 @@ def _status(batch: Batch, job: Job | None) -> str:
 def batch_object(session: Session, batch: Batch, job: Job | None) -> dict[str, Any]:
     """The OpenAI Batch object."""
     status = _status(batch, job)
-    done = status in ("completed", "cancelled")
+    done = status in ("completed", "cancelled") or (status == "failed" and job is not None and _written(batch, job))
     counts = {"total": 0, "completed": 0, "failed": 0}
     if job is not None:
         by_status = store.status_counts(session, job.id)
@@ -257,7 +272,8 @@ def batch_object(session: Session, batch: Batch, job: Job | None) -> dict[str, A
         "created_at": unix(batch.created_at), "in_progress_at": unix(batch.in_progress_at), "expires_at": None,
         "finalizing_at": unix(batch.finalizing_at) if status in ("finalizing", "completed") else None,
         "completed_at": unix(batch.finalized_at) if status == "completed" else None,
-        "failed_at": unix(batch.failed_at), "expired_at": None,
+        "failed_at": unix(batch.failed_at or (job.finished_at if job and status == "failed" else None)),
+        "expired_at": None,
         "cancelling_at": unix(batch.cancelling_at or (job.finished_at if job else None)) if cancelled else None,
         "cancelled_at": unix(batch.finalized_at) if status == "cancelled" else None,
         "request_counts": counts, "metadata": batch.meta, "model": None,
@@ -299,8 +315,8 @@ def cancel_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
         if batch.job_id is None:
             raise Conflict(f"Cannot cancel a batch with status 'failed': {batch_id}")
         job = store.get_job(session, batch.job_id, tenant_id, lock=True)  # the job row first, as every writer
-        if job.status == JobStatus.COMPLETED:
-            raise Conflict(f"Cannot cancel a batch with status 'completed': {batch_id}")
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+            raise Conflict(f"Cannot cancel a batch with status '{job.status}': {batch_id}")
         if job.status != JobStatus.CANCELLED:
             store.cancel_job(session, job)
             batch_store.mark_cancelling(session, batch_id)

@@ -58,7 +58,7 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
     if (allowed and fb.value not in allowed) or not 0.0 <= fb.value <= 1.0:
         raise InvalidInput(f"field 'value' for {fb.kind} must be {allowed or 'between 0 and 1'}, got {fb.value}")
     with sf() as session:
-        store.get_job(session, fb.job_id, tenant_id)
+        job = store.get_job(session, fb.job_id, tenant_id)
         item = store.item_by_custom_id(session, fb.job_id, fb.custom_id)
         if item is None:
             raise InvalidInput(f"job {fb.job_id} has no item {fb.custom_id!r}")
@@ -68,7 +68,7 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
             raise InvalidInput(f"item {fb.custom_id!r} has one answer ({item.tier}); a preference needs both: submit "
                                "with a shadow share (--shadow) so weak items also get the strong answer, or give a "
                                "rating or thumbs")
-        row = catalog.add_feedback(session, item.id, fb.kind, fb.value)
+        row = catalog.add_feedback(session, item.id, fb.kind, fb.value, job.tenant_id)  # the job's tenant learns
         session.commit()
         return row.id
 

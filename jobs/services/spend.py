@@ -13,6 +13,8 @@ from routeyard.errors import InvalidInput
 from routeyard.pricing import cost_usd, price_for
 from routeyard.settings import Settings
 
+EXTRA_TIERS = ("shadow", "judge")  # spend on top of the routed calls: shadow calls and the judge's
+
 
 @dataclass(frozen=True)
 class ModelSpend:
@@ -55,8 +57,8 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
                                  row.prompt_tokens + (prev.prompt_tokens if prev else 0),
                                  row.completion_tokens + (prev.completion_tokens if prev else 0),
                                  row.cost_usd + (prev.cost_usd if prev else 0.0))
-    models = sorted(merged.values(), key=lambda m: ({"strong": 0, "weak": 1}.get(m.tier, 2), m.model))
-    calls = sum(m.calls for m in models if m.tier != "shadow")
+    models = sorted(merged.values(), key=lambda m: ({"strong": 0, "weak": 1, "shadow": 2}.get(m.tier, 3), m.model))
+    calls = sum(m.calls for m in models if m.tier not in EXTRA_TIERS)
     total = sum(m.cost_usd for m in models)
     strong_calls = sum(m.calls for m in models if m.tier == "strong")
     saving = all_strong - total
@@ -80,7 +82,8 @@ class PeriodSpend:
 
 
 def _all_strong_cost(row: SpendRow, settings: Settings) -> float:
-    """What the row's calls would have cost on the strong model; shadow calls are extra spend, not routed."""
+    """What the row's calls would have cost on the strong model; shadow and judge calls are extra spend, not
+    routed."""
     if row.tier == "strong":
         return row.cost_usd
     if row.tier == "weak":
@@ -102,7 +105,7 @@ def spend_over_time(session: Session, settings: Settings, period: Period = "day"
         b["all_strong"] += _all_strong_cost(row, settings)
         b["by_model"][row.model] = b["by_model"].get(row.model, 0.0) + row.cost_usd
         b["by_tag"][row.tag or ""] = b["by_tag"].get(row.tag or "", 0.0) + row.cost_usd
-        if row.tier == "shadow":  # spend, but not a routed call
+        if row.tier in EXTRA_TIERS:  # spend, but not a routed call
             continue
         b["calls"] += row.calls
         if row.tier == "strong":

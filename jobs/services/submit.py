@@ -20,21 +20,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db.models import LOCAL_TENANT, Job
 from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
-from jobs.services.versions import check_router_spec, resolve_router_spec
+from jobs.services.versions import job_router
 from routers.calibration import fraction_for_target_pgr
-from routers.registry import DEFAULT_ROUTER
 from routeyard.errors import Conflict, InvalidInput
 from routeyard.pricing import Unbounded, cost_bound, price_for
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 
 INSERT_CHUNK = 1000
+JUDGE_MODES = ("pair", "grade")
 DEFAULT_STRONG_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    router: str = DEFAULT_ROUTER
+    # None: the operator's ROUTEYARD_DEFAULT_ROUTER. A tenant's job may name only published routers
+    # (versions.job_router); the CLI (the local tenant, the operator) may name directories and hub ids too.
+    router: str | None = None
     strong_fraction: float | None = None  # share of items sent strong; DEFAULT_STRONG_FRACTION when no way is given
     idempotency_key: str | None = None
     tag: str | None = None
@@ -42,6 +44,7 @@ class JobOptions:
     budget_usd: float | None = None  # route to stay under this many dollars (strong_fraction is then unused)
     target_pgr: float | None = None  # route at the fraction whose held-out PGR reaches this (from the router's curve)
     shadow_fraction: float | None = None  # also send this share of weak items to the strong model, for comparison
+    judge: str | None = None  # judge the shadow pairs when the job completes: "pair" (MT-Bench pairwise) or "grade"
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,11 @@ def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> 
     fraction = options.strong_fraction
     if fraction is None and options.budget_usd is None and options.target_pgr is None:
         fraction = DEFAULT_STRONG_FRACTION  # leaving the default out asks for the same job as giving it
-    parts = [file_digest, options.router, repr(fraction), repr(options.budget_usd),
+    parts = [file_digest, options.router or settings.default_router, repr(fraction), repr(options.budget_usd),
              repr(options.target_pgr), repr(options.shadow_fraction),
              settings.strong_model, settings.weak_model]
+    if options.judge:  # jobs stored before the judge existed keep their hash
+        parts.append(options.judge)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -96,11 +101,19 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
     if options.budget_usd is not None and options.budget_usd <= 0:
         raise InvalidInput(f"budget must be a positive number of dollars, got {options.budget_usd}")
-    problems = settings.endpoint_problems()  # a job that could never be called is refused, not stored
-    if problems:
+    if options.judge is not None and options.judge not in JUDGE_MODES:
+        raise InvalidInput(f"judge must be one of {', '.join(JUDGE_MODES)}, got {options.judge!r}")
+    if options.judge and not options.shadow_fraction:
+        raise InvalidInput("--judge judges shadow pairs: give a shadow share too (--shadow 0.05; API: shadow), so "
+                           "some weak items also get the strong answer")
+    problems = settings.endpoint_problems() + (settings.judge_problems() if options.judge else [])
+    if problems:  # a job that could never be called is refused, not stored
         raise InvalidInput("; ".join(problems))
     weak_price = price_for(settings.weak_model, settings.price_table)  # refuse before storing anything if spend
     strong_price = price_for(settings.strong_model, settings.price_table)  # could not be counted
+    prices = {settings.strong_model: strong_price.model_dump(), settings.weak_model: weak_price.model_dump()}
+    if options.judge:
+        prices[settings.judge_model] = price_for(settings.judge_model, settings.price_table).model_dump()
     if options.idempotency_key:
         with sf() as session:
             existing = store.job_by_key(session, options.idempotency_key, options.tenant_id)
@@ -108,15 +121,16 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                 return _existing(session, existing, source, options, settings)
 
     requested = options  # idempotency compares what the client sent, not what it resolved to
-    options = replace(options, router=resolve_router_spec(sf, options.router, settings))  # the exact version, recorded
-    check_router_spec(options.router)  # a job whose router cannot load would never leave `scoring`
+    # The exact version, recorded; a router that could not load is refused now, not left `scoring`.
+    router = job_router(sf, options.router, settings, None if options.tenant_id == LOCAL_TENANT else options.tenant_id)
+    options = replace(options, router=router)
     if options.target_pgr is not None:
-        if not Path(options.router).is_dir():
+        if not Path(router).is_dir():
             raise InvalidInput(f"a target PGR needs a router directory with a held-out quality curve, got "
-                               f"{options.router!r}: train one (`routeyard router train --out DIR ...`), then "
+                               f"{router!r}: train one (`routeyard router train --out DIR ...`), then "
                                "`routeyard router eval --router DIR --outcomes HELDOUT --save-curve`")
         try:
-            options = replace(options, strong_fraction=fraction_for_target_pgr(Path(options.router),
+            options = replace(options, strong_fraction=fraction_for_target_pgr(Path(router),
                                                                                options.target_pgr))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
@@ -128,14 +142,12 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     n_items = 0
     with sf() as session:
         job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
-                  request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=options.router,
+                  request_hash="", tag=options.tag, source=source_name, input_format=fmt, router=router,
                   strong_fraction=options.strong_fraction, budget_usd=options.budget_usd,
                   target_pgr=options.target_pgr, shadow_fraction=options.shadow_fraction,
-                  strong_model=settings.strong_model,
+                  judge=options.judge, strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
-                  weak_base_url=safe_url(settings.weak_base_url),
-                  prices={settings.strong_model: strong_price.model_dump(),
-                          settings.weak_model: weak_price.model_dump()})
+                  weak_base_url=safe_url(settings.weak_base_url), prices=prices)
         session.add(job)
         session.flush()
         chunk: list[dict] = []

@@ -7,7 +7,6 @@ router before any promotion (or ROUTEYARD_DEFAULT_ROUTER when it names another r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from db import catalog
 from db.models import RouterVersion, utcnow
 from routers.base import CONFIG_FILE, version_of
 from routers.data import load_training_prompts
-from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, check_spec
 from routeyard.errors import InvalidInput, NotFound
 from routeyard.settings import Settings
 
@@ -84,23 +83,45 @@ def _router_dir(spec: str) -> Path | None:
     return None
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def check_router_spec(spec: str) -> None:
-    """Refuse, before a job is stored, a router spec that cannot load: a registry name, a saved router directory
-    (with its config.json), or a hub id (`owner/name`) are the three kinds there are."""
-    if spec in ROUTERS:
-        return
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise InvalidInput(f"router {spec!r} is a directory without {CONFIG_FILE}: not a saved router "
-                               "(`routeyard router train --out DIR` makes one)")
-        return
-    if path.exists() or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
-        raise InvalidInput(f"unknown router {spec!r}: not one of {sorted(ROUTERS)}, not a router directory, not a "
-                           "hub id (owner/name)")
+    """Refuse, before a job is stored, a router spec that cannot load (routers/registry.py:check_spec)."""
+    check_spec(spec)
+
+
+def _named_version(session: Session, spec: str, tenant_id: str | None) -> RouterVersion | None:
+    """A stored version named by its version or `router@version`. For a tenant, only one that was promoted
+    (serving now or before) and is the operator's or its own."""
+    name, _, version = spec.rpartition("@")
+    row = catalog.version_named(session, version)
+    if row is None or (name and name != row.router):
+        return None
+    owner = getattr(row, "tenant_id", None)  # versions trained for one tenant belong to it
+    if tenant_id is not None and (row.promoted_at is None or owner not in (None, tenant_id)):
+        return None
+    return row
+
+
+def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, tenant_id: str | None) -> str:
+    """The router a job records, checked before anything is stored. `spec` None: the operator's default
+    (ROUTEYARD_DEFAULT_ROUTER). `tenant_id` None: the operator (the CLI), who may name anything that loads. A
+    tenant (an API key) may name only what was published: `serving`, a registry name, a promoted version
+    (`routeyard router versions`), the operator's or its own. Directories and hub ids are the operator's to
+    choose: the shared workers load them, so a tenant naming one could make them read any path on the host or
+    download from the internet."""
+    if spec is None:
+        spec = settings.default_router
+    elif spec != SERVING and spec not in ROUTERS and (tenant_id or not Path(spec).expanduser().is_dir()):
+        with sf() as session:
+            row = _named_version(session, spec, tenant_id)
+        if row is not None:
+            spec = row.path
+        elif tenant_id is not None:
+            raise InvalidInput(f"unknown router {spec[:200]!r}: name {SERVING!r}, one of {sorted(ROUTERS)}, or a "
+                               "promoted version; router directories and hub ids are set by the operator "
+                               "(ROUTEYARD_DEFAULT_ROUTER)")
+    resolved = resolve_router_spec(sf, spec, settings)
+    check_router_spec(resolved)
+    return resolved
 
 
 def router_info(spec: str) -> RouterInfo:

@@ -7,6 +7,13 @@ of random 429/5xx, calls that hang past the client's timeout, a prompt marker th
 says how often each prompt was called, which is how tests prove nothing was called twice, and the last request
 body of each (what reached the endpoint).
 
+Judge mode: requests to a model in `judge_models` are answered as an LLM judge (the MT-Bench prompts of
+worker/judge.py). Verdicts are recorded per pair: `judge_verdicts[question]` names the model whose answer wins
+(or "tie"), and the server tells which answer is whose because it remembers what it served. `judge_grades`
+holds a 1-10 grade per (question, model) for the single-answer mode. Unrecorded pairs get a verdict drawn from
+the question's hash. A settable share of judge replies carries no verdict at all (`judge_unparseable_rate`),
+and another always says [[A]] (`judge_position_bias`), as a position-biased judge does.
+
 As a provider does, every response carries an `x-request-id` header (`req_` + the completion id's hex), and a
 request with tools and `tool_choice` "required" (or a named function) is answered with a tool call whose
 message `content` is null.
@@ -18,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -57,6 +65,11 @@ class LoopbackConfig:
     echo_key_marker: str = "ROUTEYARD_ECHO_KEY"  # prompts containing it get a 400 that quotes the Authorization header
     seed: int = 0
     jitter: bool = True  # lognormal latency noise; off for benchmarks that want a fixed per-call latency
+    judge_models: set[str] = field(default_factory=set)  # requests to these are answered as a judge
+    judge_verdicts: dict[str, str] = field(default_factory=dict)  # question -> the winning answer's model, or "tie"
+    judge_grades: dict[tuple[str, str], float] = field(default_factory=dict)  # (question, model) -> 1..10
+    judge_unparseable_rate: float = 0.0  # share of judge replies with no verdict token
+    judge_position_bias: float = 0.0  # share of pairwise judge replies that say [[A]] whatever the answers
 
 
 IMAGE_TOKENS = 765  # what OpenAI bills for a 1024x1024 image at high detail
@@ -105,12 +118,52 @@ def _tool_call(body: dict[str, Any], prompt: str, seed: str) -> dict[str, Any] |
             "function": {"name": name, "arguments": json.dumps({"query": prompt[:80]})}}
 
 
+_PAIR = re.compile(r"\[User Question\]\n(.*)\n\n\[The Start of Assistant A's Answer\]\n(.*)\n\[The End of "
+                   r"Assistant A's Answer\]\n\n\[The Start of Assistant B's Answer\]\n(.*)\n\[The End of "
+                   r"Assistant B's Answer\]", re.S)
+_SINGLE = re.compile(r"\[Question\]\n(.*)\n\n\[The Start of Assistant's Answer\]\n(.*)\n\[The End of "
+                     r"Assistant's Answer\]", re.S)
+
+
+def judge_reply(config: LoopbackConfig, prompt: str, served: dict[str, str], draw: float) -> str:
+    """What the judge model says: a short explanation and the verdict (or, for a share, no verdict at all)."""
+    if draw < config.judge_unparseable_rate:
+        return "Both answers have merits and flaws; it is hard to say which one is better overall."
+    single = _SINGLE.search(prompt)
+    if single:
+        question, answer = single.group(1), single.group(2)
+        model = _model_of(answer, served)
+        grade = config.judge_grades.get((question, model))
+        if grade is None:
+            grade = 1 + int.from_bytes(hashlib.sha256(f"{question}\x00{model}".encode()).digest()[:4], "big") % 10
+        return f"The response addresses the question. Rating: [[{grade:g}]]"
+    pair = _PAIR.search(prompt)
+    if not pair:
+        return "I can only judge a question with two answers."
+    if draw < config.judge_unparseable_rate + config.judge_position_bias:
+        return "Assistant A's answer comes first and is better. [[A]]"
+    question, first, second = pair.group(1), _model_of(pair.group(2), served), _model_of(pair.group(3), served)
+    winner = config.judge_verdicts.get(question)
+    if winner is None:
+        winner = random.Random(question).choice((first, second, "tie"))
+    verdict = "A" if winner == first else "B" if winner == second else "C"
+    return f"Having compared both answers, my final verdict is [[{verdict}]]"
+
+
+def _model_of(answer: str, served: dict[str, str]) -> str:
+    """Which model gave an answer this server served (composed answers also name it: "[model] ...")."""
+    if answer in served:
+        return served[answer]
+    return answer[1:].split("]", 1)[0] if answer.startswith("[") else ""
+
+
 def create_app(config: LoopbackConfig) -> FastAPI:
     app = FastAPI(title="Routeyard loopback LLM")
     calls: Counter[str] = Counter()
     answered: Counter[str] = Counter()  # calls that got a 200: what a provider would bill
     by_model: Counter[str] = Counter()
     last_body: dict[str, dict[str, Any]] = {}
+    served: dict[str, str] = {}  # answer -> the model that gave it, so the judge knows whose answer is whose
     rng = random.Random(config.seed)
 
     @app.post("/v1/chat/completions")
@@ -147,8 +200,11 @@ def create_app(config: LoopbackConfig) -> FastAPI:
             status = rng.choice((429, 500, 503))
             return _error(status, f"injected {status}", "server_error")
         profile = config.models.get(model, config.default_profile)
-        answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
-                  or compose_answer(model, prompt, profile.answer_words))
+        if model in config.judge_models:
+            answer = judge_reply(config, prompt, served, rng.random())
+        else:
+            answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
+                      or compose_answer(model, prompt, profile.answer_words))
         # Billed like a provider: the prompt includes tool and response-format schemas; each of the `n` choices
         # is billed, reasoning tokens included, and stops at max_completion_tokens (else max_tokens).
         prompt_tokens = sum(estimate_tokens(json.dumps(m.get("content") or "")) + 4 for m in messages)
@@ -174,6 +230,8 @@ def create_app(config: LoopbackConfig) -> FastAPI:
             if cap and hidden + visible > cap:
                 visible, finish = cap - hidden, "length"
                 text = text[: visible * 4]
+            if model not in config.judge_models:
+                served[text] = model
             choices.append({"index": index, "message": {"role": "assistant", "content": text},
                             "finish_reason": finish})
             completion_tokens += hidden + visible

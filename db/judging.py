@@ -1,0 +1,141 @@
+"""The judge's rows: claiming shadow pairs to judge, recording verdicts (with their feedback row, in one
+transaction), and reading them back as a tenant's held-out outcomes.
+
+A pair is claimed by inserting its judgment row (one per item, a unique key), so two runners never judge it
+both; a row left in flight by a process that died is claimable again after its lease. A judged pair, or one
+whose reply had no verdict, is never claimed again unless errors are retried on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db.jobs import rowcount
+from db.models import Feedback, Item, Job, Judgment, utcnow
+from routeyard.states import ItemStatus, JudgmentStatus
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    mode: str  # pair or grade
+    judge_model: str
+    prompt_version: str
+    heldout_share: float
+
+
+@dataclass(frozen=True)
+class Pair:
+    item_id: int
+    prompt: str
+    weak_answer: str  # the routed (weak) answer
+    strong_answer: str  # the shadow call's answer
+
+
+def is_heldout(tenant_id: str, prompt: str, share: float) -> bool:
+    """Whether a tenant's prompt belongs to its held-out gate: fixed by the prompt's text (the same prompt is
+    always on the same side, in every job), so a held-out prompt is never trained on."""
+    digest = hashlib.blake2b(f"{tenant_id}\x00{prompt.strip()}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def _pairs_query(job_id: str) -> Any:
+    return (select(Item.id).outerjoin(Judgment, Judgment.item_id == Item.id)
+            .where(Item.job_id == job_id, Item.shadow.is_(True), Item.status == ItemStatus.SUCCEEDED,
+                   Item.answer.is_not(None), Item.shadow_answer.is_not(None)))
+
+
+def judgeable_ids(session: Session, job_id: str, lease_s: float, retry_errors: bool = False) -> list[int]:
+    """Shadow pairs (both answers) not judged yet: no judgment, one in flight past its lease, or (asked) one
+    whose reply could not be read."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    return list(session.scalars(_pairs_query(job_id).where(or_(
+        Judgment.id.is_(None),
+        and_(Judgment.status == JudgmentStatus.IN_FLIGHT, Judgment.started_at < stale),
+        and_(Judgment.status == JudgmentStatus.ERROR) if retry_errors else false(),
+    )).order_by(Item.id)))
+
+
+def pair_count(session: Session, job_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(_pairs_query(job_id).subquery())) or 0
+
+
+def claim_pairs(session: Session, job: Job, item_ids: Sequence[int], spec: JudgeSpec, lease_s: float,
+                retry_errors: bool = False) -> list[Pair]:
+    """Claim these pairs for judging (one INSERT, then one UPDATE for abandoned or retried rows); those this
+    runner got, in order."""
+    if not item_ids:
+        return []
+    rows = session.execute(select(Item.id, Item.prompt, Item.answer, Item.shadow_answer)
+                           .where(Item.id.in_(item_ids)).order_by(Item.id)).all()
+    now = utcnow()
+    values = [{"item_id": r.id, "job_id": job.id, "tenant_id": job.tenant_id, "status": JudgmentStatus.IN_FLIGHT,
+               "mode": spec.mode, "judge_model": spec.judge_model, "prompt_version": spec.prompt_version,
+               "heldout": is_heldout(job.tenant_id, r.prompt, spec.heldout_share), "attempts": 1,
+               "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "started_at": now} for r in rows]
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    got = set(session.scalars(dialect_insert(Judgment).values(values)
+                              .on_conflict_do_nothing(index_elements=["item_id"]).returning(Judgment.item_id)))
+    stale = now - timedelta(seconds=lease_s)
+    again = or_(and_(Judgment.status == JudgmentStatus.IN_FLIGHT, Judgment.started_at < stale),
+                Judgment.status == JudgmentStatus.ERROR if retry_errors else false())
+    got |= set(session.scalars(
+        update(Judgment).where(Judgment.item_id.in_([r.id for r in rows if r.id not in got]), again)
+        .values(status=JudgmentStatus.IN_FLIGHT, attempts=Judgment.attempts + 1, started_at=now, error=None,
+                mode=spec.mode, judge_model=spec.judge_model, prompt_version=spec.prompt_version)
+        .returning(Judgment.item_id).execution_options(synchronize_session=False)))
+    return [Pair(r.id, r.prompt, r.answer, r.shadow_answer) for r in rows if r.id in got]
+
+
+def record_judgment(session: Session, item_id: int, values: dict[str, Any], feedback: dict[str, Any] | None) -> bool:
+    """Store a pair's verdict (or error) and, for a verdict, its feedback row, unless the pair was judged
+    meanwhile (a runner whose lease ran out); True if stored."""
+    res = session.execute(update(Judgment).where(Judgment.item_id == item_id,
+                                                 Judgment.status == JudgmentStatus.IN_FLIGHT)
+                          .values(**values, finished_at=utcnow()).execution_options(synchronize_session=False))
+    if rowcount(res) != 1:
+        return False
+    if feedback is not None:
+        tenant = session.scalar(select(Judgment.tenant_id).where(Judgment.item_id == item_id))
+        session.add(Feedback(item_id=item_id, tenant_id=tenant, kind="prefer", source="judge", **feedback))
+    return True
+
+
+def judgment_counts(session: Session, job_id: str) -> dict[JudgmentStatus, int]:
+    rows = session.execute(select(Judgment.status, func.count()).where(Judgment.job_id == job_id)
+                           .group_by(Judgment.status))
+    return {JudgmentStatus(s): n for s, n in rows}
+
+
+@dataclass(frozen=True)
+class JudgedPair:
+    prompt: str
+    strong: float
+    weak: float
+    label: float
+    heldout: bool
+
+
+def judged_pairs(session: Session, tenant_id: str, heldout: bool | None = None) -> list[JudgedPair]:
+    """A tenant's judged pairs as outcomes (each model's quality as the judge saw it), oldest first."""
+    query = (select(Item.prompt, Judgment.strong_quality, Judgment.weak_quality, Judgment.label, Judgment.heldout)
+             .join(Item, Item.id == Judgment.item_id)
+             .where(Judgment.tenant_id == tenant_id, Judgment.status == JudgmentStatus.JUDGED)
+             .order_by(Judgment.finished_at, Judgment.id))
+    if heldout is not None:
+        query = query.where(Judgment.heldout.is_(heldout))
+    return [JudgedPair(p, float(s or 0.0), float(w or 0.0), float(lab or 0.0), bool(h))  # set when judged
+            for p, s, w, lab, h in session.execute(query)]
+
+
+def tenants_with_judgments(session: Session) -> list[str]:
+    return list(session.scalars(select(Judgment.tenant_id).where(Judgment.status == JudgmentStatus.JUDGED)
+                                .distinct().order_by(Judgment.tenant_id)))
