@@ -15,21 +15,11 @@ Role = Literal["strong", "weak", "judge"]  # an endpoint: the two tiers a job ro
 
 
 class Price(BaseModel):
-    """Dollars per one million tokens."""
+    """Dollars per one million tokens, and the share a provider's batch API takes off (None: no batch price)."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-
-
-# List prices per 1M tokens. Override or extend with ROUTEYARD_PRICING='{"model": {"input": .., "output": ..}}'.
-DEFAULT_PRICING: dict[str, Price] = {
-    "gpt-4-1106-preview": Price(input=10.0, output=30.0),
-    "gpt-4-turbo": Price(input=10.0, output=30.0),
-    "gpt-4o": Price(input=2.5, output=10.0),
-    "gpt-4o-mini": Price(input=0.15, output=0.6),
-    "mistralai/Mixtral-8x7B-Instruct-v0.1": Price(input=0.6, output=0.6),
-    "mixtral-8x7b-instruct": Price(input=0.6, output=0.6),
-}
+    batch_discount: float | None = Field(default=None, ge=0, le=1)
 
 
 class Endpoint(BaseModel):
@@ -107,7 +97,9 @@ class Settings(BaseSettings):
 
     @cached_property
     def price_table(self) -> dict[str, Price]:
-        return {**DEFAULT_PRICING, **self.pricing}
+        """The operator's prices (ROUTEYARD_PRICING); routeyard.pricing.price_for falls back to the maintained
+        list for any model not named here."""
+        return dict(self.pricing)
 
     def endpoint(self, tier: Tier) -> Endpoint:
         if tier == "strong":
