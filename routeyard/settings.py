@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=5, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
     default_max_tokens: int = Field(default=1024, ge=1)  # set on budgeted requests that give none: it bounds cost
+    # A completion keeps retrying a claim or a result write this long while the database cannot be reached.
+    db_retry_s: float = Field(default=300.0, gt=0)
     score_batch_size: int = Field(default=256, ge=1)
     embedding_batch_size: int = Field(default=64, ge=1)
     device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps

@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,7 @@ from routeyard.pricing import cost_bound, cost_usd, price_for
 from routeyard.settings import Price, Settings, Tier
 from routeyard.states import JobStatus
 from worker.llm_client import CallResult, ModelClient
+from worker.writes import ResultWriter, retrying
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
 
     Claims are taken a chunk at a time (one conditional UPDATE each) and results are written in groups, at
     least every second and always before this returns (so before a task is acknowledged): a session per
-    batch, not two commits per call. A process killed between a call and its flush leaves that item in
+    batch, not two commits per call. Claims and writes run off the event loop and are retried while the
+    database is unreachable (worker/writes.py), so a database restart loses no answer and stops no call.
+    A process killed between a call and its flush leaves that item in
     flight; it is called again once its lease runs out (or when the embedded runner resumes), and a finished
     item is never called again."""
     with sf() as session:
@@ -135,24 +138,20 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     # quarter of the concurrency, which start within about one call's time.
     chunk_size = max(1, min(CLAIM_CHUNK, concurrency // 4))
     claimed: asyncio.Queue[tuple[int, Claim] | None] = asyncio.Queue(maxsize=chunk_size)
-    buffer: list[dict[str, Any]] = []
+    writer = ResultWriter(sf, job_id, settings.db_retry_s, FLUSH_ROWS, FLUSH_EVERY_S)
     callers = max(1, min(concurrency, len(item_ids)))
 
-    def flush() -> None:
-        if buffer:
-            rows = buffer[:]
-            buffer.clear()
-            with sf() as session:
-                store.record_results(session, job_id, rows)
-                session.commit()
+    def claim(chunk: list[int]) -> dict[int, Claim]:
+        with sf() as session:
+            got = store.claim_items(session, job_id, chunk, lease_s)
+            session.commit()
+            return got
 
     async def claimer() -> None:
         try:
             while todo:
                 chunk = [todo.popleft() for _ in range(min(chunk_size, len(todo)))]
-                with sf() as session:
-                    got = store.claim_items(session, job_id, chunk, lease_s)
-                    session.commit()
+                got = await retrying(partial(claim, chunk), f"job {job_id}: a claim", settings.db_retry_s)
                 for item_id in chunk:  # in input order; finished items (another worker, a redelivery) are skipped
                     if item_id in got:
                         await claimed.put((item_id, got[item_id]))
@@ -173,23 +172,15 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
             else:
                 result = await client.complete(claim.body)
             cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
-            buffer.append(store.result_values(item_id, result, cost if result.ok else 0.0, shadow, shadow_cost))
-            if len(buffer) >= FLUSH_ROWS:
-                flush()
+            writer.add(store.result_values(item_id, result, cost if result.ok else 0.0, shadow, shadow_cost))
             if on_done:
                 on_done(result)
 
-    async def flusher() -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
-            flush()
-
-    ticker = asyncio.create_task(flusher())
+    writer.start()
     try:
         await asyncio.gather(claimer(), *(caller() for _ in range(callers)))
     finally:
-        ticker.cancel()
-        flush()
+        await writer.close()
 
 
 def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings, before_routing: bool = False) -> None:
