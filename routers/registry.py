@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from routers import routellm_checkpoints as routellm
 from routers.base import CONFIG_FILE, WEIGHTS_FILE, Router, RouterRuntime, TrainOptions, version_of
 from routers.rows import Preference
 from routeyard.errors import DataError, InvalidInput, NotFound, UserError
@@ -90,7 +91,10 @@ def _resolve(spec: str) -> Path | None:
         with _needs_ml(f"router {spec!r} (a hub id)"):
             from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+        config_only = Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE]))
+        published = "router" not in _read_config(config_only) and routellm.detect(_read_config(config_only))
+        patterns = routellm.HUB_PATTERNS if published else [CONFIG_FILE, WEIGHTS_FILE]
+        return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
     raise InvalidInput(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
 
 
@@ -115,14 +119,24 @@ def check_spec(spec: str) -> None:
         if not (path / CONFIG_FILE).is_file():
             raise InvalidInput(f"router {spec!r} is a directory without {CONFIG_FILE}: not a saved router "
                                "(`routeyard router train --out DIR` makes one)")
-        name = _read_config(path).get("router")
-        if name not in ROUTERS:
-            raise InvalidInput(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r}")
+        saved = _read_config(path)
+        if "router" not in saved and routellm.detect(saved):
+            return
+        _registry_name(saved, path)
         return
     looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or Path(spec.split("/", 1)[0]).is_dir()
     if looks_like_path or not HUB_ID.match(spec):
         raise InvalidInput(f"unknown router {spec!r}: not one of {sorted(ROUTERS)}, not a router directory"
                            f"{' (no such directory)' if looks_like_path else ''}, not a hub id (owner/name)")
+
+
+def _registry_name(saved: dict, path: Path) -> str:
+    name = saved.get("router")
+    if name not in ROUTERS:
+        raise InvalidInput(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r} "
+                           "(nor is it one of RouteLLM's released checkpoints: a BERT classifier with three "
+                           "labels or a causal LM)")
+    return str(name)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -149,9 +163,13 @@ def load_router(spec: str, runtime: RouterRuntime | None = None) -> LoadedRouter
         cls = router_class(spec)
         return LoadedRouter(cls.from_saved({}, {}, runtime), cls.name, "default", spec)
     saved = _read_config(path)
-    name = saved.pop("router", None)
-    if name not in ROUTERS:
-        raise InvalidInput(f"{path / CONFIG_FILE}: field 'router' must be one of {sorted(ROUTERS)}, got {name!r}")
+    published = routellm.detect(saved) if "router" not in saved else None
+    if published:  # one of RouteLLM's released routers, as published: transformers reads the directory
+        with _needs_ml(f"router {spec!r}"):
+            as_published = routellm.FORMATS[published].load(path, runtime)
+        return LoadedRouter(as_published, published, routellm.version(path), spec)
+    name = _registry_name(saved, path)
+    saved.pop("router")
     tensors = {}
     if (path / WEIGHTS_FILE).exists():
         # Imported here, not above: the front doors import this module and must start without torch.
