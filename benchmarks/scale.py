@@ -1,0 +1,189 @@
+"""Cost as a job grows: items/s, peak memory and database size at 10k, 100k (and 1M) items, and the query plans of
+the set-based statements that touch every item (issue 17, goal 3).
+
+Each size runs on the embedded default (SQLite, one process) as a user runs it: `routeyard submit --detach`
+(the file is parsed as a stream), then `routeyard run JOB`, then `routeyard results JOB --output` (streamed), each
+its own process, whose peak RSS comes from the kernel (wait4). The model server is the loopback one in its own
+process, at a fixed latency per call; the router is `random`, so what grows with the job is Routeyard's own
+work. Then the statements that scoring, routing, results and spend run are captured from SQLAlchemy while they
+run on the finished job and shown with EXPLAIN QUERY PLAN: a full scan where an index should serve is what
+makes cost grow faster than the job.
+
+    python benchmarks/scale.py [--sizes 10000 100000] [--latency-ms 20] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_batch(path: Path, n: int) -> None:
+    """n chat requests, written line by line (the benchmark itself never holds the batch either)."""
+    with path.open("w") as f:
+        for i in range(n):
+            question = f"Question {i}: what is {i} plus {i * 7 % 1000}? Answer briefly."
+            body = {"messages": [{"role": "user", "content": question}], "max_tokens": 32}
+            line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            f.write(json.dumps(line) + "\n")
+
+
+def peak_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stdout) of one `routeyard` command, in a process that reports its own peak."""
+    wrapper = ("import resource, sys; sys.argv = ['routeyard'] + sys.argv[1:]\n"
+               "from jobs.cli import main\n"
+               "try:\n    main()\n"
+               "finally:\n"
+               "    sys.stderr.write('\\nPEAK_KB=%d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_KB=")]
+    if proc.returncode != 0:
+        raise RuntimeError(f"routeyard {' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return elapsed, int(peak[-1].split("=")[1]) / 1024 if peak else float("nan"), proc.stdout
+
+
+def query_plans(db_url: str, job_id: str) -> list[dict[str, object]]:
+    """The statements routing, results and spend run on the finished job, each with SQLite's query plan."""
+    from sqlalchemy import event, text
+
+    from db import jobs as store
+    from db import spend as spend_db
+    from db.session import open_database
+
+    sf = open_database(db_url)
+    engine = sf.kw["bind"]
+    captured: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE")) and not executemany:
+            captured.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    with sf() as session:
+        store.item_scores(session, job_id)
+        store.status_counts(session, job_id)
+        store.tier_counts(session, job_id)
+        list(store.iter_items(session, job_id, chunk=1000))[:0]
+        spend_filter = getattr(spend_db, "SpendFilter", None)
+        if spend_filter is not None and hasattr(spend_db, "spend_rows"):
+            spend_db.spend_rows(session, spend_filter(job_id=job_id))
+    event.remove(engine, "before_cursor_execute", capture)
+    plans, seen = [], set()
+    with engine.connect() as conn:
+        for statement, params in captured:
+            key = " ".join(statement.split())
+            if key in seen:
+                continue
+            seen.add(key)
+            rows = conn.execute(text("EXPLAIN QUERY PLAN " + statement).bindparams(), params or {}).fetchall() \
+                if isinstance(params, dict) else conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
+                                                                      tuple(params or ())).fetchall()
+            detail = [str(r[-1]) for r in rows]
+            plans.append({"sql": key[:300], "plan": detail,
+                          "full_scan": any(_table_scan(d) for d in detail)})
+    engine.dispose()
+    return plans
+
+
+def _table_scan(step: str) -> bool:
+    """A plan step that reads a whole table (not a subquery's rows, not through an index)."""
+    return step.startswith("SCAN ") and "USING" not in step and not step.startswith("SCAN anon_")
+
+
+def run_size(n: int, base_url: str, concurrency: int, work: Path) -> dict[str, object]:
+    home = work / f"home-{n}"
+    batch = work / f"batch-{n}.jsonl"
+    write_batch(batch, n)
+    db_url = f"sqlite:///{home / 'routeyard.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
+    env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
+               ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
+               ROUTEYARD_CONCURRENCY=str(concurrency), ROUTEYARD_MAX_RETRIES="2")
+    submit_s, submit_mb, out = peak_of(["submit", str(batch), "--router", "random", "--detach", "--json"], env)
+    job_id = json.loads(out)["job_id"]
+    run_s, run_mb, _ = peak_of(["run", job_id, "--json"], env)
+    export_s, export_mb, _ = peak_of(["results", job_id, "--output", str(work / f"out-{n}.jsonl")], env)
+    db_file = home / "routeyard.db"
+    size_mb = sum(p.stat().st_size for p in home.glob("routeyard.db*")) / 2**20
+    plans = query_plans(db_url, job_id) if db_file.exists() else []
+    batch.unlink()
+    return {"items": n, "submit_s": round(submit_s, 2), "submit_items_per_s": round(n / submit_s, 1),
+            "submit_peak_rss_mb": round(submit_mb, 1), "run_s": round(run_s, 2),
+            "run_items_per_s": round(n / run_s, 1), "run_peak_rss_mb": round(run_mb, 1),
+            "export_s": round(export_s, 2), "export_peak_rss_mb": round(export_mb, 1),
+            "db_mb": round(size_mb, 1), "plans": plans}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--out", default="scale")
+    args = parser.parse_args()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port),
+                               "--latency-ms", str(args.latency_ms)], cwd=ROOT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(base_url.replace("/v1", "/_stats"), timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in sorted(args.sizes):
+                rows.append(run_size(n, base_url, args.concurrency, Path(tmp)))
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "plans"}), flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "latency_ms": args.latency_ms, "concurrency": args.concurrency,
+              "router": "random", "database": "sqlite (embedded default)", "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Scale: embedded default, random router, loopback at {args.latency_ms:g} ms, concurrency "
+             f"{args.concurrency}", "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs.", "",
+             "| items | submit items/s | submit peak RSS MB | run items/s | run peak RSS MB | export s | "
+             "export peak RSS MB | database MB |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['items']:,} | {r['submit_items_per_s']} | {r['submit_peak_rss_mb']} | "
+                     f"{r['run_items_per_s']} | {r['run_peak_rss_mb']} | {r['export_s']} | "
+                     f"{r['export_peak_rss_mb']} | {r['db_mb']} |")
+    biggest = rows[-1]
+    lines += ["", f"Query plans on the {biggest['items']:,}-item job (SQLite EXPLAIN QUERY PLAN):", ""]
+    for plan in biggest["plans"]:  # type: ignore[union-attr]
+        lines.append(f"- `{plan['sql'][:160]}`: {'; '.join(plan['plan'])}"
+                     f"{'  **full scan**' if plan['full_scan'] else ''}")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
