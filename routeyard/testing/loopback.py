@@ -38,6 +38,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from routeyard.testing.loopback_batches import BatchBehaviour, add_batch_routes
+
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -70,6 +72,7 @@ class LoopbackConfig:
     judge_grades: dict[tuple[str, str], float] = field(default_factory=dict)  # (question, model) -> 1..10
     judge_unparseable_rate: float = 0.0  # share of judge replies with no verdict token
     judge_position_bias: float = 0.0  # share of pairwise judge replies that say [[A]] whatever the answers
+    batches: BatchBehaviour = field(default_factory=BatchBehaviour)  # its /v1/batches: delay, failures, expiry
 
 
 IMAGE_TOKENS = 765  # what OpenAI bills for a 1024x1024 image at high detail
@@ -157,6 +160,11 @@ def _model_of(answer: str, served: dict[str, str]) -> str:
     return answer[1:].split("]", 1)[0] if answer.startswith("[") else ""
 
 
+def _prompt_of(messages: list[dict[str, Any]]) -> str:
+    prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
 def create_app(config: LoopbackConfig) -> FastAPI:
     app = FastAPI(title="Routeyard loopback LLM")
     calls: Counter[str] = Counter()
@@ -166,39 +174,9 @@ def create_app(config: LoopbackConfig) -> FastAPI:
     served: dict[str, str] = {}  # answer -> the model that gave it, so the judge knows whose answer is whose
     rng = random.Random(config.seed)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
-        auth = request.headers.get("authorization", "")
-        try:
-            body = await request.json()
-            model, messages = body["model"], body["messages"]
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "body must be JSON with 'model' and 'messages'", "invalid_request_error")
-        if config.api_key is not None and auth != f"Bearer {config.api_key}":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error")
-        prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-        prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
-        key = f"{model}\x00{prompt}"
-        calls[key] += 1
-        by_model[model] += 1
-        last_body[key] = body
-        if config.echo_key_marker in prompt:
-            return _error(400, f"Malformed request; received header Authorization: {auth}", "invalid_request_error")
-        if config.always_fail_marker in prompt:
-            return _error(500, "The server had an error while processing your request.", "server_error")
-        if calls[key] <= config.fail_first:
-            if calls[key] % 2:
-                return _error(429, "Rate limit reached. Please try again.", "rate_limit_error")
-            return _error(500, "The server had an error while processing your request.", "server_error")
-        draw = rng.random()
-        if calls[key] <= config.fail_first + config.hang_first or (
-                config.error_rate <= draw < config.error_rate + config.timeout_rate):
-            # A hung request: the client gives up first; it is never answered (nor billed).
-            await asyncio.sleep(config.hang_s)
-            return _error(504, "upstream timed out", "timeout")
-        if draw < config.error_rate:
-            status = rng.choice((429, 500, 503))
-            return _error(status, f"injected {status}", "server_error")
+    def respond(body: dict[str, Any], model: str, messages: list[dict[str, Any]], prompt: str,
+                key: str) -> tuple[dict[str, Any], str, float]:
+        """A completion for one accepted request: (body, request id, seconds it takes to answer)."""
         profile = config.models.get(model, config.default_profile)
         if model in config.judge_models:
             answer = judge_reply(config, prompt, served, rng.random())
@@ -238,16 +216,51 @@ def create_app(config: LoopbackConfig) -> FastAPI:
             reasoning += hidden
         jitter = random.Random(key).lognormvariate(0, 0.25) if config.jitter else 1.0
         delay_ms = (profile.first_token_ms + profile.ms_per_token * completion_tokens) * jitter
-        await asyncio.sleep(delay_ms * config.latency_scale / 1000)
         answered[key] += 1
         digest = hashlib.sha1(f"{key}{calls[key]}".encode()).hexdigest()[:24]
-        return JSONResponse({
+        return {
             "id": "chatcmpl-" + digest,
             "object": "chat.completion", "created": int(time.time()), "model": model, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
                       "completion_tokens_details": {"reasoning_tokens": reasoning}},
-        }, headers={"x-request-id": f"req_{digest}"})
+        }, f"req_{digest}", delay_ms * config.latency_scale / 1000
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        auth = request.headers.get("authorization", "")
+        try:
+            body = await request.json()
+            model, messages = body["model"], body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "body must be JSON with 'model' and 'messages'", "invalid_request_error")
+        if config.api_key is not None and auth != f"Bearer {config.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        prompt = _prompt_of(messages)
+        key = f"{model}\x00{prompt}"
+        calls[key] += 1
+        by_model[model] += 1
+        last_body[key] = body
+        if config.echo_key_marker in prompt:
+            return _error(400, f"Malformed request; received header Authorization: {auth}", "invalid_request_error")
+        if config.always_fail_marker in prompt:
+            return _error(500, "The server had an error while processing your request.", "server_error")
+        if calls[key] <= config.fail_first:
+            if calls[key] % 2:
+                return _error(429, "Rate limit reached. Please try again.", "rate_limit_error")
+            return _error(500, "The server had an error while processing your request.", "server_error")
+        draw = rng.random()
+        if calls[key] <= config.fail_first + config.hang_first or (
+                config.error_rate <= draw < config.error_rate + config.timeout_rate):
+            # A hung request: the client gives up first; it is never answered (nor billed).
+            await asyncio.sleep(config.hang_s)
+            return _error(504, "upstream timed out", "timeout")
+        if draw < config.error_rate:
+            status = rng.choice((429, 500, 503))
+            return _error(status, f"injected {status}", "server_error")
+        payload, request_id, delay_s = respond(body, model, messages, prompt, key)
+        await asyncio.sleep(delay_s)
+        return JSONResponse(payload, headers={"x-request-id": request_id})
 
     @app.get("/v1/models", response_model=None)
     async def models(request: Request) -> dict[str, Any] | JSONResponse:
@@ -256,11 +269,35 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"}
                                            for m in config.models]}
 
+    def answer_line(body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+        """One line of a provider batch, answered as a synchronous call would be (no latency, no faults but
+        the always-fail marker: a batch's own faults are BatchBehaviour's)."""
+        model, messages = body.get("model"), body.get("messages")
+        request_id = "req_" + uuid.uuid4().hex[:24]
+        if not isinstance(model, str) or not isinstance(messages, list):
+            return 400, {"error": {"message": "body must have 'model' and 'messages'",
+                                   "type": "invalid_request_error", "param": None, "code": None}}, request_id
+        prompt = _prompt_of(messages)
+        key = f"{model}\x00{prompt}"
+        calls[key] += 1
+        by_model[model] += 1
+        last_body[key] = body
+        if config.always_fail_marker in prompt:
+            return 500, {"error": {"message": "The server had an error while processing your request.",
+                                   "type": "server_error", "param": None, "code": None}}, request_id
+        payload, request_id, _ = respond(body, model, messages, prompt, key)
+        return 200, payload, request_id
+
+    def authorized(request: Request) -> bool:
+        return config.api_key is None or request.headers.get("authorization") == f"Bearer {config.api_key}"
+
+    batch_stats = add_batch_routes(app, config.batches, answer_line, authorized)
+
     @app.get("/_stats")
     async def stats() -> dict[str, Any]:
         return {"total": sum(calls.values()), "by_model": dict(by_model),
                 "max_calls_per_prompt": max(calls.values(), default=0),
-                "answered_total": sum(answered.values()),
+                "answered_total": sum(answered.values()), **batch_stats,
                 "calls": [{"model": k.split("\x00", 1)[0], "prompt": k.split("\x00", 1)[1], "n": n,
                            "answered": answered[k], "last_body": last_body.get(k)} for k, n in calls.items()]}
 
