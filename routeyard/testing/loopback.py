@@ -291,7 +291,7 @@ def create_app(config: LoopbackConfig) -> FastAPI:
     def authorized(request: Request) -> bool:
         return config.api_key is None or request.headers.get("authorization") == f"Bearer {config.api_key}"
 
-    batch_stats = add_batch_routes(app, config.batches, answer_line, authorized)
+    batch_stats = add_batch_routes(app, lambda: config.batches, answer_line, authorized)
 
     @app.get("/_stats")
     async def stats() -> dict[str, Any]:

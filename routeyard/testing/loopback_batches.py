@@ -40,6 +40,7 @@ class _State:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> file object + "content"
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)  # batch ids in creation order (for listing)
+    created_ts: dict[str, float] = field(default_factory=dict)  # to the sub-second: created_at is whole seconds
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -47,12 +48,12 @@ def _error(status: int, message: str) -> JSONResponse:
                                    "code": None}}, status_code=status)
 
 
-def add_batch_routes(app: FastAPI, behaviour: BatchBehaviour, answer: LineAnswerer,
+def add_batch_routes(app: FastAPI, behaviour_now: Callable[[], BatchBehaviour], answer: LineAnswerer,
                      authorized: Callable[[Request], bool]) -> dict[str, Any]:
-    """Mount /v1/files and /v1/batches on `app`; returns the stats the server's /_stats reports for them."""
+    """Mount /v1/files and /v1/batches on `app`; returns the stats the server's /_stats reports for them.
+    `behaviour_now` is read when a batch runs, so a test may change it on a running server."""
     state = _State()
     stats: dict[str, Any] = {"batches_created": 0, "batch_lines_run": 0}
-    rng = random.Random(behaviour.seed)
 
     def file_object(file_id: str) -> dict[str, Any]:
         return {k: v for k, v in state.files[file_id].items() if k != "content"}
@@ -66,6 +67,8 @@ def add_batch_routes(app: FastAPI, behaviour: BatchBehaviour, answer: LineAnswer
 
     def run(batch: dict[str, Any]) -> None:
         """Answer the batch's lines (or the share that an expiry leaves) and write its output and error files."""
+        behaviour = behaviour_now()
+        rng = random.Random(f"{behaviour.seed}:{batch['id']}")
         lines = [json.loads(raw) for raw in state.files[batch["input_file_id"]]["content"].splitlines()
                  if raw.strip()]
         out: list[dict[str, Any]] = []
@@ -100,7 +103,7 @@ def add_batch_routes(app: FastAPI, behaviour: BatchBehaviour, answer: LineAnswer
     def current(batch_id: str) -> dict[str, Any]:
         batch = state.batches[batch_id]
         if batch["status"] in ("validating", "in_progress"):
-            if time.time() >= batch["created_at"] + behaviour.delay_s:
+            if time.time() >= state.created_ts[batch_id] + behaviour_now().delay_s:
                 run(batch)
             elif batch["status"] == "validating":
                 batch.update(status="in_progress", in_progress_at=int(time.time()))
@@ -154,6 +157,7 @@ def add_batch_routes(app: FastAPI, behaviour: BatchBehaviour, answer: LineAnswer
             "in_progress_at": None, "expires_at": now + 86_400, "finalizing_at": None, "completed_at": None,
             "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata")}
+        state.created_ts[batch_id] = time.time()
         state.created.append(batch_id)
         stats["batches_created"] += 1
         return state.batches[batch_id]
