@@ -72,35 +72,51 @@ def unfinished_tenant_jobs(session: Session) -> list[str]:
 
 
 # --- router versions --------------------------------------------------------------------------------------
+# A version belongs to a tenant (trained on its feedback, serving only its jobs) or, with tenant_id None, is the
+# global default: what serves a tenant with no promoted version of its own. One version serves per owner.
+
+ANY_TENANT = "*"  # list_versions: every owner's versions
 
 
-def serving_version(session: Session) -> RouterVersion | None:
-    return session.scalar(select(RouterVersion).where(RouterVersion.serving.is_(True))
+def _owned_by(tenant_id: str | None) -> Any:
+    return RouterVersion.tenant_id.is_(None) if tenant_id is None else RouterVersion.tenant_id == tenant_id
+
+
+def serving_version(session: Session, tenant_id: str | None = None) -> RouterVersion | None:
+    """The version serving this owner's jobs (None: the global default's)."""
+    return session.scalar(select(RouterVersion).where(RouterVersion.serving.is_(True), _owned_by(tenant_id))
                           .order_by(RouterVersion.promoted_at.desc()))
 
 
-def list_versions(session: Session) -> list[RouterVersion]:
-    return list(session.scalars(select(RouterVersion).order_by(RouterVersion.created_at.desc())))
+def list_versions(session: Session, tenant_id: str | None = ANY_TENANT) -> list[RouterVersion]:
+    query = select(RouterVersion).order_by(RouterVersion.created_at.desc(), RouterVersion.id.desc())
+    if tenant_id != ANY_TENANT:
+        query = query.where(_owned_by(tenant_id))
+    return list(session.scalars(query))
 
 
-def version_named(session: Session, version: str) -> RouterVersion | None:
-    return session.scalar(select(RouterVersion).where(RouterVersion.version == version)
-                          .order_by(RouterVersion.created_at.desc()))
+def version_named(session: Session, version: str, tenant_id: str | None = ANY_TENANT) -> RouterVersion | None:
+    query = select(RouterVersion).where(RouterVersion.version == version)
+    if tenant_id != ANY_TENANT:
+        query = query.where(_owned_by(tenant_id))
+    return session.scalar(query.order_by(RouterVersion.created_at.desc()))
 
 
 def add_version(session: Session, row: RouterVersion, *, serve: bool) -> RouterVersion:
-    """Store a trained version; with `serve`, it becomes the one serving (and no other does)."""
+    """Store a trained version; with `serve`, it becomes the one serving its owner's jobs (and no other of that
+    owner's does; other tenants' are untouched)."""
     if serve:
-        session.execute(update(RouterVersion).values(serving=False))
+        session.execute(update(RouterVersion).where(_owned_by(row.tenant_id)).values(serving=False))
         row.serving, row.promoted_at = True, utcnow()
     session.add(row)
     return row
 
 
-def serve_version(session: Session, row: RouterVersion | None, note: str) -> None:
-    """Make `row` the serving version (None: no trained version serves, so the shipped one does), noting why
-    on the rows that change."""
-    for current in session.scalars(select(RouterVersion).where(RouterVersion.serving.is_(True))):
+def serve_version(session: Session, row: RouterVersion | None, note: str, tenant_id: str | None = None) -> None:
+    """Make `row` the serving version of its owner (None: no trained version of `tenant_id`'s serves, so the
+    global default or the shipped one does), noting why on the rows that change."""
+    owner = row.tenant_id if row is not None else tenant_id
+    for current in session.scalars(select(RouterVersion).where(RouterVersion.serving.is_(True), _owned_by(owner))):
         if current is not row:
             current.serving = False
             current.decision += f"; {note}" if row is None else ""
@@ -142,7 +158,7 @@ def claim_schedule_run(session: Session, row: Schedule, now: datetime) -> bool:
 
 
 def record_schedule_result(session: Session, schedule_id: int, result: str) -> None:
-    session.execute(update(Schedule).where(Schedule.id == schedule_id).values(last_result=result[:2000]))
+    session.execute(update(Schedule).where(Schedule.id == schedule_id).values(last_result=result[:20000]))
 
 
 # --- feedback ---------------------------------------------------------------------------------------------
@@ -157,16 +173,25 @@ class FeedbackRow:
     tier: str | None  # the tier that answered the item
 
 
+def tenants_with_feedback(session: Session) -> list[str]:
+    """Tenants with feedback (a user's or the judge's), oldest tenant first."""
+    return list(session.scalars(select(Tenant.id).where(Tenant.id.in_(select(Feedback.tenant_id).distinct()))
+                                .order_by(Tenant.created_at, Tenant.id)))
+
+
 def add_feedback(session: Session, item_id: int, kind: str, value: float, tenant_id: str = LOCAL_TENANT) -> Feedback:
     row = Feedback(item_id=item_id, kind=kind, value=value, tenant_id=tenant_id)
     session.add(row)
     return row
 
 
-def feedback_rows(session: Session, since: datetime | None = None) -> Sequence[FeedbackRow]:
-    """Every judgement with its item's prompt and tier, oldest first."""
+def feedback_rows(session: Session, since: datetime | None = None, tenant_id: str | None = ANY_TENANT
+                  ) -> Sequence[FeedbackRow]:
+    """A tenant's judgements (every tenant's with ANY_TENANT) with their items' prompts and tiers, oldest first."""
     query = (select(Feedback.item_id, Feedback.kind, Feedback.value, Item.prompt, Item.tier)
              .join(Item, Item.id == Feedback.item_id).order_by(Feedback.created_at, Feedback.id))
+    if tenant_id != ANY_TENANT:
+        query = query.where(Feedback.tenant_id == tenant_id)
     if since is not None:
         query = query.where(Feedback.created_at >= since)
     return [FeedbackRow(*row) for row in session.execute(query)]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.services.retrain import retrain
+from db.models import LOCAL_TENANT
+from jobs.services.retrain import retrain, tenants_to_retrain
 from jobs.services.schedules import claim_due, record_result
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, read_data
 from routers.registry import DEFAULT_ROUTER
@@ -26,16 +27,32 @@ log = logging.getLogger(__name__)
 
 
 def run_scheduled_retrain(sf: sessionmaker[Session], settings: Settings, schedule_id: int, args: dict) -> str:
-    """One firing of a stored retrain schedule; what it did (or why it failed) is recorded on the schedule."""
+    """One firing of a stored retrain schedule, for each tenant it names (`all`: every tenant with feedback);
+    what it did for each (or why it failed) is recorded on the schedule. One tenant's failure (too few judged
+    held-out pairs, say) does not stop the others."""
     columns = {"strong_column": args.get("strong_column", ROUTELLM_STRONG),
                "weak_column": args.get("weak_column", ROUTELLM_WEAK)}
     try:
-        heldout = read_data([Path(p) for p in args.get("heldout", [])], outcomes_only=True, **columns).outcomes
-        result = retrain(sf, settings, args.get("router", DEFAULT_ROUTER),
-                         [Path(p) for p in args.get("data", [])], heldout, float(args.get("margin", 0.0)), **columns)
-        message = f"{result.version}: {result.decision}"
-    except (UserError, OSError) as exc:  # a moved data file, a gate that refuses: recorded, not raised
+        files = [Path(p) for p in args.get("heldout", [])]  # none: each tenant's judged held-out pairs alone
+        heldout = read_data(files, outcomes_only=True, **columns).outcomes if files else []
+        tenants = tenants_to_retrain(sf, args.get("tenant", LOCAL_TENANT))
+    except (UserError, OSError) as exc:  # a moved data file, a tenant since removed: recorded, not raised
         message = f"failed: {exc}"
+        record_result(sf, schedule_id, message)
+        return message
+    parts, failed = [], 0
+    for tenant in tenants:
+        whose = "global" if tenant is None else tenant
+        try:
+            result = retrain(sf, settings, args.get("router", DEFAULT_ROUTER), [Path(p) for p in args.get("data", [])],
+                             heldout, float(args.get("margin", 0.0)), tenant_id=tenant, **columns)
+            parts.append(f"{whose}: {result.version}: {result.decision}")
+        except (UserError, OSError) as exc:  # a gate that refuses: recorded, not raised
+            failed += 1
+            parts.append(f"{whose}: failed: {exc}")
+    if not tenants:
+        parts.append("no tenant has feedback yet")
+    message = ("failed: " if failed and failed == len(tenants) else "") + "; ".join(parts)
     record_result(sf, schedule_id, message)
     return message
 

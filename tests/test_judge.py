@@ -99,7 +99,7 @@ def test_unparseable_replies_are_errors_never_labels_and_can_be_retried(settings
 def test_a_share_of_unparseable_replies_leaves_the_rest_judged(settings, tmp_path, loopback):
     loopback.config.judge_unparseable_rate = 0.3
     prompts = [f"Item {i}: name a prime above {i * 13}." for i in range(40)]
-    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", prompts), strong_fraction=0.0,
+    sf, _result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", prompts), strong_fraction=0.0,
                                    shadow_fraction=1.0, judge="pair")
     with sf() as session:
         judgments = list(session.scalars(select(Judgment)))
@@ -112,7 +112,7 @@ def test_a_share_of_unparseable_replies_leaves_the_rest_judged(settings, tmp_pat
 def test_a_position_biased_judge_disagrees_with_itself_so_every_pair_is_a_tie(settings, tmp_path, loopback):
     loopback.config.judge_position_bias = 1.0  # always [[A]], whichever answer comes first
     loopback.config.judge_verdicts = {p: STRONG for p in PROMPTS[:5]}
-    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:5]), strong_fraction=0.0,
+    sf, _result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:5]), strong_fraction=0.0,
                                    shadow_fraction=1.0, judge="pair")
     with sf() as session:
         assert sorted(f.value for f in session.scalars(select(Feedback))) == [0.5] * 5
@@ -190,7 +190,7 @@ def test_parsing_takes_exactly_one_verdict():
 def test_cli_judges_a_job_later(settings, tmp_path, loopback, database_url):
     from test_cli import cli_env, routeyard
 
-    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:4]), strong_fraction=0.0,
+    _sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:4]), strong_fraction=0.0,
                                    shadow_fraction=1.0)
     env = cli_env(tmp_path / "home", database_url, loopback.base_url, ROUTEYARD_JUDGE_BASE_URL=loopback.base_url,
                   ROUTEYARD_JUDGE_MODEL=JUDGE, ROUTEYARD_JUDGE_API_KEY=TEST_KEY,

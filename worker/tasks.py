@@ -22,8 +22,9 @@ from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
-from worker import pipeline
+from worker import judge, pipeline
 from worker.celery_app import app
+from worker.judge import wants_judging
 from worker.runtime import load_job_router, load_or_fail
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,15 @@ def complete_batch(job_id: str, item_ids: list[int]) -> None:
     loop, clients = _thread_loop()
     loop.run_until_complete(pipeline.complete_items(worker_db(), job_id, item_ids, clients, settings,
                                                     settings.concurrency, lease_s=settings.effective_lease_s))
-    pipeline.finish_if_done(worker_db(), job_id)
+    if pipeline.finish_if_done(worker_db(), job_id) and wants_judging(worker_db(), job_id):
+        judge_job.delay(job_id)
+
+
+@app.task(name="routeyard.judge_job", **RETRY)
+def judge_job(job_id: str) -> None:
+    """A completed job's shadow pairs, judged (`--judge`); a pair already judged is never judged again."""
+    loop, _clients = _thread_loop()
+    loop.run_until_complete(judge.judge_job(worker_db(), worker_settings(), job_id))
 
 
 _THREAD = threading.local()

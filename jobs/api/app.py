@@ -31,6 +31,7 @@ from db.session import open_database
 from jobs.api.admin import admin_routes
 from jobs.api.batches import batch_routes
 from jobs.api.files import file_routes
+from jobs.api.routers_api import router_routes
 from jobs.api.runs import Runs
 from jobs.api.schemas import (
     CancelResponse,
@@ -53,6 +54,7 @@ from jobs.services.results import export_results, job_status, page_results
 from jobs.services.spend import spend_report
 from jobs.services.submit import JobOptions, submit_job
 from jobs.services.tenants import tenant_for_key
+from jobs.services.versions import public_router
 from routeyard import __version__
 from routeyard.errors import Conflict, UserError
 from routeyard.settings import Settings
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     Db = Annotated[Session, Depends(session)]
     app.include_router(file_routes(sf, tenant))  # the OpenAI Files and Batches API (/v1/files, /v1/batches)
     app.include_router(batch_routes(sf, settings, tenant))
+    app.include_router(router_routes(sf, settings, tenant))
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
@@ -149,7 +152,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     @app.get("/v1/jobs/{job_id}", response_model=JobStatusResponse, responses=ERRORS)
     def get_status(job_id: str, tenant_id: Tenant, s: Db) -> JobStatusResponse:
         view = job_status(s, job_id, tenant_id=tenant_id)
-        return JobStatusResponse.model_validate({**view.__dict__, "rejected": [
+        return JobStatusResponse.model_validate({**view.__dict__, "router": public_router(view.router), "rejected": [
             Rejected(line=n, reason=r) for n, r in view.rejected]})
 
     @app.get("/v1/jobs/{job_id}/results", response_model=ResultsPage, responses=ERRORS)

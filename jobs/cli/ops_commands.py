@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from db.catalog import list_schedules
+from db.models import LOCAL_TENANT
 from jobs.cli.context import ExitCode, cli_context, console
-from jobs.cli.options import DATA_HELP, StrongColumn, WeakColumn, read_outcome_data
+from jobs.cli.options import DATA_HELP, StrongColumn, TenantOption, WeakColumn, read_outcome_data
 from jobs.services.doctor import run_checks
+from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
 from jobs.services.schedules import add_schedule, next_run, remove_schedule
 from jobs.services.versions import SERVING
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK
@@ -87,17 +89,20 @@ def schedule_retrain(
     margin: float = 0.0,
     strong_column: StrongColumn = ROUTELLM_STRONG,
     weak_column: WeakColumn = ROUTELLM_WEAK,
+    tenant: TenantOption = LOCAL_TENANT,
 ) -> None:
-    """Retrain on a schedule (with the same promotion gate as `routeyard retrain`)."""
+    """Retrain on a schedule, per tenant (with the same promotion gate as `routeyard retrain`); `--tenant all`
+    retrains every tenant with feedback, each gated on its own held-out judged pairs."""
     state = cli_context(ctx)
-    if not heldout:
-        raise InvalidInput("--heldout is required: a promotion is decided on a fixed held-out set")
-    read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True)  # a bad file fails now, not at 02:00
+    if heldout:
+        read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True)  # a bad file fails now, not at 02:00
+    if tenant != ALL_TENANTS:
+        tenants_to_retrain(state.db, tenant)  # an unknown tenant fails now
     args = {"router": router, "data": [str(p.resolve()) for p in data or []],
-            "heldout": [str(p.resolve()) for p in heldout], "margin": margin,
-            "strong_column": strong_column, "weak_column": weak_column}
+            "heldout": [str(p.resolve()) for p in heldout or []], "margin": margin,
+            "strong_column": strong_column, "weak_column": weak_column, "tenant": tenant}
     schedule_id = add_schedule(state.db, "retrain", args, cron, every)
-    console.print(f"schedule {schedule_id}: retrain {router} {cron or f'every {every:g}s'}")
+    console.print(f"schedule {schedule_id}: retrain {router} for {tenant} {cron or f'every {every:g}s'}")
     if state.settings.embedded:
         console.print("no broker configured: run `routeyard schedule run-due` from cron, or start beat + a worker")
 

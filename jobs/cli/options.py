@@ -19,6 +19,9 @@ StrongColumn = Annotated[str, typer.Option("--strong-column", help="The strong m
                                            "files (a column named `strong` is taken when this one is absent).")]
 WeakColumn = Annotated[str, typer.Option("--weak-column", help="The weak model's quality column in outcome files "
                                          "(a column named `weak` is taken when this one is absent).")]
+TenantOption = Annotated[str, typer.Option("--tenant", help="Whose router: a tenant's name or id (default: local, "
+                                                          "the CLI's own), `all` (retrain: every tenant with "
+                                                          "feedback) or `global` (the default for the others).")]
 DATA_HELP = ("Files or directories (any layout, read recursively) of outcome CSV/TSV/JSONL/JSON, arena battles; "
              "contaminated_prompts.jsonl files found there are dropped.")
 

@@ -11,16 +11,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobs.cli.context import Stages, atomic_output, atomic_path, cli_context, console, err
+from db.models import LOCAL_TENANT
+from jobs.cli.context import ExitCode, Stages, atomic_output, atomic_path, cli_context, console, err
 from jobs.cli.options import (
     DATA_HELP,
     StrongColumn,
+    TenantOption,
     WeakColumn,
     parse_params,
     read_outcome_data,
     warn_pgr,
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
+from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
 from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import SERVING, resolve_router_spec, rollback, training_prompts_of, version_rows
 from routers.base import TrainOptions
@@ -142,11 +145,14 @@ def router_eval(
 
 
 @app.command("versions")
-def router_versions(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Trained router versions, then the shipped one: metrics, data, the promotion decision, which one serves."""
+def router_versions(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False,
+                    tenant: TenantOption = LOCAL_TENANT) -> None:
+    """A tenant's trained router versions, then the global default's and the shipped one: metrics, data, the
+    promotion decision, which one serves the tenant (`--tenant global`: the global default's)."""
     state = cli_context(ctx)
+    [tenant_id] = tenants_to_retrain(state.db, tenant) if tenant != ALL_TENANTS else [LOCAL_TENANT]
     with state.db() as session:
-        versions = version_rows(session, state.settings)
+        versions = version_rows(session, state.settings, tenant_id)
     if as_json:
         console.print_json(json.dumps([{**v.__dict__, "created_at": v.created_at.isoformat() if v.created_at else None}
                                        for v in versions]))
@@ -165,11 +171,13 @@ def router_versions(ctx: typer.Context, as_json: Annotated[bool, typer.Option("-
 
 @app.command("rollback")
 def router_rollback(ctx: typer.Context,
-                    version: Annotated[str, typer.Argument(help="A version from `router versions`, or `shipped`.")]
-                    ) -> None:
-    """Serve an earlier router version again (the shipped one too)."""
+                    version: Annotated[str, typer.Argument(help="A version from `router versions`, or `shipped`.")],
+                    tenant: TenantOption = LOCAL_TENANT) -> None:
+    """Serve an earlier router version of the tenant again (`shipped`: none of its own, so the global default
+    or the shipped router serves it)."""
     state = cli_context(ctx)
-    v = rollback(state.db, version, state.settings)
+    [tenant_id] = tenants_to_retrain(state.db, tenant) if tenant != ALL_TENANTS else [LOCAL_TENANT]
+    v = rollback(state.db, version, state.settings, tenant_id)
     console.print(f"now serving {v.router} {v.version} ({v.path})")
 
 
@@ -210,13 +218,25 @@ def retrain(
     margin: Annotated[float, typer.Option(help="APGR the candidate must gain to be promoted.")] = 0.0,
     strong_column: StrongColumn = ROUTELLM_STRONG,
     weak_column: WeakColumn = ROUTELLM_WEAK,
+    tenant: TenantOption = LOCAL_TENANT,
 ) -> None:
-    """Train a candidate on base data + feedback; promote it only if it beats the serving router on held-out
-    prompts that neither router trained on."""
+    """Train a candidate per tenant on base data + that tenant's feedback; promote it for that tenant only if it
+    beats the router serving it on held-out prompts neither trained on (its judged held-out pairs, and
+    --heldout files)."""
     state = cli_context(ctx)
-    if not heldout:
-        raise InvalidInput("--heldout is required: a promotion is decided on a fixed held-out set")
-    rows = read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes
-    result = run_retrain(state.db, state.settings, router, data or [], rows, margin, strong_column=strong_column,
-                         weak_column=weak_column)
-    console.print(f"{router} {result.version}: {result.decision}")
+    rows = read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes if heldout else []
+    failed = False
+    for tenant_id in tenants_to_retrain(state.db, tenant):
+        whose = "global default" if tenant_id is None else f"tenant {tenant_id}"
+        try:
+            result = run_retrain(state.db, state.settings, router, data or [], rows, margin,
+                                 strong_column=strong_column, weak_column=weak_column, tenant_id=tenant_id)
+        except InvalidInput as exc:
+            if tenant not in (ALL_TENANTS,):
+                raise
+            failed = True
+            console.print(f"{whose}: failed: {exc}")
+            continue
+        console.print(f"{whose}: {router} {result.version}: {result.decision}")
+    if failed:
+        raise typer.Exit(ExitCode.ERROR)

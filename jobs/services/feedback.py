@@ -76,9 +76,11 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
 FEEDBACK_GROUP = "feedback"  # the group of feedback rows: retraining weights them as the user's own traffic
 
 
-def feedback_preferences(session: Session, since: datetime | None = None) -> list[Preference]:
+def feedback_preferences(session: Session, since: datetime | None = None, tenant_id: str | None = catalog.ANY_TENANT
+                         ) -> list[Preference]:
+    """The tenant's feedback as preference rows (ANY_TENANT: everyone's; retraining always names one tenant)."""
     latest: dict[tuple[int, str], tuple[float, str, str | None]] = {}
-    for row in catalog.feedback_rows(session, since):
+    for row in catalog.feedback_rows(session, since, tenant_id):
         latest[(row.item_id, row.kind)] = (row.value, row.prompt, row.tier)  # later rows overwrite earlier ones
     out = []
     for (_, kind), (value, prompt, tier) in latest.items():

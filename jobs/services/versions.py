@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import catalog
-from db.models import RouterVersion, utcnow
+from db.models import LOCAL_TENANT, RouterVersion, utcnow
 from routers.base import CONFIG_FILE, version_of
 from routers.data import load_training_prompts
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, check_spec
@@ -55,6 +55,7 @@ class VersionRow:
     decision: str
     serving: bool
     shipped: bool = False
+    tenant: str | None = None  # whose version it is (None: the global default's, or the shipped router)
 
 
 def fallback_spec(settings: Settings | None) -> str:
@@ -64,12 +65,15 @@ def fallback_spec(settings: Settings | None) -> str:
     return settings.default_router
 
 
-def resolve_router_spec(sf: sessionmaker[Session], spec: str, settings: Settings | None = None) -> str:
-    """`serving` -> the promoted version's directory (or the shipped default before any promotion)."""
+def resolve_router_spec(sf: sessionmaker[Session], spec: str, settings: Settings | None = None,
+                        tenant_id: str | None = None) -> str:
+    """`serving` -> the directory of the version serving the tenant: its own promoted one, else the global
+    default's, else the shipped default (tenant_id None: the global default's, else the shipped one)."""
     if spec != SERVING:
         return spec
     with sf() as session:
-        current = catalog.serving_version(session)
+        current = (catalog.serving_version(session, tenant_id) if tenant_id is not None else None
+                   ) or catalog.serving_version(session, None)
     return current.path if current else fallback_spec(settings)
 
 
@@ -119,7 +123,7 @@ def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, 
             raise InvalidInput(f"unknown router {spec[:200]!r}: name {SERVING!r}, one of {sorted(ROUTERS)}, or a "
                                "promoted version; router directories and hub ids are set by the operator "
                                "(ROUTEYARD_DEFAULT_ROUTER)")
-    resolved = resolve_router_spec(sf, spec, settings)
+    resolved = resolve_router_spec(sf, spec, settings, tenant_id or LOCAL_TENANT)  # the CLI's jobs are local's
     check_router_spec(resolved)
     return resolved
 
@@ -132,6 +136,11 @@ def router_info(spec: str) -> RouterInfo:
     config = json.loads((folder / CONFIG_FILE).read_text())
     return RouterInfo(spec, str(config.get("router", spec)), version_of(folder), str(folder),
                       (config.get("train") or {}).get("rows"))
+
+
+def public_router(spec: str) -> str:
+    """A router spec as a tenant may see it: a saved router as `name@version`, never its path on the server."""
+    return router_info(spec).label if _router_dir(spec) is not None else spec
 
 
 def shipped_router(settings: Settings | None = None) -> RouterInfo:
@@ -148,27 +157,41 @@ def training_prompts_of(spec: str) -> np.ndarray | None:
     return load_training_prompts(folder, version_of(folder))
 
 
-def version_rows(session: Session, settings: Settings | None = None) -> list[VersionRow]:
-    """Every trained version, newest first, then the shipped router (serving while nothing is promoted)."""
-    rows = [VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
-                       v.created_at, v.decision, v.serving) for v in catalog.list_versions(session)]
+def version_rows(session: Session, settings: Settings | None = None, tenant_id: str | None = None
+                 ) -> list[VersionRow]:
+    """The tenant's trained versions, newest first, then the global default's (what serves the tenant while
+    none of its own is promoted), then the shipped router (serving while nothing is promoted). tenant_id None:
+    the global default's versions and the shipped router."""
+    own = [VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
+                      v.created_at, v.decision, v.serving, tenant=tenant_id) for v in catalog.list_versions(session,
+                                                                                                      tenant_id)]
+    serves = any(r.serving for r in own)
+    rows = list(own)
+    if tenant_id is not None:
+        for v in catalog.list_versions(session, None):
+            rows.append(VersionRow(v.router, v.version, v.path, v.apgr, v.baseline_apgr, (v.data or {}).get("rows"),
+                                   v.created_at, f"global default: {v.decision}", v.serving and not serves))
+            serves = serves or v.serving
     shipped = shipped_router(settings)
     rows.append(VersionRow(shipped.router, shipped.version, shipped.path, None, None, shipped.rows, None,
                            f"shipped default ({shipped.spec}); serves until a trained version is promoted",
-                           not any(r.serving for r in rows), shipped=True))
+                           not serves, shipped=True))
     return rows
 
 
-def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None = None
-             ) -> RouterVersion | RouterInfo:
-    """Serve an earlier version again: a trained one, or the shipped router (its version, or `shipped`)."""
+def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None = None,
+             tenant_id: str | None = catalog.ANY_TENANT) -> RouterVersion | RouterInfo:
+    """Serve an earlier version again: a trained one (of the tenant's, when one is named), or, for the tenant
+    (or the global default), the shipped router (its version, or `shipped`): a tenant then falls back to the
+    global default, if one is promoted."""
     stamp = utcnow().isoformat(timespec="seconds")
+    scope = None if tenant_id == catalog.ANY_TENANT else tenant_id
     with sf() as session:
-        target = catalog.version_named(session, version)
+        target = catalog.version_named(session, version, tenant_id)
         shipped = shipped_router(settings)
         if target is None and version in (SHIPPED, shipped.version):
             catalog.serve_version(session, None, f"replaced by the shipped router {shipped.router} "
-                                                 f"{shipped.version} at {stamp}")
+                                                 f"{shipped.version} at {stamp}", tenant_id=scope)
             session.commit()
             return shipped
         if target is None:
