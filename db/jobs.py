@@ -268,11 +268,12 @@ def claim_item(session: Session, item_id: int, lease_s: float | None = None) -> 
     return claim_items(session, job_id, [item_id], lease_s).get(item_id)
 
 
-def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s: float | None = None
-                ) -> dict[int, Claim]:
+def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s: float | None = None,
+                runner_id: str | None = None) -> dict[int, Claim]:
     """claim_item for many items of one job in one conditional UPDATE: those claimed, by id (the others are
     finished or in flight elsewhere). Nothing is claimed once the job has ended: an item abandoned in flight
-    by a dead worker is not called again after a cancel."""
+    by a dead worker is not called again after a cancel. `runner_id` (db/runners.py) is recorded, so a dead
+    runner's items are released at once."""
     if not item_ids:
         return {}
     if lock_job_for_items(session, job_id) in (None, *JOB_ENDED):
@@ -286,7 +287,7 @@ def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s:
             .with_for_update(skip_locked=True))
     rows = session.execute(
         update(Item).where(Item.id.in_(mine.scalar_subquery()), claimable)
-        .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow())
+        .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow(), claimed_by=runner_id)
         .returning(Item.id, Item.tier, Item.body, Item.shadow).execution_options(synchronize_session=False)
     ).all()
     return {row.id: Claim(row.tier, row.body, bool(row.shadow)) for row in rows}

@@ -103,6 +103,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()  # last scoring/routing step; for stall detection
+    # The embedded runner (a runners row) that holds this job: one at a time (db/runners.py), so two `resume`
+    # processes never take each other's items. Celery jobs have none: claims and leases share their items out.
+    runner_id: Mapped[str | None] = mapped_column(String(120))
 
 
 class Item(Base):
@@ -136,6 +139,13 @@ class Item(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(120))  # the runner calling it (while in flight)
+    # HTTP requests of the call that gave its result (the client's retries included), those that got no answer
+    # (timed out or cut off after being sent: the provider may have answered and billed them), and what those
+    # may have cost at most (routeyard.pricing.cost_bound each): failures are not free.
+    call_attempts: Mapped[int | None] = mapped_column(Integer)
+    unanswered_attempts: Mapped[int | None] = mapped_column(Integer)
+    unanswered_cost_usd: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
     # A shadow item is weak-routed and also sent to the strong model, so both answers can be compared.
     shadow: Mapped[bool] = mapped_column(default=False)
@@ -144,6 +154,21 @@ class Item(Base):
     shadow_completion_tokens: Mapped[int | None] = mapped_column(Integer)
     shadow_cost_usd: Mapped[float | None] = mapped_column(Float)
     shadow_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Runner(Base):
+    """A process that runs jobs (a Celery worker process, an embedded runner: the CLI or the API) and its last
+    heartbeat. One that has not beaten for `Settings.dead_after_s` is dead: its items in flight are released at
+    once and the job it held may be taken up by another process."""
+
+    __tablename__ = "runners"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)  # host:pid:random
+    kind: Mapped[str] = mapped_column(String(20))  # worker | embedded
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class RejectedLine(Base):

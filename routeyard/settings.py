@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     complete_batch_size: int = Field(default=50, ge=1)  # items per completion task
     lease_s: float | None = Field(default=None, gt=0)  # an item in flight this long is re-claimable
     stall_s: float = Field(default=120.0, gt=0)  # a job with no progress this long is re-enqueued
-    reconcile_every_s: float = Field(default=30.0, gt=0)  # how often beat looks for stalled jobs
+    reconcile_every_s: float = Field(default=10.0, gt=0)  # how often beat looks for stalled jobs and dead runners
+    # Every process that runs jobs (worker, embedded runner) beats this often; one silent for dead_after_s is dead:
+    # its items in flight are released at once, and an embedded job it held may be taken up by another process.
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    dead_after_s: float = Field(default=20.0, gt=0)
     visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: unacked tasks come back after this
     schedule_poll_s: float = Field(default=30.0, gt=0)  # how often beat looks for due schedules
 

@@ -63,14 +63,20 @@ class Dispatcher:
             raise Unavailable(f"cannot reach the broker at {safe_url(url)} (ROUTEYARD_BROKER_URL): {exc}; nothing "
                               "was stored") from None
 
-    def run(self, job_id: str, *, retry_failed: bool = False, progress: Progress | None = None) -> Dispatched:
+    def run(self, job_id: str, *, retry_failed: bool = False, progress: Progress | None = None,
+            take_over: bool = False) -> Dispatched:
         """Take the job to its end from wherever it stopped: here (and wait, unless an executor was given),
-        or by enqueueing it for the workers. Finished items are never called again."""
+        or by enqueueing it for the workers. Finished items are never called again. Embedded, a job another
+        live process runs is a Conflict; with `take_over`, a holder that may have died (a previous API process)
+        is waited for until it counts as dead."""
         if self.mode is Mode.EMBEDDED:
+            wait_s = self.settings.dead_after_s + 2 * self.settings.heartbeat_s if take_over else 0.0
             if self.executor is None:
-                summary = run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, progress=progress)
+                summary = run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, progress=progress,
+                                       wait_s=wait_s)
                 return Dispatched(job_id, Mode.EMBEDDED, summary=summary)
-            future = self.executor.submit(run_embedded, self.sf, self.settings, job_id, retry_failed=retry_failed)
+            future = self.executor.submit(run_embedded, self.sf, self.settings, job_id, retry_failed=retry_failed,
+                                          wait_s=wait_s)
             return Dispatched(job_id, Mode.EMBEDDED, future=future)
         if retry_failed:
             with self.sf() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -10,10 +11,13 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import runners
 from routers.registry import LoadedRouter
+from routeyard.errors import Conflict
 from routeyard.settings import Settings
 from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker import pipeline
+from worker.heartbeat import beating
 from worker.judge import judge_if_asked
 from worker.llm_client import CallResult
 from worker.runtime import load_or_fail
@@ -43,11 +47,40 @@ def summary(sf: sessionmaker[Session], job_id: str) -> RunSummary:
 
 
 def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, retry_failed: bool = False,
-                 progress: Progress | None = None, loaded: LoadedRouter | None = None) -> RunSummary:
-    """Take the job from wherever it stopped to the end, in this process."""
+                 progress: Progress | None = None, loaded: LoadedRouter | None = None,
+                 wait_s: float = 0.0) -> RunSummary:
+    """Take the job from wherever it stopped to the end, in this process. Another live process running it is
+    a Conflict that names it (after waiting up to `wait_s` for it to be found dead)."""
     progress = progress or NoProgress()
+    with beating(sf, settings, "embedded") as heartbeat:
+        _hold(sf, settings, job_id, heartbeat.id, wait_s)
+        try:
+            return _run(sf, settings, job_id, retry_failed, progress, loaded, heartbeat.id)
+        finally:
+            with sf() as session:
+                runners.release_job(session, job_id, heartbeat.id)
+                session.commit()
+
+
+def _hold(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str, wait_s: float) -> None:
+    """Hold the job for this process (one runner at a time), waiting up to `wait_s` for a holder that may be
+    dead; Conflict naming the holder otherwise."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with sf() as session:
+            holder = runners.acquire_job(session, job_id, me, settings.dead_after_s)
+            session.commit()
+        if holder is None:
+            return
+        if time.monotonic() >= deadline:
+            raise Conflict(holder.describe(job_id, settings.dead_after_s))
+        time.sleep(min(settings.heartbeat_s, max(0.1, deadline - time.monotonic())))
+
+
+def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_failed: bool, progress: Progress,
+         loaded: LoadedRouter | None, me: str) -> RunSummary:
     with sf() as session:
-        # Nobody else runs an embedded job: anything in flight was cut off when a previous run died.
+        # This process holds the job: anything in flight was cut off when a previous run died.
         statuses = [ItemStatus.IN_FLIGHT] + ([ItemStatus.FAILED] if retry_failed else [])
         store.requeue(session, job_id, statuses)
         job = store.start_job(session, job_id)
@@ -71,16 +104,17 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
     if todo:
         pipeline.check_models(sf, job_id, settings)
         advance = progress.stage("calling models", len(todo))
-        asyncio.run(_complete(sf, settings, job_id, todo, lambda _result: advance(1)))
+        asyncio.run(_complete(sf, settings, job_id, todo, lambda _result: advance(1), me))
     pipeline.finish_if_done(sf, job_id)
     judge_if_asked(sf, settings, job_id)  # a job submitted with --judge: its shadow pairs, now
     return summary(sf, job_id)
 
 
 async def _complete(sf: sessionmaker[Session], settings: Settings, job_id: str, todo: list[int],
-                    on_done: Callable[[CallResult], None]) -> None:
+                    on_done: Callable[[CallResult], None], me: str) -> None:
     clients = pipeline.make_clients(settings)
     try:
-        await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency, on_done)
+        await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency, on_done,
+                                      runner_id=me)
     finally:
         await clients.aclose()

@@ -121,7 +121,8 @@ FLUSH_EVERY_S = 1.0  # ...this long after the first of them landed
 
 async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
                          settings: Settings, concurrency: int,
-                         on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None) -> None:
+                         on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None,
+                         runner_id: str | None = None) -> None:
     """Call the chosen model for each item, at most `concurrency` at a time.
 
     Claims are taken a chunk at a time (one conditional UPDATE each) and results are written in groups, at
@@ -143,7 +144,7 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
 
     def claim(chunk: list[int]) -> dict[int, Claim]:
         with sf() as session:
-            got = store.claim_items(session, job_id, chunk, lease_s)
+            got = store.claim_items(session, job_id, chunk, lease_s, runner_id)
             session.commit()
             return got
 

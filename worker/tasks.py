@@ -12,11 +12,13 @@ import threading
 from collections.abc import Sequence
 from functools import cache, lru_cache
 
+from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import runners
 from db.session import open_database
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
@@ -24,6 +26,7 @@ from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
 from worker import judge, pipeline
 from worker.celery_app import app
+from worker.heartbeat import process_heartbeat
 from worker.judge import wants_judging
 from worker.runtime import load_job_router, load_or_fail
 
@@ -124,8 +127,10 @@ def complete_batch(job_id: str, item_ids: list[int]) -> None:
         log.error("%s; %d items left unclaimed", exc, len(item_ids))
         return
     loop, clients = _thread_loop()
+    me = process_heartbeat(worker_db(), settings, "worker").id
     loop.run_until_complete(pipeline.complete_items(worker_db(), job_id, item_ids, clients, settings,
-                                                    settings.concurrency, lease_s=settings.effective_lease_s))
+                                                    settings.concurrency, lease_s=settings.effective_lease_s,
+                                                    runner_id=me))
     if pipeline.finish_if_done(worker_db(), job_id) and wants_judging(worker_db(), job_id):
         judge_job.delay(job_id)
 
@@ -151,9 +156,11 @@ def _thread_loop() -> tuple[asyncio.AbstractEventLoop, pipeline.Clients]:
 
 @app.task(name="routeyard.reconcile", **RETRY)
 def reconcile() -> int:
-    """Beat runs this: jobs with no progress for `stall_s` (their tasks lost with a broker that restarted
-    without persistence, say) get their remaining work enqueued again."""
+    """Beat runs this: the items of dead workers go back to work at once (release_dead_runners), and jobs with
+    no progress for `stall_s` (their tasks lost with a broker that restarted without persistence, say) get
+    their remaining work enqueued again."""
     settings = worker_settings()
+    release_dead_runners(settings)
     with worker_db()() as session:
         stalled = [(j.id, j.threshold is not None) for j in store.stalled_jobs(session, settings.stall_s)]
     for job_id, routed in stalled:
@@ -163,3 +170,36 @@ def reconcile() -> int:
         else:
             start_job.delay(job_id)
     return len(stalled)
+
+
+def release_dead_runners(settings: Settings) -> list[str]:
+    """Workers that stopped beating (killed, their machine gone): their items in flight go back to routed and
+    every running job's remaining work is enqueued again, which also covers the tasks a dead worker had taken
+    from the broker but not acknowledged (they would come back only after the visibility timeout). Only a
+    reconciler whose own beats have reached the database for `dead_after_s` judges others (after an outage
+    every last beat is old). Returns the jobs re-enqueued."""
+    if not process_heartbeat(worker_db(), settings, "worker").steady:
+        return []
+    with worker_db()() as session:
+        dead = runners.dead_runners(session, settings.dead_after_s)
+        if not dead:
+            return []
+        released = runners.release_items(session, dead)
+        job_ids = runners.running_jobs(session)
+        session.commit()
+    log.warning("runners %s stopped beating; %d items they had in flight released; re-enqueueing %d running "
+                "job(s)", ", ".join(dead), sum(released.values()), len(job_ids))
+    for job_id in job_ids:
+        enqueue_completion(job_id)
+    return job_ids
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _start_heartbeat(**_: object) -> None:
+    """Beat from the start (a thread pool's process, or each prefork child), not from the first task: the
+    reconciler trusts its own judgement only after `dead_after_s` of steady beats."""
+    try:
+        process_heartbeat(worker_db(), worker_settings(), "worker")
+    except Exception:  # the database is away: the first task starts it instead
+        log.warning("could not start the heartbeat yet; the first task will")

@@ -15,7 +15,7 @@ from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import catalog
+from db import runners
 from worker.dispatch import Dispatcher, Mode
 from worker.embedded import RunSummary
 
@@ -33,7 +33,7 @@ class Runs:
             future = self._futures.get(job_id)
             return future is not None and not future.done()
 
-    def start(self, job_id: str, *, retry_failed: bool = False) -> bool:
+    def start(self, job_id: str, *, retry_failed: bool = False, take_over: bool = False) -> bool:
         """Run the job from wherever it stopped, unless this process already runs it; True if started."""
         if self.dispatcher.mode is Mode.DISTRIBUTED:  # the workers run it; claims keep a re-enqueue harmless
             self.dispatcher.run(job_id, retry_failed=retry_failed)
@@ -42,7 +42,7 @@ class Runs:
             current = self._futures.get(job_id)
             if current is not None and not current.done():
                 return False
-            future = self.dispatcher.run(job_id, retry_failed=retry_failed).future
+            future = self.dispatcher.run(job_id, retry_failed=retry_failed, take_over=take_over).future
             if future is not None:
                 self._futures[job_id] = future
         if future is not None:  # outside the lock: an inline executor's future is done already
@@ -59,12 +59,14 @@ class Runs:
                       job_id, type(error).__name__, error, job_id, exc_info=error)
 
     def resume_left_unfinished(self, sf: sessionmaker[Session]) -> list[str]:
-        """Start every tenant job left queued, scoring or running; returns their ids."""
+        """Start every job left interrupted (db/runners.py:interrupted_jobs); returns their ids. One that a
+        previous process held is taken over once that process counts as dead; one a live process (a CLI
+        still running it) holds is left to it, and the log says so."""
         with sf() as session:
-            job_ids = catalog.unfinished_tenant_jobs(session)
+            job_ids = runners.interrupted_jobs(session)
         if job_ids:
             log.warning("resuming %d job(s) left unfinished when the API last stopped: %s", len(job_ids),
                         ", ".join(job_ids))
         for job_id in job_ids:
-            self.start(job_id)
+            self.start(job_id, take_over=True)
         return job_ids

@@ -1,0 +1,131 @@
+"""Runners: the processes that run jobs (Celery worker processes, embedded runners in the CLI or the API), each
+with a heartbeat. A runner that stops beating (killed, crashed, its machine gone) is dead after `dead_after_s`:
+
+- its items in flight go back to routed at once (release_items), instead of sitting out their lease;
+- the embedded job it held (jobs.runner_id) may be taken by another process (acquire_job). Until then a second
+  `routeyard resume` of that job is refused with who holds it, so two processes never reset each other's items.
+
+Locks follow db/jobs.py's order: the job row, then its items by id.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from db.jobs import get_job, lock_job_for_items, rowcount
+from db.models import LOCAL_TENANT, Item, Job, Runner, utcnow
+from routeyard.states import JOB_ACTIVE, ItemStatus, JobStatus
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands datetimes back naive; they are UTC
+
+
+def beat(session: Session, runner_id: str, kind: str) -> None:
+    """This runner is alive (its row is made on the first beat)."""
+    res = session.execute(update(Runner).where(Runner.id == runner_id).values(heartbeat_at=utcnow()))
+    if rowcount(res) == 0:
+        session.add(Runner(id=runner_id, kind=kind, host=socket.gethostname(), pid=os.getpid()))
+
+
+def forget(session: Session, runner_id: str) -> None:
+    """A runner that stops cleanly says so: what it held is free at once."""
+    session.execute(update(Job).where(Job.runner_id == runner_id).values(runner_id=None))
+    session.execute(delete(Runner).where(Runner.id == runner_id))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who runs a job now."""
+
+    runner_id: str
+    kind: str
+    host: str
+    pid: int
+    seen: datetime
+
+    def describe(self, job_id: str, dead_after_s: float) -> str:
+        ago = max(0.0, (utcnow() - _aware(self.seen)).total_seconds())
+        return (f"job {job_id} is being run by another process ({self.kind} runner, pid {self.pid} on {self.host}, "
+                f"last heartbeat {ago:.0f} s ago); it is not run twice at once. Wait for it to finish, or stop that "
+                f"process: the job is free {dead_after_s:.0f} s after its last heartbeat")
+
+
+def _alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
+    """Beat within `dead_after_s`, and, on this host, its process still exists (a killed CLI is known dead at
+    once; a restarted container has the same pid as its previous life, but not the same runner id)."""
+    if runner is None or _aware(runner.heartbeat_at) < utcnow() - timedelta(seconds=dead_after_s):
+        return False
+    if runner.host == socket.gethostname():
+        if runner.pid == os.getpid():
+            return runner.id == me
+        try:
+            os.kill(runner.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, another user's
+            return True
+    return True
+
+
+def acquire_job(session: Session, job_id: str, me: str, dead_after_s: float) -> Holder | None:
+    """Hold the job for runner `me` (the job row is locked until the caller commits); None if it is ours now,
+    else the live runner that holds it."""
+    job = get_job(session, job_id, lock=True)
+    if job.runner_id is not None and job.runner_id != me:
+        holder = session.get(Runner, job.runner_id)
+        if holder is not None and _alive(holder, dead_after_s, me):
+            return Holder(holder.id, holder.kind, holder.host, holder.pid, holder.heartbeat_at)
+    job.runner_id = me
+    return None
+
+
+def release_job(session: Session, job_id: str, me: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.runner_id == me).values(runner_id=None))
+
+
+def dead_runners(session: Session, dead_after_s: float) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    return list(session.scalars(select(Runner.id).where(Runner.heartbeat_at < cutoff)))
+
+
+def release_items(session: Session, runner_ids: list[str]) -> dict[str, int]:
+    """Put the items that dead runners had in flight back to routed, so live ones call them now; forget those
+    runners. Returns {job id: items released}."""
+    if not runner_ids:
+        return {}
+    job_ids = sorted(set(session.scalars(select(Item.job_id).where(Item.claimed_by.in_(runner_ids),
+                                                                   Item.status == ItemStatus.IN_FLIGHT))))
+    released: dict[str, int] = {}
+    for job_id in job_ids:
+        lock_job_for_items(session, job_id)
+        mine = (select(Item.id).where(Item.job_id == job_id, Item.claimed_by.in_(runner_ids),
+                                      Item.status == ItemStatus.IN_FLIGHT).order_by(Item.id).with_for_update())
+        res = session.execute(update(Item).where(Item.id.in_(mine.scalar_subquery()))
+                              .values(status=ItemStatus.ROUTED, claimed_by=None)
+                              .execution_options(synchronize_session=False))
+        released[job_id] = rowcount(res)
+    session.execute(update(Job).where(Job.runner_id.in_(runner_ids)).values(runner_id=None))
+    session.execute(delete(Runner).where(Runner.id.in_(runner_ids)))
+    return released
+
+
+def running_jobs(session: Session) -> list[str]:
+    """Routed jobs still running: where lost completion tasks may have left items."""
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING)))
+
+
+def interrupted_jobs(session: Session) -> list[str]:
+    """Jobs to take up when an embedded API starts, oldest first: every tenant job left queued, scoring or
+    running, and CLI jobs that were started and left scoring or running (one stored with `--detach` waits for
+    its `routeyard run`). A job a live process still runs is refused to the taker by acquire_job."""
+    started = Job.status.in_(JOB_ACTIVE - {JobStatus.QUEUED})
+    return list(session.scalars(select(Job.id).where(Job.status.in_(JOB_ACTIVE),
+                                                     (Job.tenant_id != LOCAL_TENANT) | started)
+                                .order_by(Job.created_at)))
