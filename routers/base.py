@@ -46,6 +46,8 @@ class RouterRuntime:
     device: str = "auto"
     cache_dir: Path | None = None
     batch_size: int = 64
+    # How the default encoder runs: "auto" (ONNX Runtime int8 on a CPU, PyTorch on a GPU), "torch" or "onnx".
+    encoder_backend: str = "auto"
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _describe(hint: Any) -> str:
 
 def embedder_for(encoder: str, runtime: RouterRuntime, layers: bool = False) -> Embedder:
     return Embedder(encoder, cache_dir=runtime.cache_dir, device=runtime.device, batch_size=runtime.batch_size,
-                    layers=layers)
+                    layers=layers, backend=runtime.encoder_backend, export_dir=runtime.cache_dir)
 
 
 def embed_rows(encoder: str, data: Sequence[Preference], runtime: RouterRuntime, options: TrainOptions,

@@ -10,13 +10,21 @@ imported inside the functions that run a model, so importing it costs no ML stac
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from routeyard.errors import InvalidInput, UserError
+
+if TYPE_CHECKING:
+    from routers.onnx_encoder import OnnxLayerEncoder
+
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_BACKENDS = ("auto", "torch", "onnx")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -44,6 +52,25 @@ def resolve_encoder_path(name_or_path: str) -> str:
         except ImportError:
             pass
     return name_or_path
+
+
+def resolve_backend(backend: str, encoder: str, device: str) -> str:
+    """"onnx" or "torch". ONNX Runtime serves only the default encoder (the export and its parity with PyTorch
+    are checked for MiniLM alone): any other encoder runs on PyTorch whatever the setting. "auto" is ONNX on a
+    CPU and PyTorch on a GPU, where PyTorch is fast already and int8 would only cost accuracy."""
+    if backend not in ENCODER_BACKENDS:
+        raise InvalidInput(f"encoder backend {backend!r}: choose one of {list(ENCODER_BACKENDS)}")
+    if backend == "torch" or resolve_encoder_path(encoder) != resolve_encoder_path(DEFAULT_ENCODER):
+        return "torch"
+    if not Path(resolve_encoder_path(encoder)).is_dir():  # the offline MiniLM package is not installed
+        return "torch"
+    runtime = importlib.util.find_spec("onnxruntime") is not None
+    if backend == "auto":
+        return "onnx" if runtime and resolve_device(device) == "cpu" else "torch"
+    if not runtime:
+        raise UserError("encoder backend 'onnx' needs onnxruntime, and this install lacks it: "
+                        "pip install 'routeyard[ml]'")
+    return "onnx"
 
 
 class EmbeddingCache:
@@ -82,12 +109,17 @@ class Embedder:
     """
 
     def __init__(self, encoder: str = DEFAULT_ENCODER, *, cache_dir: Path | None = None,
-                 device: str = "auto", batch_size: int = 64, layers: bool = False) -> None:
+                 device: str = "auto", batch_size: int = 64, layers: bool = False, backend: str = "auto",
+                 export_dir: Path | None = None) -> None:
         self.encoder = encoder
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.layers = layers
+        self.backend = resolve_backend(backend, encoder, self.device)
+        # Where the ONNX export is cached: the settings' cache dir unless told (the embedding cache is optional).
+        self._export_dir = export_dir
         self._model = None
+        self._onnx: OnnxLayerEncoder | None = None
         self._cache = EmbeddingCache(cache_dir / "embeddings.sqlite") if cache_dir else None
 
     @property
@@ -99,15 +131,32 @@ class Embedder:
         return self._model
 
     @property
+    def onnx(self) -> OnnxLayerEncoder:
+        if self._onnx is None:
+            from routers.onnx_encoder import OnnxLayerEncoder  # here, not above: onnxruntime only when used
+            from routeyard.settings import Settings
+
+            self._onnx = OnnxLayerEncoder(Path(resolve_encoder_path(self.encoder)),
+                                          self._export_dir or Settings().cache_dir, self.batch_size)
+        return self._onnx
+
+    @property
     def dim(self) -> int:
+        if self.backend == "onnx":
+            return self.onnx.dim if self.layers else self.onnx.width
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         width = int(get())
         return width * (int(self.model[0].auto_model.config.num_hidden_layers) + 1) if self.layers else width
 
     def _key(self, text: str) -> bytes:
-        return hashlib.sha256(f"{self.encoder}{'#layers' if self.layers else ''}\x00{text}".encode()).digest()
+        # PyTorch's keys are those every earlier version wrote (existing caches stay valid); int8 vectors differ
+        # slightly from them, so they are stored under their own keys and never mixed into one batch's features.
+        backend = "#onnx-int8" if self.backend == "onnx" else ""
+        return hashlib.sha256(f"{self.encoder}{backend}{'#layers' if self.layers else ''}\x00{text}".encode()).digest()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        if self.backend == "onnx":
+            return self.onnx.encode(texts) if self.layers else self.onnx.sentence(texts)
         if not self.layers:
             return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)

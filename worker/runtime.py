@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def router_runtime(settings: Settings) -> RouterRuntime:
     return RouterRuntime(device=settings.device, cache_dir=settings.cache_dir,
-                         batch_size=settings.embedding_batch_size)
+                         batch_size=settings.embedding_batch_size, encoder_backend=settings.encoder_backend)
 
 
 def load_job_router(spec: str, settings: Settings) -> LoadedRouter:
