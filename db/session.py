@@ -8,7 +8,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from routeyard.errors import Unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -54,3 +57,16 @@ def open_database(url: str) -> sessionmaker[Session]:
     engine = make_engine(url)
     migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# What a database that is down, restarting or unreachable raises (a lost or refused connection, a server
+# shutting down; also a deadlock or lock timeout, which a retry gets past): the one list the API maps to 503.
+DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+
+def database_unavailable(exc: Exception) -> Unavailable:
+    """The Unavailable to answer for one of DATABASE_DOWN. Its message names no URL, statement or parameter
+    (they may hold credentials or a user's prompts)."""
+    orig = getattr(exc, "orig", None) or exc
+    return Unavailable(f"the database is not available right now ({type(orig).__name__}); try again in a few "
+                       "seconds")

@@ -57,3 +57,4 @@ class Unavailable(RouteyardError):
     """A service Routeyard needs cannot be reached; the message names the setting that points at it."""
 
     http_status = 503
+    retry_after_s = 5  # the API's Retry-After: a database or broker back from a restart answers by then

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # with the same decisions (benchmarks/encoder_speed.py); "auto" is that on a CPU and PyTorch on a GPU.
     encoder_backend: Literal["auto", "torch", "onnx"] = "auto"
     admin_key: SecretStr = SecretStr("")  # the API's /v1/admin paths (tenants); empty: those paths are off
+    # Input limits: an upload (POST /v1/jobs, /v1/files: 413 above it, refused before it is read whole) and one
+    # line of a batch file (a per-line error above it, in every input form).
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     # Distributed mode (a broker is configured).
     complete_batch_size: int = Field(default=50, ge=1)  # items per completion task

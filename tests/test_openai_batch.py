@@ -23,7 +23,6 @@ from db.models import Batch as BatchRow
 from db.models import Item, utcnow
 from db.session import open_database
 from jobs.api import create_app
-from jobs.services import files as file_service
 from jobs.services.results import export_results
 from jobs.services.tenants import create_tenant
 from routeyard.states import ItemStatus
@@ -237,9 +236,12 @@ def test_files_list_pages_with_a_cursor_and_delete_validates_and_limits(world, m
     expiring = client.files.create(file=("e.jsonl", io.BytesIO(b"{}\n")), purpose="batch",
                                    expires_after={"anchor": "created_at", "seconds": 3600})
     assert expiring.expires_at == expiring.created_at + 3600
-    monkeypatch.setattr(file_service, "MAX_FILE_BYTES", 100)
-    with pytest.raises(openai.APIStatusError) as big:
-        client.files.create(file=("big.jsonl", io.BytesIO(b"x" * 101)), purpose="batch")
+    small = world["settings"].model_copy(update={"max_upload_bytes": 100})  # ROUTEYARD_MAX_UPLOAD_BYTES
+    with TestClient(create_app(small, executor=InlineExecutor())) as http:
+        limited = openai.OpenAI(base_url="http://testserver/v1", api_key=client.api_key, http_client=http,
+                                max_retries=0)
+        with pytest.raises(openai.APIStatusError) as big:
+            limited.files.create(file=("big.jsonl", io.BytesIO(b"x" * 101)), purpose="batch")
     assert big.value.status_code == 413 and "100 bytes" in big.value.message
 
 

@@ -15,6 +15,7 @@ never from a CDN, so they work offline.
 """
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -22,15 +23,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
-from db.session import open_database
+from db.session import DATABASE_DOWN, database_unavailable, open_database
 from jobs.api.admin import admin_routes
 from jobs.api.batches import batch_routes
 from jobs.api.files import file_routes
+from jobs.api.guard import RequestGuard
 from jobs.api.routers_api import router_routes
 from jobs.api.runs import Runs
 from jobs.api.schemas import (
@@ -56,13 +60,23 @@ from jobs.services.submit import JobOptions, submit_job
 from jobs.services.tenants import tenant_for_key
 from jobs.services.versions import public_router
 from routeyard import __version__
-from routeyard.errors import Conflict, UserError
+from routeyard.errors import Conflict, Unavailable, UserError
 from routeyard.settings import Settings
 from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker.dispatch import Dispatcher
 
 ExportFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 422)}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
@@ -95,6 +109,24 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     async def user_error(_request: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, except that a NaN or infinity the client sent is echoed as text (JSON has no such
+        number, so echoing it as one failed with a 500)."""
+        return JSONResponse({"detail": jsonable_encoder(_finite(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status,
+                            headers={"Retry-After": str(exc.retry_after_s)})
+
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        return await unavailable(request, database_unavailable(exc))
+
+    for down in DATABASE_DOWN:  # a database outage is a 503 to retry, not a 500
+        app.add_exception_handler(down, database_down)
+    app.add_middleware(RequestGuard, sf=sf, max_upload_bytes=settings.max_upload_bytes)  # before any body is read
+
     def session() -> Iterator[Session]:
         with sf() as s:
             yield s
@@ -110,7 +142,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
 
     Tenant = Annotated[str, Depends(tenant)]
     Db = Annotated[Session, Depends(session)]
-    app.include_router(file_routes(sf, tenant))  # the OpenAI Files and Batches API (/v1/files, /v1/batches)
+    # the OpenAI Files and Batches API (/v1/files, /v1/batches)
+    app.include_router(file_routes(sf, tenant, settings.max_upload_bytes))
     app.include_router(batch_routes(sf, settings, tenant))
     app.include_router(router_routes(sf, settings, tenant))
 
@@ -123,10 +156,10 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         request: Request,
         tenant_id: Tenant,
         file: Annotated[UploadFile, File(description="JSONL (OpenAI Batch input or plain) or CSV")],
-        strong_fraction: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
-        budget_usd: Annotated[float | None, Form(gt=0.0)] = None,
-        target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5)] = None,
-        shadow: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+        strong_fraction: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.3,
+        budget_usd: Annotated[float | None, Form(gt=0.0, allow_inf_nan=False)] = None,
+        target_pgr: Annotated[float | None, Form(gt=0.0, le=1.5, allow_inf_nan=False)] = None,
+        shadow: Annotated[float | None, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
         judge: Annotated[Literal["pair", "grade"] | None, Form(description="judge the shadow pairs when the job "
                                                                            "completes: pair or grade")] = None,
         router: Annotated[str | None, Form(max_length=500)] = None,

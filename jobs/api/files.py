@@ -16,8 +16,10 @@ from jobs.services import files as service
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIError} for code in (400, 401, 404)}
 
 
-def file_routes(sf: sessionmaker[Session], tenant: Callable[..., str]) -> APIRouter:
-    """The routes; `tenant` is the app's dependency that turns the bearer key into a tenant id (401 if none)."""
+def file_routes(sf: sessionmaker[Session], tenant: Callable[..., str], max_bytes: int = service.MAX_FILE_BYTES
+                ) -> APIRouter:
+    """The routes; `tenant` is the app's dependency that turns the bearer key into a tenant id (401 if none);
+    an upload over `max_bytes` (ROUTEYARD_MAX_UPLOAD_BYTES) answers 413."""
     router = APIRouter(prefix="/v1/files", tags=["files (OpenAI)"], route_class=OpenAIRoute, responses=ERRORS)
     Tenant = Annotated[str, Depends(tenant)]
 
@@ -33,7 +35,7 @@ def file_routes(sf: sessionmaker[Session], tenant: Callable[..., str]) -> APIRou
         service.check_purpose(purpose)  # before reading what may be a large file
         expires = service.expiry_seconds(expires_after_anchor, expires_after_seconds)
         try:
-            content = service.read_upload(file.file)
+            content = service.read_upload(file.file, max_bytes)
         except service.TooLarge as exc:
             raise HTTPException(413, str(exc)) from None  # Content Too Large
         upload = service.Upload(file.filename, purpose, content, expires)

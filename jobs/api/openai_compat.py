@@ -16,15 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from db.session import DATABASE_DOWN, database_unavailable
 from routeyard.errors import Conflict, InvalidInput, NotFound, Unavailable, UserError
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                409: "invalid_request_error", 413: "invalid_request_error", 503: "server_error"}
 
 
-def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
-                                   "param": param, "code": code}}, status_code=status)
+                                   "param": param, "code": code}}, status_code=status, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
@@ -64,6 +66,9 @@ class OpenAIRoute(APIRoute):
             except UserError as exc:
                 return _user_error(exc)
             except Unavailable as exc:
-                return openai_error(503, str(exc))
+                return openai_error(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+            except DATABASE_DOWN as exc:  # an outage: 503, to retry (the SDK retries 5xx itself)
+                down = database_unavailable(exc)
+                return openai_error(503, str(down), headers={"Retry-After": str(down.retry_after_s)})
 
         return handle

@@ -30,7 +30,8 @@ class CancelResponse(BaseModel):
 class FeedbackBody(BaseModel):
     custom_id: str
     kind: Literal["prefer", "rating", "thumbs"]
-    value: float = Field(ge=0.0, le=1.0, description="prefer: 1 strong, 0.5 tie, 0 weak; rating 0..1; thumbs 1/0")
+    value: float = Field(ge=0.0, le=1.0, allow_inf_nan=False,
+                         description="prefer: 1 strong, 0.5 tie, 0 weak; rating 0..1; thumbs 1/0")
 
 
 class FeedbackResponse(BaseModel):
@@ -90,6 +91,10 @@ class SpendResponse(BaseModel):
     saving_usd: float
     saving_pct: float
     strong_share: float = Field(description="share of the calls made that went to the strong model")
+    unanswered_requests: int = Field(0, description="requests sent that got no answer (timed out): in no item's "
+                                     "cost, but a provider may have billed them")
+    unanswered_cost_bound_usd: float = Field(0.0, description="at most what those may have cost (each priced as "
+                                             "if answered in full)")
 
 
 class Health(BaseModel):

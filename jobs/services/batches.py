@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def _number(metadata: dict[str, str], key: str) -> float | None:
         value = float(metadata[key])
     except ValueError:
         value = float("nan")
-    if not (low <= value <= high and (low_ok or value > low)):
+    if not (low <= value <= high and (low_ok or value > low) and math.isfinite(value)):
         bounds = "a positive number" if high == float("inf") else f"a number in {'[' if low_ok else '('}{low}, {high}]"
         raise InvalidInput(f"metadata['{key}'] must be {bounds}, got {metadata[key]!r}")
     return value
@@ -118,17 +119,22 @@ def _check_request(request: BatchRequest, settings: Settings) -> None:
     price_for(settings.weak_model, settings.price_table)
 
 
-def _entries(content: bytes) -> Iterator[ParsedItem | Rejection]:
-    return parse_stream(io.BufferedReader(io.BytesIO(content)), "jsonl")
+def _entries(content: bytes, max_line_bytes: int) -> Iterator[ParsedItem | Rejection]:
+    return parse_stream(io.BufferedReader(io.BytesIO(content)), "jsonl", max_line_bytes)
 
 
-def _rejection_details(content: bytes, rejected: list[tuple[int, str]]) -> dict[int, tuple[str, str | None]]:
+def _rejection_details(content: bytes, rejected: list[tuple[int, str]], max_line_bytes: int
+                       ) -> dict[int, tuple[str, str | None]]:
     """(error code, custom_id) of each rejected line, read again from the file (streamed: files are large)."""
     lines = {n for n, _ in rejected}
-    codes = {e.line_no: e.code for e in _entries(content) if isinstance(e, Rejection) and e.line_no in lines}
+    codes = {e.line_no: e.code for e in _entries(content, max_line_bytes)
+             if isinstance(e, Rejection) and e.line_no in lines}
     details: dict[int, tuple[str, str | None]] = {}
     for n, raw in enumerate(io.BytesIO(content), 1):  # numbered as the parser numbers them
         if n not in lines:
+            continue
+        if len(raw) > max_line_bytes:  # refused for its length: not parsed here either
+            details[n] = (codes.get(n, "invalid_request"), None)
             continue
         try:
             obj = json.loads(raw)
@@ -144,7 +150,7 @@ def _failed(sf: sessionmaker[Session], settings: Settings, tenant_id: str, reque
     """A batch whose file has no valid line: failed, each line's error listed (as OpenAI fails a batch)."""
     errors: list[dict[str, Any]] = []
     more = 0
-    for r in _entries(content):
+    for r in _entries(content, settings.max_line_bytes):
         if isinstance(r, Rejection) and len(errors) < MAX_ERRORS:
             errors.append({"code": r.code, "line": r.line_no, "message": r.reason, "param": r.param})
         elif isinstance(r, Rejection):
@@ -178,7 +184,8 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
                                "purpose 'batch'")
         content, filename = source.content, source.filename
     job_router(sf, options.router, settings, tenant_id)  # the request is judged before its file
-    if not any(isinstance(e, ParsedItem) for e in _entries(content)):  # stops at the first valid line
+    entries = _entries(content, settings.max_line_bytes)
+    if not any(isinstance(e, ParsedItem) for e in entries):  # stops at the first valid line
         return _failed(sf, settings, tenant_id, request, content), None
     result = submit_job(sf, settings, io.BytesIO(content), "jsonl", options, source_name=filename)
     with sf() as session:
@@ -195,7 +202,8 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
             output_expires_s=request.output_expires_s, created_at=now, in_progress_at=now))
         if result.rejected:
             session.flush()
-            batch_store.set_rejection_details(session, result.job_id, _rejection_details(content, result.rejected))
+            details = _rejection_details(content, result.rejected, settings.max_line_bytes)
+            batch_store.set_rejection_details(session, result.job_id, details)
         session.commit()
     return retrieve_batch(sf, settings, tenant_id, result.job_id), result.job_id
 

@@ -1,9 +1,9 @@
 """Files of the OpenAI-compatible Files API: a batch's input, and the output and error files a batch writes.
 
 Stored in the database (db/files.py), so every API process and worker sees them, tenant-scoped, and sized:
-an upload over MAX_FILE_BYTES is refused (413) before anything is stored. Only purpose `batch` is taken on
-upload; Routeyard writes `batch_output` files itself. A file past its `expires_at` reads as missing and is
-deleted by its tenant's next upload.
+an upload over ROUTEYARD_MAX_UPLOAD_BYTES (MAX_FILE_BYTES by default) is refused (413) before anything is
+stored. Only purpose `batch` is taken on upload; Routeyard writes `batch_output` files itself. A file past its
+`expires_at` reads as missing and is deleted by its tenant's next upload.
 """
 
 from __future__ import annotations

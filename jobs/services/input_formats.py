@@ -3,6 +3,10 @@
 Parsing streams: each line yields an accepted item or a rejection naming the line and the field, so one bad
 line never sinks the batch and a file of a million lines is never held in memory.
 
+Text is UTF-8 (a byte-order mark, as Excel writes one, is skipped); a line that is not UTF-8, that is longer
+than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON) or a NUL character (no
+database stores one in text) is rejected with its line number and field, and the rest of the file is read.
+
 A Batch API line's body is kept as the user wrote it (nulls included), minus `model`: parameters the openai
 SDK does not know (top_k, guided_json, ...) reach the endpoint as they are. Lines the batch cannot answer are
 refused here, each with its reason: `"stream": true` (a batch stores whole answers) and urls other than chat
@@ -14,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,8 @@ OTHER_BATCH_URLS = {
     "/v1/moderations": "moderations are not a choice between a strong and a weak model",
 }
 MAX_PROMPT_CHARS = 1_000_000
+MAX_LINE_BYTES = 4 * 1024 * 1024  # a line of the file, at most (ROUTEYARD_MAX_LINE_BYTES): 1M characters of UTF-8 fit
+BOM = "\ufeff"
 
 
 class Message(BaseModel):
@@ -156,41 +163,129 @@ def _from_object(obj: Any, line_no: int) -> ParsedItem:
     return ParsedItem(line_no, custom_id, body, prompt)
 
 
-def _jsonl(stream: io.BufferedReader) -> Iterator[ParsedItem | Rejection]:
-    for line_no, raw in enumerate(stream, 1):
-        if not raw.strip():
+class _NotJson:
+    """What NaN, Infinity and -Infinity parse to, so the line is refused naming the field that holds one."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _check_values(value: Any, where: str = "") -> None:
+    """Refuse what JSON or the database cannot hold: NaN/Infinity, and NUL characters (PostgreSQL text and
+    jsonb refuse \\u0000, so the whole batch would fail to store)."""
+    if isinstance(value, _NotJson) or (isinstance(value, float) and not math.isfinite(value)):
+        text = value.text if isinstance(value, _NotJson) else repr(value)
+        raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
+                        "invalid_json_line", where or None)
+    if isinstance(value, str) and "\x00" in value:
+        raise LineError(f"field '{where or 'line'}': contains a NUL character (\\u0000), which cannot be stored; "
+                        "remove it", "invalid_request", where or None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if "\x00" in str(key):
+                raise LineError(f"field '{path}': a key contains a NUL character (\\u0000), which cannot be stored",
+                                "invalid_request", path)
+            _check_values(item, path)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_values(item, f"{where}.{n}" if where else str(n))
+
+
+def _lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of each physical line; None for a line over `max_bytes`, which is skipped without
+    ever being held whole."""
+    line_no = 0
+    while raw := stream.readline(max_bytes + 1):
+        line_no += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield line_no, None
+            continue
+        yield line_no, raw
+
+
+def _too_long(max_bytes: int) -> str:
+    return f"the line is longer than {max_bytes:,} bytes, the most a line may have (ROUTEYARD_MAX_LINE_BYTES)"
+
+
+def _decode(raw: bytes, line_no: int) -> str:
+    """One line as text; raises LineError naming the byte that is not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line); save the file as "
+                        "UTF-8", "invalid_json_line") from None
+    return text.removeprefix(BOM) if line_no == 1 else text
+
+
+def _jsonl(stream: io.BufferedReader, max_bytes: int) -> Iterator[ParsedItem | Rejection]:
+    for line_no, raw in _lines(stream, max_bytes):
+        if raw is None:
+            yield Rejection(line_no, _too_long(max_bytes), "invalid_json_line")
             continue
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield Rejection(line_no, f"not UTF-8 text ({exc.reason} at byte {exc.start})", "invalid_json_line")
-            continue
-        try:
-            obj = json.loads(text.rstrip("\r\n"))
-        except json.JSONDecodeError as exc:
-            yield Rejection(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line")
-            continue
-        try:
+            text = _decode(raw, line_no)
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text.rstrip("\r\n"), parse_constant=_NotJson)
+            except json.JSONDecodeError as exc:
+                raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line") from None
+            _check_values(obj)
             yield _from_object(obj, line_no)
         except LineError as exc:
             yield Rejection(line_no, str(exc), exc.code, exc.param)
 
 
-def _csv(stream: io.BufferedReader, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
-    reader = csv.reader(text, delimiter=delimiter)
+def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
+    bad: dict[int, str] = {}  # physical line -> why it cannot be read (not UTF-8, too long)
+
+    def text_lines() -> Iterator[str]:
+        for line_no, raw in _lines(stream, max_bytes):
+            if raw is None:
+                bad[line_no] = _too_long(max_bytes)
+                yield "\n"  # an empty row in its place, so the rows after it keep their line numbers
+                continue
+            try:
+                yield _decode(raw, line_no)
+            except LineError as exc:
+                bad[line_no] = str(exc)
+                yield raw.decode("utf-8", errors="replace")
+
+    csv.field_size_limit(max(max_bytes, csv.field_size_limit()))
+    reader = csv.reader(text_lines(), delimiter=delimiter)
+    kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
         return
+    except csv.Error as exc:
+        yield Rejection(1, f"{kind} header: {exc}")
+        return
+    if bad.get(1):
+        yield Rejection(1, f"{kind} header: {bad[1]}")
+        return
     if "prompt" not in header:
-        kind = "TSV" if delimiter == "\t" else "CSV"
         yield Rejection(1, f"{kind} header needs a 'prompt' column; found {header}")
         return
     p_col, id_col = header.index("prompt"), header.index("id") if "id" in header else None
     last_line = reader.line_num
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a NUL byte, a field over the limit: this record only
+            line_no, last_line = last_line + 1, reader.line_num
+            yield Rejection(line_no, f"{exc}", "invalid_request")
+            continue
         line_no, last_line = last_line + 1, reader.line_num  # the line the record starts on
+        why = next((bad[n] for n in range(line_no, last_line + 1) if n in bad), None)
+        if why:
+            yield Rejection(line_no, why, "invalid_request")
+            continue
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
@@ -200,6 +295,7 @@ def _csv(stream: io.BufferedReader, delimiter: str = ",") -> Iterator[ParsedItem
         if id_col is not None and row[id_col].strip():
             obj["id"] = row[id_col].strip()
         try:
+            _check_values(obj)
             yield _from_object(obj, line_no)
         except LineError as exc:
             yield Rejection(line_no, str(exc), exc.code, exc.param)
@@ -212,10 +308,12 @@ def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
     return {".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "jsonl")  # type: ignore[return-value]
 
 
-def parse_stream(stream: io.BufferedReader, fmt: FileFormat) -> Iterator[ParsedItem | Rejection]:
+def parse_stream(stream: io.BufferedReader, fmt: FileFormat, max_line_bytes: int = MAX_LINE_BYTES
+                 ) -> Iterator[ParsedItem | Rejection]:
     """Accepted items and rejections, in file order. Duplicate ids are rejected (first one wins)."""
     seen: dict[str, int] = {}
-    entries = {"csv": lambda: _csv(stream), "tsv": lambda: _csv(stream, "\t"), "jsonl": lambda: _jsonl(stream)}[fmt]()
+    entries = {"csv": lambda: _csv(stream, max_line_bytes), "tsv": lambda: _csv(stream, max_line_bytes, "\t"),
+               "jsonl": lambda: _jsonl(stream, max_line_bytes)}[fmt]()
     for entry in entries:
         if isinstance(entry, ParsedItem):
             first = seen.setdefault(entry.custom_id, entry.line_no)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from routers.calibration import fraction_for_target_pgr
 from routeyard.errors import Conflict, InvalidInput
 from routeyard.pricing import Unbounded, cost_bound, price_for
 from routeyard.redact import safe_url
-from routeyard.settings import Settings
+from routeyard.settings import Price, Settings
 
 INSERT_CHUNK = 1000
 JUDGE_MODES = ("pair", "grade")
@@ -99,8 +100,8 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                            f"{options.target_pgr}")
     if options.shadow_fraction is not None and not 0.0 <= options.shadow_fraction <= 1.0:
         raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
-    if options.budget_usd is not None and options.budget_usd <= 0:
-        raise InvalidInput(f"budget must be a positive number of dollars, got {options.budget_usd}")
+    if options.budget_usd is not None and not (0 < options.budget_usd < math.inf):  # NaN and inf fail too
+        raise InvalidInput(f"budget must be a positive, finite number of dollars, got {options.budget_usd}")
     if options.judge is not None and options.judge not in JUDGE_MODES:
         raise InvalidInput(f"judge must be one of {', '.join(JUDGE_MODES)}, got {options.judge!r}")
     if options.judge and not options.shadow_fraction:
@@ -148,51 +149,73 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                   judge=options.judge, strong_model=settings.strong_model,
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url), prices=prices)
-        session.add(job)
-        session.flush()
-        chunk: list[dict] = []
-        weak_bound = 0.0
-        for entry in parse_stream(io.BufferedReader(reader), fmt):  # type: ignore[arg-type]
-            if isinstance(entry, Rejection):
-                rejected.append((entry.line_no, entry.reason))
-                continue
-            if options.budget_usd is not None:
-                # A budget is only a promise if every answer has a length limit.
-                if not (entry.body.get("max_tokens") or entry.body.get("max_completion_tokens")):
-                    entry.body["max_tokens"] = settings.default_max_tokens
-                try:
-                    weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
-                except Unbounded as exc:
-                    rejected.append((entry.line_no, f"{exc}: a budgeted job cannot take it"))
-                    continue
-            chunk.append(_row(job_id, entry))
-            if len(chunk) >= INSERT_CHUNK:
-                store.add_items(session, chunk)
-                n_items += len(chunk)
-                chunk = []
-        store.add_items(session, chunk)
-        n_items += len(chunk)
-        if n_items == 0:
-            session.rollback()
-            detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
-            raise InvalidInput(f"no valid items in {source_name or 'the input'}: {detail}")
-        if options.budget_usd is not None and weak_bound > options.budget_usd:
-            session.rollback()
-            raise InvalidInput(f"budget ${options.budget_usd:.6g} is below ${weak_bound:.6g}, the most these "
-                              f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
-        store.add_rejected(session, job_id, rejected)
-        job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)
-        job.n_items, job.n_rejected = n_items, len(rejected)
         try:
+            n_items = _store(session, job, reader, fmt, options, settings, rejected, weak_price)
+            job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)
             session.commit()
-        except IntegrityError:  # a concurrent submit with the same key won the race
+        except IntegrityError:  # a concurrent submit with the same key stored its job first
             session.rollback()
-            if options.idempotency_key:
-                existing = store.job_by_key(session, options.idempotency_key, options.tenant_id)
-                if existing is not None:
-                    return SubmitResult(existing.id, False, existing.n_items, [])
-            raise
+            if not options.idempotency_key:
+                raise
+            return _raced(session, reader, requested, settings)
     return SubmitResult(job_id, True, n_items, rejected)
+
+
+def _store(session: Session, job: Job, reader: _HashingReader, fmt: str, options: JobOptions, settings: Settings,
+           rejected: list[tuple[int, str]], weak_price: Price) -> int:
+    """Add the job, its items and rejected lines in the caller's transaction; the number of items."""
+    job_id, source_name, n_items = job.id, job.source, 0
+    session.add(job)
+    session.flush()  # PostgreSQL: waits here for a concurrent submit with the same key, then IntegrityError
+    chunk: list[dict] = []
+    weak_bound = 0.0
+    for entry in parse_stream(io.BufferedReader(reader), fmt, settings.max_line_bytes):  # type: ignore[arg-type]
+        if isinstance(entry, Rejection):
+            rejected.append((entry.line_no, entry.reason))
+            continue
+        if options.budget_usd is not None:
+            # A budget is only a promise if every answer has a length limit.
+            if not (entry.body.get("max_tokens") or entry.body.get("max_completion_tokens")):
+                entry.body["max_tokens"] = settings.default_max_tokens
+            try:
+                weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
+            except Unbounded as exc:
+                rejected.append((entry.line_no, f"{exc}: a budgeted job cannot take it"))
+                continue
+        chunk.append(_row(job_id, entry))
+        if len(chunk) >= INSERT_CHUNK:
+            store.add_items(session, chunk)
+            n_items += len(chunk)
+            chunk = []
+    store.add_items(session, chunk)
+    n_items += len(chunk)
+    if n_items == 0:
+        session.rollback()
+        detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
+        raise InvalidInput(f"no valid items in {source_name or 'the input'}: {detail}")
+    if options.budget_usd is not None and weak_bound > options.budget_usd:
+        session.rollback()
+        raise InvalidInput(f"budget ${options.budget_usd:.6g} is below ${weak_bound:.6g}, the most these "
+                          f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
+    store.add_rejected(session, job_id, rejected)
+    job.n_items, job.n_rejected = n_items, len(rejected)
+    return n_items
+
+
+def _raced(session: Session, reader: _HashingReader, requested: JobOptions, settings: Settings) -> SubmitResult:
+    """The job a concurrent submit with the same key stored: this request's answer if it asked for the same job
+    (the rest of the file is hashed to tell), else a conflict."""
+    while reader.read(1 << 20):
+        pass
+    existing = store.job_by_key(session, requested.idempotency_key or "", requested.tenant_id)
+    if existing is None:  # it was rolled back after all: nothing to answer with, and nothing stored here
+        raise Conflict(f"idempotency key {requested.idempotency_key!r} was being used by another submit at the "
+                       "same moment; submit again")
+    if _request_hash(reader.digest.hexdigest(), requested, settings) != existing.request_hash:
+        raise Conflict(f"idempotency key {requested.idempotency_key!r} was used for job {existing.id} with a "
+                       "different file or options; use a new key for a new job")
+    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, existing.id)]
+    return SubmitResult(existing.id, False, existing.n_items, rejected)
 
 
 def _existing(session: Session, job: Job, source: BinaryIO, options: JobOptions, settings: Settings) -> SubmitResult:
