@@ -294,9 +294,12 @@ def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s:
 
 
 def result_values(item_id: int, result: CallOutcome, cost: float, shadow: CallOutcome | None = None,
-                  shadow_cost: float = 0.0) -> dict[str, Any]:
-    """One item's result as the row values record_results writes (every key present, so rows batch)."""
+                  shadow_cost: float = 0.0, *, attempts: int = 1, unanswered: int = 0,
+                  unanswered_cost: float = 0.0) -> dict[str, Any]:
+    """One item's result as the row values record_results writes (every key present, so rows batch), with the
+    HTTP requests its calls took, those never answered, and what those may have cost at most."""
     return {
+        "call_attempts": attempts, "unanswered_attempts": unanswered, "unanswered_cost_usd": unanswered_cost,
         "id": item_id, "status": ItemStatus.SUCCEEDED if result.ok else ItemStatus.FAILED,
         "status_code": result.status_code, "response": result.response, "answer": result.answer,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,

@@ -89,3 +89,31 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
              .group_by(*keys).order_by(u.c.period, u.c.tier, u.c.model))
     return [SpendRow(tier, model, strong, int(n), int(p), int(c), float(d), None if per is None else str(per), t)
             for per, t, tier, model, strong, n, p, c, d in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class UnansweredSpend:
+    """Requests sent to a provider that never got an answer (timed out, cut off): not in any item's cost, but a
+    provider may have processed and billed each one. `cost_bound_usd` is at most what they cost (each priced
+    by routeyard.pricing.cost_bound, as if answered in full)."""
+
+    requests: int
+    cost_bound_usd: float
+
+
+def unanswered_spend(session: Session, where: SpendFilter = SpendFilter()) -> UnansweredSpend:
+    """Unanswered requests of the items `where` selects, succeeded or failed (a call that succeeded on a retry
+    may have timed out before)."""
+    query = (select(func.coalesce(func.sum(Item.unanswered_attempts), 0),
+                    func.coalesce(func.sum(Item.unanswered_cost_usd), 0.0))
+             .join(Job, Job.id == Item.job_id).where(Item.unanswered_attempts > 0))
+    if where.job_id is not None:
+        query = query.where(Item.job_id == where.job_id)
+    if where.tenant_id is not None:
+        query = query.where(Job.tenant_id == where.tenant_id)
+    if where.tag is not None:
+        query = query.where(Job.tag == where.tag)
+    if where.since is not None:
+        query = query.where(Item.finished_at >= where.since)
+    requests, bound = session.execute(query).one()
+    return UnansweredSpend(int(requests or 0), float(bound or 0.0))

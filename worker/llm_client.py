@@ -13,12 +13,16 @@ for answers and for error responses alike.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import httpx2 as httpx
 import openai
+from openai._constants import DEFAULT_CONNECTION_LIMITS
 from openai.resources.chat.completions import AsyncCompletions
 
 from routeyard.redact import redact
@@ -67,6 +71,36 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+@dataclass
+class Tally:
+    """One call's HTTP requests, counted by CountingTransport: every attempt the client made (its retries
+    included), and those sent that got no answer (a read timeout, a connection cut after sending). A provider
+    may have answered, and billed, each of those."""
+
+    attempts: int = 0
+    unanswered: int = 0
+
+
+_TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("routeyard_call_tally", default=None)
+
+
+class CountingTransport(httpx.AsyncHTTPTransport):
+    """The client's transport, counting attempts into the calling task's Tally (the SDK retries above it)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.attempts += 1
+        try:
+            return await super().handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise  # never reached the provider: nothing to bill
+        except (httpx.TransportError, asyncio.CancelledError):
+            if tally is not None:
+                tally.unanswered += 1
+            raise
+
+
 @dataclass(frozen=True)
 class CallResult:
     ok: bool
@@ -77,6 +111,8 @@ class CallResult:
     completion_tokens: int
     latency_ms: float
     error: str | None = None
+    attempts: int = 1  # HTTP requests made, the client's retries included
+    unanswered: int = 0  # of those, sent but never answered (timed out): perhaps billed by the provider
 
 
 class ModelClient:
@@ -89,8 +125,9 @@ class ModelClient:
         self.client: openai.AsyncOpenAI | None = None
         self.setup_error: str | None = None
         try:
+            http = openai.DefaultAsyncHttpxClient(transport=CountingTransport(limits=DEFAULT_CONNECTION_LIMITS))
             self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key or None,
-                                             max_retries=max_retries, timeout=timeout_s)
+                                             max_retries=max_retries, timeout=timeout_s, http_client=http)
         except openai.OpenAIError as exc:  # e.g. no key at all: every call fails with why, the process does not
             tier = endpoint.tier.upper()
             self.setup_error = redact(f"cannot call the {endpoint.tier} model: {exc} (set ROUTEYARD_{tier}_API_KEY, "
@@ -101,7 +138,18 @@ class ModelClient:
         return self.endpoint.model
 
     async def complete(self, body: dict[str, Any]) -> CallResult:
-        """One chat completion for `body` (an OpenAI request body without `model`)."""
+        """One chat completion for `body` (an OpenAI request body without `model`), with how many HTTP requests
+        it took and how many of those went unanswered."""
+        tally = Tally()
+        token = _TALLY.set(tally)
+        try:
+            result = await self._complete(body)
+        finally:
+            _TALLY.reset(token)
+        return replace(result, attempts=max(tally.attempts, 1 if result.status_code else 0),
+                       unanswered=tally.unanswered)
+
+    async def _complete(self, body: dict[str, Any]) -> CallResult:
         start = time.perf_counter()
         if self.client is None:
             return self._failure(start, None, self.setup_error or "no client")

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +23,7 @@ from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
-from routeyard.pricing import cost_bound, cost_usd, price_for
+from routeyard.pricing import Unbounded, cost_bound, cost_usd, price_for
 from routeyard.settings import Price, Settings, Tier
 from routeyard.states import JobStatus
 from worker.llm_client import CallResult, ModelClient
@@ -172,8 +173,13 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
                                        shadow.completion_tokens) if shadow.ok else 0.0
             else:
                 result = await client.complete(claim.body)
-            cost = cost_usd(price_for(client.model, prices), result.prompt_tokens, result.completion_tokens)
-            writer.add(store.result_values(item_id, result, cost if result.ok else 0.0, shadow, shadow_cost))
+            price = price_for(client.model, prices)
+            cost = cost_usd(price, result.prompt_tokens, result.completion_tokens)
+            calls = [(result, price)] + ([(shadow, price_for(clients.strong.model, prices))] if shadow else [])
+            writer.add(store.result_values(
+                item_id, result, cost if result.ok else 0.0, shadow, shadow_cost,
+                attempts=sum(r.attempts for r, _ in calls), unanswered=sum(r.unanswered for r, _ in calls),
+                unanswered_cost=sum(unanswered_cost_bound(claim.body, r, p, settings) for r, p in calls)))
             if on_done:
                 on_done(result)
 
@@ -182,6 +188,17 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
         await asyncio.gather(claimer(), *(caller() for _ in range(callers)))
     finally:
         await writer.close()
+
+
+def unanswered_cost_bound(body: dict[str, Any], result: CallResult, price: Price, settings: Settings) -> float:
+    """What a call's unanswered requests may have cost at most: each one as if the provider had answered it in
+    full (pricing.cost_bound); 0 for a request whose cost has no bound (billed by duration or pages)."""
+    if not result.unanswered:
+        return 0.0
+    try:
+        return result.unanswered * cost_bound(body, price, settings.default_max_tokens)
+    except Unbounded:
+        return 0.0
 
 
 def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings, before_routing: bool = False) -> None:

@@ -47,6 +47,9 @@ def spend(report: SpendReport, tag: str | None = None) -> None:
     extra += f", plus {judge} judge calls" if judge else ""
     console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
                   f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of routed calls strong{extra}")
+    if report.unanswered_requests:
+        console.print(f"unanswered requests (timed out; a provider may have billed them, not in the total): "
+                      f"{report.unanswered_requests}, at most ${report.unanswered_cost_bound_usd:.4f}")
 
 
 def spend_periods_csv(periods: Sequence[PeriodSpend]) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from db import jobs as store
-from db.spend import Period, SpendFilter, SpendRow, spend_rows
+from db.spend import Period, SpendFilter, SpendRow, spend_rows, unanswered_spend
 from routeyard.errors import InvalidInput
 from routeyard.pricing import cost_usd, price_for
 from routeyard.settings import Settings
@@ -36,6 +36,9 @@ class SpendReport:
     saving_usd: float
     saving_pct: float
     strong_share: float  # of the calls made
+    # Requests that got no answer (timeouts): in no item's cost, but a provider may have billed them; at most:
+    unanswered_requests: int = 0
+    unanswered_cost_bound_usd: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,9 +65,10 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
     total = sum(m.cost_usd for m in models)
     strong_calls = sum(m.calls for m in models if m.tier == "strong")
     saving = all_strong - total
+    lost = unanswered_spend(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, tag=tag, since=since))
     return SpendReport(job_id, models, calls, total, all_strong, saving,
                        100.0 * saving / all_strong if all_strong else 0.0,
-                       strong_calls / calls if calls else 0.0)
+                       strong_calls / calls if calls else 0.0, lost.requests, lost.cost_bound_usd)
 
 
 @dataclass(frozen=True)
