@@ -32,10 +32,10 @@ def saved_router(path, router="random"):
     return path
 
 
-def add_version(sf, path, *, serve):
+def add_version(sf, path, *, serve, tenant_id=None):
     with sf() as session:
         row = catalog.add_version(session, RouterVersion(router="random", version=version_of(path), path=str(path),
-                                                         decision="test"), serve=serve)
+                                                         decision="test", tenant_id=tenant_id), serve=serve)
         session.commit()
         return f"{row.router}@{row.version}"
 
@@ -167,3 +167,18 @@ def test_an_operator_default_router_that_fails_ends_a_tenant_job_as_failed(setti
         assert status["status"] == "failed" and status["counts"] == {"failed": 2}
         r = client.post(f"/v1/jobs/{job_id}/resume", headers=auth)
         assert r.status_code == 409 and "failed" in r.json()["detail"]
+
+
+def test_a_tenant_may_not_name_another_tenants_version(settings, tmp_path):
+    sf = open_database(settings.resolved_database_url)
+    owner_id, key_a = create_tenant(sf, "a")
+    _, key_b = create_tenant(sf, "b")
+    theirs = add_version(sf, saved_router(tmp_path / "a-router"), serve=True, tenant_id=owner_id)
+    batch = write_batch(tmp_path / "b.jsonl", ["one", "two"])
+    with TestClient(create_app(settings)) as client:
+        def post(key):
+            return client.post("/v1/jobs", headers={"Authorization": f"Bearer {key}"},
+                               files={"file": ("b.jsonl", batch.read_bytes())}, data={"router": theirs})
+
+        assert post(key_b).status_code == 422
+        assert post(key_a).status_code == 201

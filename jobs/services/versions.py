@@ -94,15 +94,13 @@ def check_router_spec(spec: str) -> None:
 
 def _named_version(session: Session, spec: str, tenant_id: str | None) -> RouterVersion | None:
     """A stored version named by its version or `router@version`. For a tenant, only one that was promoted
-    (serving now or before) and is the operator's or its own."""
+    (serving now or before) and is its own or the global default's; never another tenant's."""
     name, _, version = spec.rpartition("@")
-    row = catalog.version_named(session, version)
-    if row is None or (name and name != row.router):
-        return None
-    owner = getattr(row, "tenant_id", None)  # versions trained for one tenant belong to it
-    if tenant_id is not None and (row.promoted_at is None or owner not in (None, tenant_id)):
-        return None
-    return row
+    for owner in (tenant_id, None) if tenant_id is not None else (catalog.ANY_TENANT,):
+        row = catalog.version_named(session, version, owner)
+        if row is not None and (not name or name == row.router) and (tenant_id is None or row.promoted_at):
+            return row
+    return None
 
 
 def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, tenant_id: str | None) -> str:
