@@ -64,9 +64,11 @@ def set_rejection_details(session: Session, job_id: str, details: Mapping[int, t
 
 
 def in_flight(session: Session, job_id: str, since: datetime) -> int:
-    """Items of the job in flight since `since` (older claims are abandoned: their worker died)."""
-    return session.scalar(select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.IN_FLIGHT,
-                                                     Item.started_at >= since)) or 0
+    """Items of the job in flight since `since` (older claims are abandoned: their worker died), and items a
+    provider batch still holds (the poller cancels it and merges what it ran)."""
+    return session.scalar(select(func.count()).where(
+        Item.job_id == job_id, ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at >= since))
+        | (Item.status == ItemStatus.BATCHED))) or 0
 
 
 def mark_cancelling(session: Session, batch_id: str) -> None:

@@ -111,8 +111,9 @@ def start_job(session: Session, job_id: str) -> Job:
 
 
 def cancel_job(session: Session, job: Job) -> int:
-    """Stop a job: items not yet called are cancelled; calls already in flight finish and are kept. Lock the
-    job row first (get_job(..., lock=True)), as every other writer does."""
+    """Stop a job: items not yet called are cancelled; calls already in flight finish and are kept, and so do
+    items in a provider batch (the poller cancels the batch and merges what the provider ran: it bills that).
+    Lock the job row first (get_job(..., lock=True)), as every other writer does."""
     if job.status in JOB_ENDED:
         return 0
     res = session.execute(update(Item).where(Item.job_id == job.id,
@@ -243,12 +244,16 @@ def item_ids(session: Session, job_id: str, status: ItemStatus) -> list[int]:
                                 .order_by(Item.id)))
 
 
-def claimable_ids(session: Session, job_id: str, lease_s: float) -> list[int]:
-    """Items waiting for a call: routed, or in flight past their lease."""
+def claimable_ids(session: Session, job_id: str, lease_s: float, batch_tiers: Sequence[str] = ()) -> list[int]:
+    """Items waiting for a direct call: routed, or in flight past their lease. The routed items of a tier in
+    batch mode wait for a provider batch instead (but shadow items, and items a provider batch handed back to
+    direct calls, are called directly)."""
     stale = utcnow() - timedelta(seconds=lease_s)
+    routed = Item.status == ItemStatus.ROUTED
+    if batch_tiers:
+        routed = routed & (Item.tier.not_in(batch_tiers) | Item.shadow.is_(True) | Item.provider_batch_id.is_not(None))
     return list(session.scalars(select(Item.id).where(
-        Item.job_id == job_id,
-        (Item.status == ItemStatus.ROUTED) | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale)),
+        Item.job_id == job_id, routed | ((Item.status == ItemStatus.IN_FLIGHT) & (Item.started_at < stale)),
     ).order_by(Item.id)))
 
 

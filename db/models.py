@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from routeyard.states import ItemStatus, JobStatus, JudgmentStatus
+from routeyard.states import ItemStatus, JobStatus, JudgmentStatus, ProviderBatchStatus
 
 
 def utcnow() -> datetime:
@@ -154,6 +154,9 @@ class Item(Base):
     shadow_completion_tokens: Mapped[int | None] = mapped_column(Integer)
     shadow_cost_usd: Mapped[float | None] = mapped_column(Float)
     shadow_error: Mapped[str | None] = mapped_column(Text)
+    # The provider batch the item was sent in last (its tier in batch mode); kept after the batch is merged.
+    provider_batch_id: Mapped[int | None] = mapped_column(ForeignKey("provider_batches.id", ondelete="SET NULL"),
+                                                          index=True)
 
 
 class Runner(Base):
@@ -314,3 +317,28 @@ class Batch(Base):
     cancelling_at: Mapped[datetime | None] = mapped_column()
     finalizing_at: Mapped[datetime | None] = mapped_column()  # a writer's claim on the output files (a lease)
     finalized_at: Mapped[datetime | None] = mapped_column()  # output files written (completed_at/cancelled_at)
+
+
+class ProviderBatch(Base):
+    """A share of one job's tier sent through its provider's Batch API. The provider's file and batch ids are
+    stored as soon as they exist, so a restart polls the batch it created instead of creating another; the
+    batch's metadata carries `routeyard_batch` (this row's key) for the one moment before its id is stored."""
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (Index("ix_provider_batches_job_status", "job_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tier: Mapped[str] = mapped_column(String(10))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[ProviderBatchStatus] = mapped_column(StateType(ProviderBatchStatus),
+                                                        default=ProviderBatchStatus.PREPARING)
+    n_requests: Mapped[int] = mapped_column(Integer)
+    input_file_id: Mapped[str | None] = mapped_column(String(200))
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200))
+    provider_status: Mapped[str | None] = mapped_column(String(40))  # the provider's own word, as last polled
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    next_poll_at: Mapped[datetime | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    merged_at: Mapped[datetime | None] = mapped_column()

@@ -54,6 +54,12 @@ def _list_version() -> str:
     return version("genai-prices")
 
 
+def batch_price(price: Price) -> Price:
+    """The price a provider's Batch API bills: the list price less its batch discount (none known: the list)."""
+    keep = 1.0 - (price.batch_discount or 0.0)
+    return Price(input=price.input * keep, output=price.output * keep, batch_discount=price.batch_discount)
+
+
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
 

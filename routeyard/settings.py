@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Tier = Literal["strong", "weak"]
+CallMode = Literal["direct", "batch"]
 Role = Literal["strong", "weak", "judge"]  # an endpoint: the two tiers a job routes between, and the judge
 
 
@@ -74,6 +75,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
+    # How each tier's routed share is called: "direct" (a call per item, now) or "batch" (the provider's Batch
+    # API: half the list price at OpenAI, Anthropic, Google and others, answered within its completion window).
+    strong_mode: CallMode = "direct"
+    weak_mode: CallMode = "direct"
+    batch_poll_s: float = Field(default=30.0, gt=0)  # first wait between polls of a provider batch; it doubles
+    batch_poll_max_s: float = Field(default=600.0, gt=0)  # ... up to this
+    batch_max_requests: int = Field(default=50_000, ge=1)  # per input file: OpenAI's limit
+    batch_max_bytes: int = Field(default=200 * 2**20, ge=1024)  # per input file: OpenAI's limit (200 MB)
+    batch_completion_window: str = "24h"  # the only window OpenAI offers
+    # What happens to items an expired or partly failed provider batch left unanswered: a new provider batch
+    # ("resubmit", at batch prices; up to max_retries rounds) or direct calls ("direct", at once, list price).
+    batch_fallback: Literal["resubmit", "direct"] = "resubmit"
+
     # Distributed mode (a broker is configured).
     complete_batch_size: int = Field(default=50, ge=1)  # items per completion task
     lease_s: float | None = Field(default=None, gt=0)  # an item in flight this long is re-claimable
@@ -98,6 +112,14 @@ class Settings(BaseSettings):
         if self.lease_s is not None:
             return self.lease_s
         return self.request_timeout_s * (self.max_retries + 1) + 60.0
+
+    def mode(self, tier: str) -> CallMode:
+        return self.strong_mode if tier == "strong" else self.weak_mode
+
+    @property
+    def batch_tiers(self) -> tuple[str, ...]:
+        """The tiers whose routed share goes through the provider's Batch API."""
+        return tuple(t for t in ("strong", "weak") if self.mode(t) == "batch")
 
     @property
     def cache_dir(self) -> Path:

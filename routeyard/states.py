@@ -22,6 +22,7 @@ class ItemStatus(StrEnum):
     PENDING = "pending"  # stored, not scored yet
     ROUTED = "routed"  # scored and assigned a model
     IN_FLIGHT = "in_flight"  # a call is being made
+    BATCHED = "batched"  # in a provider batch (its tier runs in batch mode), waiting for the provider's answer
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"  # the job was cancelled before this item was called
@@ -49,3 +50,11 @@ class JudgmentStatus(StrEnum):
     IN_FLIGHT = "in_flight"
     JUDGED = "judged"  # a verdict, stored as a feedback row
     ERROR = "error"  # a call failed or the reply had no verdict: stored, never a label
+
+
+class ProviderBatchStatus(StrEnum):
+    """A share of a job sent through a provider's Batch API (a tier in batch mode)."""
+
+    PREPARING = "preparing"  # its items are chosen and stored; the input file or the batch may not exist yet
+    SUBMITTED = "submitted"  # the provider's batch id is stored: from now on it is polled, never created again
+    MERGED = "merged"  # the provider's batch ended and its output and error files are merged into the items

@@ -270,3 +270,47 @@ def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):
     with sf() as session:
         versions = session.execute(text("SELECT router, serving, decision FROM router_versions")).all()
     assert len(versions) == 1 and versions[0].router == DEFAULT_ROUTER and versions[0].serving
+
+
+def test_the_strong_share_runs_as_a_provider_batch_polled_by_beat(cluster, loopback, tmp_path):
+    """Distributed mode, the front and back of the Batch API: the SDK submits to Routeyard's /v1/batches; the
+    workers route, call the weak share directly and send the strong share as a provider batch; beat polls it
+    and merges it. A worker killed while the provider holds the batch loses nothing."""
+    import openai
+
+    from db.models import ProviderBatch
+    from routeyard.testing.loopback_batches import BatchBehaviour
+
+    loopback.config.batches = BatchBehaviour(delay_s=3.0)
+    cluster.env.update(ROUTEYARD_STRONG_MODE="batch", ROUTEYARD_BATCH_POLL_S="0.5", ROUTEYARD_BATCH_POLL_MAX_S="1")
+    sf, key, base = tenant_and_api(cluster)
+    try:
+        first = cluster.worker("worker-a")
+        cluster.beat()
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
+        uploaded = client.files.create(file=batch_file(tmp_path / "b.jsonl", 200).open("rb"), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h", metadata={"strong_fraction": "0.3",
+                                                                          "router": "random"})
+
+        def submitted() -> bool:
+            with sf() as session:
+                return session.scalar(select(func.count()).where(ProviderBatch.provider_batch_id.is_not(None))) > 0
+
+        wait_for(submitted, 120, "the provider batch")
+        os.killpg(first.pid, signal.SIGKILL)
+        cluster.worker("worker-b")
+        wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", 180, "the batch to complete",
+                 interval=1)
+    except Exception:
+        print(cluster.dump())
+        raise
+    done = client.batches.retrieve(batch.id)
+    assert done.request_counts.completed == 200 and done.request_counts.failed == 0
+    with sf() as session:
+        rows = list(session.scalars(select(Item).where(Item.job_id == batch.id)))
+        batches = session.scalars(select(ProviderBatch)).all()
+    strong = [r for r in rows if r.tier == "strong"]
+    assert len(strong) == 60 and all(r.provider_batch_id is not None for r in strong)
+    assert len(batches) == 1 and server_stats(loopback.base_url)["batches_created"] == 1
+    assert server_stats(loopback.base_url)["max_calls_per_prompt"] == 1

@@ -32,6 +32,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "reconcile": {"task": "routeyard.reconcile", "schedule": settings.reconcile_every_s},
             "schedules": {"task": "routeyard.run_schedules", "schedule": settings.schedule_poll_s},
+            # provider batches are polled at their own backoff; beat only looks for the ones due
+            "provider_batches": {"task": "routeyard.poll_provider_batches",
+                                 "schedule": min(settings.batch_poll_s, settings.reconcile_every_s)},
         },
     )
     return app

@@ -6,17 +6,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import provider_batches as provider_rows
 from db import runners
+from db.models import ProviderBatch, utcnow
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.settings import Settings
 from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
-from worker import pipeline
+from worker import pipeline, provider_batches
 from worker.heartbeat import beating
 from worker.judge import judge_if_asked
 from worker.llm_client import CallResult
@@ -99,22 +102,45 @@ def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_faile
         pipeline.score_items(sf, job_id, loaded, settings.score_batch_size, progress.stage("scoring", unscored))
     pipeline.assign_routes(sf, job_id, settings)
 
-    with sf() as session:
-        todo = store.item_ids(session, job_id, ItemStatus.ROUTED)
-    if todo:
-        pipeline.check_models(sf, job_id, settings)
-        advance = progress.stage("calling models", len(todo))
-        asyncio.run(_complete(sf, settings, job_id, todo, lambda _result: advance(1), me))
+    asyncio.run(_calls(sf, settings, job_id, progress, me))
     pipeline.finish_if_done(sf, job_id)
     judge_if_asked(sf, settings, job_id)  # a job submitted with --judge: its shadow pairs, now
     return summary(sf, job_id)
 
 
-async def _complete(sf: sessionmaker[Session], settings: Settings, job_id: str, todo: list[int],
-                    on_done: Callable[[CallResult], None], me: str) -> None:
+async def _calls(sf: sessionmaker[Session], settings: Settings, job_id: str, progress: Progress, me: str) -> None:
+    """Direct calls for direct-mode tiers; provider batches for batch-mode tiers, polled until they are merged
+    (a merged batch may hand items back to direct calls or to a new batch: the loop goes round again)."""
     clients = pipeline.make_clients(settings)
     try:
-        await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency, on_done,
-                                      runner_id=me)
+        while True:
+            if settings.batch_tiers:
+                await provider_batches.submit_share(sf, settings, job_id, clients)
+            with sf() as session:
+                todo = provider_rows.direct_ids(session, job_id, settings.batch_tiers)
+            if todo:
+                pipeline.check_models(sf, job_id, settings)
+                await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency,
+                                              _counting(progress.stage("calling models", len(todo))), runner_id=me)
+            with sf() as session:
+                waiting = provider_rows.open_batches(session, job_id)
+            if not waiting:
+                return
+            progress.stage(f"waiting for {len(waiting)} provider batch(es)", 0)
+            await asyncio.sleep(_until_due(waiting, settings))
+            await provider_batches.poll_batches(sf, settings, job_id, clients)
     finally:
         await clients.aclose()
+
+
+def _counting(advance: Callable[[int], None]) -> Callable[[CallResult], None]:
+    return lambda _result: advance(1)
+
+
+def _until_due(waiting: list[ProviderBatch], settings: Settings) -> float:
+    """Seconds until the first of these provider batches is due for a poll."""
+    now = utcnow()
+    due = [(b.next_poll_at if b.next_poll_at.tzinfo else b.next_poll_at.replace(tzinfo=UTC)) - now
+           for b in waiting if b.next_poll_at is not None]
+    wait = min((d.total_seconds() for d in due), default=0.0)
+    return max(0.05, min(wait, settings.batch_poll_max_s))

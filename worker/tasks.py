@@ -18,13 +18,14 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import provider_batches as provider_rows
 from db import runners
 from db.session import open_database
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
-from worker import judge, pipeline
+from worker import judge, pipeline, provider_batches
 from worker.celery_app import app
 from worker.heartbeat import process_heartbeat
 from worker.judge import wants_judging
@@ -110,12 +111,39 @@ def route_job(job_id: str) -> None:
 def enqueue_completion(job_id: str) -> int:
     settings = worker_settings()
     with worker_db()() as session:
-        ids = store.claimable_ids(session, job_id, settings.effective_lease_s)
+        ids = store.claimable_ids(session, job_id, settings.effective_lease_s, settings.batch_tiers)
     for chunk in _chunks(ids, settings.complete_batch_size):
         complete_batch.delay(job_id, chunk)
-    if not ids:
+    if settings.batch_tiers:
+        submit_provider_batches.delay(job_id)
+    elif not ids:
         pipeline.finish_if_done(worker_db(), job_id)
     return len(ids)
+
+
+@app.task(name="routeyard.submit_provider_batches", **RETRY)
+def submit_provider_batches(job_id: str) -> int:
+    """A batch-mode tier's routed share, sent as provider batches (beat polls them: poll_provider_batches)."""
+    loop, clients = _thread_loop()
+    sent = loop.run_until_complete(provider_batches.submit_share(worker_db(), worker_settings(), job_id, clients))
+    pipeline.finish_if_done(worker_db(), job_id)
+    return sent
+
+
+@app.task(name="routeyard.poll_provider_batches", **RETRY)
+def poll_provider_batches() -> int:
+    """Beat runs this: every open provider batch whose poll is due is retrieved, an ended one merged, and what
+    it handed back sent on (to a new provider batch, or to direct calls)."""
+    sf = worker_db()
+    with sf() as session:
+        job_ids = provider_rows.jobs_with_open_batches(session)
+    loop, clients = _thread_loop()
+    for job_id in job_ids:
+        # a row still preparing may be another worker's, uploading now: taken over only past two leases
+        loop.run_until_complete(provider_batches.poll_batches(
+            sf, worker_settings(), job_id, clients, preparing_stale_s=2 * worker_settings().effective_lease_s))
+        enqueue_completion(job_id)
+    return len(job_ids)
 
 
 @app.task(name="routeyard.complete_batch", **RETRY)

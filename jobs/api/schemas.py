@@ -95,6 +95,9 @@ class SpendResponse(BaseModel):
                                      "cost, but a provider may have billed them")
     unanswered_cost_bound_usd: float = Field(0.0, description="at most what those may have cost (each priced as "
                                              "if answered in full)")
+    all_strong_batch_cost_usd: float | None = Field(None, description="the same calls all sent to the strong model "
+                                                    "through its provider's Batch API (null: it has no batch price)")
+    saving_vs_batch_pct: float | None = Field(None, description="the saving against that")
 
 
 class Health(BaseModel):

@@ -50,6 +50,9 @@ def spend(report: SpendReport, tag: str | None = None) -> None:
     if report.unanswered_requests:
         console.print(f"unanswered requests (timed out; a provider may have billed them, not in the total): "
                       f"{report.unanswered_requests}, at most ${report.unanswered_cost_bound_usd:.4f}")
+    if report.all_strong_batch_cost_usd is not None and report.saving_vs_batch_pct is not None:
+        console.print(f"all-strong through the provider's Batch API ${report.all_strong_batch_cost_usd:.4f}; saving "
+                      f"against that {report.saving_vs_batch_pct:.1f}%")
 
 
 def spend_periods_csv(periods: Sequence[PeriodSpend]) -> None:

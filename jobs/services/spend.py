@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from db import jobs as store
 from db.spend import Period, SpendFilter, SpendRow, spend_rows, unanswered_spend
 from routeyard.errors import InvalidInput
-from routeyard.pricing import cost_usd, price_for
+from routeyard.pricing import batch_price, cost_usd, price_for
 from routeyard.settings import Settings
 
 EXTRA_TIERS = ("shadow", "judge")  # spend on top of the routed calls: shadow calls and the judge's
@@ -39,6 +39,10 @@ class SpendReport:
     # Requests that got no answer (timeouts): in no item's cost, but a provider may have billed them; at most:
     unanswered_requests: int = 0
     unanswered_cost_bound_usd: float = 0.0
+    # the same calls all sent to the strong model through its provider's Batch API (None: it has no batch price),
+    # and the saving against that: what routing saves over the cheapest way to run a whole batch on the strong one
+    all_strong_batch_cost_usd: float | None = None
+    saving_vs_batch_pct: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +56,13 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
         store.get_job(session, job_id, tenant_id)  # a clear error for an unknown (or another tenant's) job
     merged: dict[tuple[str, str], ModelSpend] = {}
     all_strong = 0.0
+    all_strong_batch: float | None = 0.0
     for row in spend_rows(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, tag=tag, since=since)):
         all_strong += _all_strong_cost(row, settings)
+        if all_strong_batch is not None and row.tier in ("strong", "weak"):
+            strong_price = price_for(row.strong_model, settings.price_table)
+            all_strong_batch = (None if strong_price.batch_discount is None else all_strong_batch + cost_usd(
+                batch_price(strong_price), row.prompt_tokens, row.completion_tokens))
         key = (row.tier, row.model)
         prev = merged.get(key)
         merged[key] = ModelSpend(row.tier, row.model, row.calls + (prev.calls if prev else 0),
@@ -68,7 +77,8 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
     lost = unanswered_spend(session, SpendFilter(job_id=job_id, tenant_id=tenant_id, tag=tag, since=since))
     return SpendReport(job_id, models, calls, total, all_strong, saving,
                        100.0 * saving / all_strong if all_strong else 0.0,
-                       strong_calls / calls if calls else 0.0, lost.requests, lost.cost_bound_usd)
+                       strong_calls / calls if calls else 0.0, lost.requests, lost.cost_bound_usd, all_strong_batch,
+                       100.0 * (all_strong_batch - total) / all_strong_batch if all_strong_batch else None)
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,7 @@ class PeriodSpend:
 def _all_strong_cost(row: SpendRow, settings: Settings) -> float:
     """What the row's calls would have cost on the strong model; shadow and judge calls are extra spend, not
     routed."""
-    if row.tier == "strong":
-        return row.cost_usd
-    if row.tier == "weak":
+    if row.tier in ("strong", "weak"):  # at the list price: a strong call made in a provider batch cost less
         return cost_usd(price_for(row.strong_model, settings.price_table), row.prompt_tokens, row.completion_tokens)
     return 0.0
 

@@ -68,7 +68,7 @@ def add_batch_routes(app: FastAPI, behaviour_now: Callable[[], BatchBehaviour], 
     def run(batch: dict[str, Any]) -> None:
         """Answer the batch's lines (or the share that an expiry leaves) and write its output and error files."""
         behaviour = behaviour_now()
-        rng = random.Random(f"{behaviour.seed}:{batch['id']}")
+        rng = random.Random(f"{behaviour.seed}:{state.created.index(batch['id'])}")
         lines = [json.loads(raw) for raw in state.files[batch["input_file_id"]]["content"].splitlines()
                  if raw.strip()]
         out: list[dict[str, Any]] = []
