@@ -129,3 +129,8 @@ def interrupted_jobs(session: Session) -> list[str]:
     return list(session.scalars(select(Job.id).where(Job.status.in_(JOB_ACTIVE),
                                                      (Job.tenant_id != LOCAL_TENANT) | started)
                                 .order_by(Job.created_at)))
+
+
+def active_jobs(session: Session) -> list[Job]:
+    """Jobs queued, scoring or running."""
+    return list(session.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE)).order_by(Job.created_at)))

@@ -232,8 +232,10 @@ def test_a_job_completes_when_redis_restarts_mid_job(cluster, loopback, tmp_path
         print(cluster.dump())
         raise
     assert_exactly_once(sf, base, key, job_id, 400, loopback)
-    # The queued tasks were lost with Redis; the reconciler found the stalled job and re-enqueued its work.
-    assert "stalled; re-enqueueing" in (tmp_path / "logs" / "worker.log").read_text()
+    # The queued tasks were lost with Redis; the reconciler saw the broker's queues gone (or, at the latest,
+    # the job stalled) and re-enqueued its work.
+    log = (tmp_path / "logs" / "worker.log").read_text()
+    assert "the broker lost its queues" in log or "stalled; re-enqueueing" in log
 
 
 def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):

@@ -189,6 +189,16 @@ def reconcile() -> int:
     their remaining work enqueued again."""
     settings = worker_settings()
     release_dead_runners(settings)
+    if broker_lost_its_queues(settings):
+        with worker_db()() as session:
+            active = [(j.id, j.threshold is not None) for j in runners.active_jobs(session)]
+        log.warning("the broker lost its queues (restarted without persistence); re-enqueueing %d job(s)",
+                    len(active))
+        for job_id, routed in active:
+            if routed:
+                enqueue_completion(job_id)
+            else:
+                start_job.delay(job_id)
     with worker_db()() as session:
         stalled = [(j.id, j.threshold is not None) for j in store.stalled_jobs(session, settings.stall_s)]
     for job_id, routed in stalled:
@@ -198,6 +208,25 @@ def reconcile() -> int:
         else:
             start_job.delay(job_id)
     return len(stalled)
+
+
+BROKER_MARK = "routeyard:broker-alive"  # a key in the broker's Redis; gone after a restart without persistence
+
+
+def broker_lost_its_queues(settings: Settings) -> bool:
+    """True when the broker's Redis has lost its data since the last look (its mark is gone): every queued task
+    went with it, so the jobs' remaining work is enqueued again now rather than after `stall_s` of no
+    progress. Also true on the very first look; enqueueing twice is harmless (claims skip finished items)."""
+    url = settings.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return False
+    import redis  # the broker's client (celery[redis]); only Redis loses its queues this way
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return bool(client.set(BROKER_MARK, "1", nx=True))
+    finally:
+        client.close()
 
 
 def release_dead_runners(settings: Settings) -> list[str]:
