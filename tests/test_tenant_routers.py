@@ -139,3 +139,43 @@ def test_too_few_judged_heldout_pairs_refuse_a_promotion_before_anything_trains(
         retrain(sf, settings.model_copy(update={"gate_min_prompts": 10}), "random", [], [], tenant_id=acme)
     with sf() as session:
         assert session.scalar(select(RouterVersion)) is None
+
+
+@pytest.mark.slow
+def test_the_quality_report_shows_each_tenants_versions_judged_share_and_cost(settings, tmp_path, loopback):
+    import json as _json
+
+    from jobs.services.quality import quality_report
+
+    sf = open_database(settings.resolved_database_url)
+    acme, acme_key = create_tenant(sf, "acme")
+    globex, _ = create_tenant(sf, "globex")
+    prompts = tenant_prompts("acme")
+    loopback.config.judge_verdicts = {p: STRONG if i % 4 else WEAK for i, p in enumerate(prompts)}  # 1 in 4 weak
+    run_tenant_job(settings, tmp_path, acme, prompts)
+    run_tenant_job(settings, tmp_path, globex, tenant_prompts("globex", 8), judge=None)
+    done = retrain(sf, settings, "random", [], [], margin=-1.0, tenant_id=acme)
+    with sf() as session:
+        report = quality_report(session, settings)
+    rows = {(v.tenant, v.router): v.to_dict() for v in report.versions}
+    before = rows[("acme", "random@default")]  # the version that routed acme's judged traffic
+    assert before["items"] == 40 and before["judged"] == 40 and before["weak_as_good_share"] == pytest.approx(0.25)
+    assert before["loop_cost_usd"] > 0 and before["all_strong_cost_usd"] > before["cost_usd"]
+    trained = rows[("acme", f"random@{done.version}")]
+    assert trained["heldout_apgr"] == pytest.approx(done.candidate_apgr) and trained["serving"]
+    assert trained["serving_apgr_then"] == pytest.approx(done.serving_apgr) and trained["items"] == 0
+    assert rows[("globex", "random@default")]["items"] == 8 and rows[("globex", "random@default")]["judged"] == 0
+    assert not any(t == "globex" and r == f"random@{done.version}" for t, r in rows)
+    assert {d["tenant"] for d in report.days} == {"acme", "globex"}
+
+    from test_cli import cli_env, routeyard
+
+    env = cli_env(tmp_path / "home", settings.resolved_database_url, loopback.base_url)
+    png = tmp_path / "quality.png"
+    out = routeyard("report", "quality", "--tenant", "acme", "--json", "--plot", str(png), env=env)
+    assert {v["tenant"] for v in _json.loads(out.stdout)["versions"]} == {"acme"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "random@default" in routeyard("report", "quality", env=env).stdout
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/v1/reports/quality", headers={"Authorization": f"Bearer {acme_key}"}).json()
+    assert {v["tenant"] for v in body["versions"]} == {"acme"} and str(settings.home) not in str(body)

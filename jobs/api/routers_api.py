@@ -1,14 +1,15 @@
 """A tenant's routers over HTTP: its versions (its own, then the global default's and the shipped one) and
-the quality report. Router names and versions only: never a server file path."""
+the quality report (GET /v1/reports/quality). Router names and versions only: never a server file path."""
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.services.quality import quality_report
 from jobs.services.versions import version_rows
 from routeyard.settings import Settings
 
@@ -26,10 +27,10 @@ class RouterVersionOut(BaseModel):
 
 
 def router_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callable[..., str]) -> APIRouter:
-    router = APIRouter(prefix="/v1/router", tags=["routers"])
+    router = APIRouter(tags=["routers"])
     Tenant = Annotated[str, Depends(tenant)]
 
-    @router.get("/versions", response_model=list[RouterVersionOut])
+    @router.get("/v1/router/versions", response_model=list[RouterVersionOut])
     def versions(tenant_id: Tenant) -> list[RouterVersionOut]:
         """The router versions that can serve this tenant, newest first; `serving` marks the one that does."""
         with sf() as session:
@@ -39,5 +40,13 @@ def router_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callabl
                                  owner="shipped" if r.shipped else "tenant" if r.tenant else "global",
                                  decision="shipped default; serves until a trained version is promoted"
                                  if r.shipped else r.decision) for r in rows]
+
+    @router.get("/v1/reports/quality")
+    def quality(tenant_id: Tenant) -> dict[str, Any]:
+        """The tenant's quality report (as `routeyard report quality --json`): per router version, held-out APGR
+        when trained, the share of judged shadow pairs where the weak answer was as good, realised cost against
+        all-strong; and per day."""
+        with sf() as session:
+            return quality_report(session, settings, tenant_id).to_dict()
 
     return router

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jobs.cli import job_commands, judge_commands, ops_commands, router_commands, tenant_commands
+from jobs.cli import job_commands, judge_commands, ops_commands, report_commands, router_commands, tenant_commands
 from jobs.cli.context import CliContext, load_settings, run_app
 from routeyard import __version__
 
@@ -35,6 +35,7 @@ for group in (job_commands.app, judge_commands.app, router_commands.top, ops_com
 app.add_typer(router_commands.app, name="router")
 app.add_typer(ops_commands.schedule_app, name="schedule")
 app.add_typer(tenant_commands.app, name="tenant")
+app.add_typer(report_commands.app, name="report")
 
 
 def main() -> None:

@@ -321,6 +321,11 @@ def demo(
             render.spend(spend_report(session, settings, result.job_id))
             render.score_examples(list(store.iter_items(session, result.job_id)))
         console.print(f"next: routeyard results {result.job_id} --format openai")
+        console.print("the learning loop: submit with --shadow 0.05 --judge and a judge model (ROUTEYARD_JUDGE_*) "
+                      "labels the shadow pairs as your feedback; `routeyard schedule retrain --tenant all --cron "
+                      "'0 2 * * *'` retrains each tenant's router nightly, promoted only if it beats the serving "
+                      "one on that tenant's held-out judged pairs; `routeyard report quality --plot q.png` shows "
+                      "what it gained")
     finally:
         if server:
             server.stop()
