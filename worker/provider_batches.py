@@ -111,7 +111,7 @@ async def _create(sf: sessionmaker[Session], settings: Settings, clients: Client
                                           completion_window=settings.batch_completion_window,  # type: ignore[arg-type]
                                           metadata={KEY: _key(batch)})
     await _store(sf, batch_id, provider_batch_id=created.id, provider_status=created.status,
-                 status=ProviderBatchStatus.SUBMITTED, next_poll_at=utcnow() + timedelta(seconds=settings.batch_poll_s))
+                 next_poll_at=utcnow() + timedelta(seconds=settings.batch_poll_s))
 
 
 async def _store(sf: sessionmaker[Session], batch_id: int, **values: Any) -> None:
@@ -119,7 +119,7 @@ async def _store(sf: sessionmaker[Session], batch_id: int, **values: Any) -> Non
         batch = rows.get_batch(session, batch_id)
         for name, value in values.items():
             setattr(batch, name, value)
-        if "provider_batch_id" in values:
+        if "provider_batch_id" in values:  # from now on it is polled, never created again
             batch.status = ProviderBatchStatus.SUBMITTED
         session.commit()
 
