@@ -8,7 +8,7 @@ when the batch is split at its exact 30% quantile (as a job with --strong-fracti
 Quality (--quality): held-out APGR of benchmarks/router_quality.py's protocols, the default router run both
 ways: "torch" trains and scores on PyTorch embeddings; "onnx (torch heads)" scores the same fitted heads on
 ONNX embeddings (the shipped checkpoint's case: its heads were fitted on PyTorch); "onnx" trains and scores
-on ONNX embeddings (what `routeyard router train` does on a CPU).
+on ONNX embeddings (what `routeyard router train` does on a CPU), with the L2 the PyTorch run chose.
 
     python benchmarks/encoder_speed.py [--prompts 300] [--runs 5] [--quality] [--sets ...]
 Writes benchmarks/results/encoder_speed.{json,md} (a run without --quality keeps the earlier quality rows).
@@ -23,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,13 +59,15 @@ def speed(prompts: list[str], runs: int, cache: Path) -> dict:
         router.win_rate(["warm up the model"])
     scores = {b: r.win_rate(prompts) for b, r in routers.items()}
     per_s: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    cpu_s: dict[str, list[float]] = {b: [] for b in BACKENDS}  # this process's CPU time: what load does not skew
     load: list[float] = []
     for run in range(runs):
         for b in BACKENDS if run % 2 == 0 else BACKENDS[::-1]:
             fresh = [f"[{run}:{b}:{time.time_ns()}] {p}" for p in prompts]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             routers[b].win_rate(fresh)
             per_s[b].append(len(fresh) / (time.perf_counter() - start))
+            cpu_s[b].append((time.process_time() - cpu) * 100 / len(fresh))
         load.append(os.getloadavg()[0])
         print(f"run {run}: " + ", ".join(f"{b} {v[-1]:.1f}/s" for b, v in per_s.items()) + f", load {load[-1]:.2f}",
               flush=True)
@@ -72,13 +75,15 @@ def speed(prompts: list[str], runs: int, cache: Path) -> dict:
     return {"prompts": len(prompts), "runs": runs, "load_avg_1m": load,
             "prompts_per_s": {b: {"median": median[b], "runs": per_s[b]} for b in BACKENDS},
             "speedup": median["onnx"] / median["torch"],
+            "cpu_s_per_100": {b: statistics.median(v) for b, v in cpu_s.items()},
+            "cpu_s_per_100_runs": cpu_s,
             "speedup_per_run": [o / t for o, t in zip(per_s["onnx"], per_s["torch"], strict=True)],
             "spearman": float(spearmanr(scores["torch"], scores["onnx"])[0]),
             "decisions_agree_at_0.3": decisions_agree(scores["torch"], scores["onnx"]),
             "max_abs_score_diff": float(np.abs(scores["torch"] - scores["onnx"]).max())}
 
 
-def quality(rows: list, sets: list[str], cache: Path) -> dict[str, dict[str, float]]:
+def quality(rows: list, sets: list[str], cache: Path, save: Callable[[dict], None]) -> dict[str, dict[str, float]]:
     runtimes = {b: RouterRuntime(device="cpu", cache_dir=cache, encoder_backend=b) for b in BACKENDS}
     table: dict[str, dict[str, float]] = {}
     for set_name, folds in protocols(rows, sets).items():
@@ -93,7 +98,10 @@ def quality(rows: list, sets: list[str], cache: Path) -> dict[str, dict[str, flo
             # The same heads on ONNX features: only the encoder differs.
             onnx_embedder = embedder_for(torch_router.config.encoder, runtimes["onnx"], layers=True)
             scores["onnx (torch heads)"] = torch_router.heads.score(onnx_embedder.embed(prompts).astype(np.float64))
-            onnx_router = train_router(DEFAULT_ROUTER, prefs, runtimes["onnx"], TrainOptions(seed=0))
+            # Trained on ONNX features with the L2 the PyTorch run chose: its grouped validation (4 x 5 fits) is
+            # what makes training slow, and this measures what the features change.
+            onnx_router = train_router(DEFAULT_ROUTER, prefs, runtimes["onnx"],
+                                       TrainOptions(seed=0, params={"c": torch_router.config.c}))
             scores["onnx"] = onnx_router.win_rate(prompts)
             _, fold_curves = evaluate(scores, test)
             for name in scores:
@@ -103,21 +111,26 @@ def quality(rows: list, sets: list[str], cache: Path) -> dict[str, dict[str, flo
         strong, weak = float(np.mean([o.strong for o in tests])), float(np.mean([o.weak for o in tests]))
         table[set_name] = {n: summarize(mean_curve(c), len(tests), strong, weak).apgr for n, c in curves.items()}
         print(set_name, json.dumps({n: round(v, 4) for n, v in table[set_name].items()}), flush=True)
+        save(table)  # each protocol as it ends: a long run stopped part way keeps what it measured
     return table
 
 
 def markdown(report: dict) -> str:
-    s = report["speed"]
-    lines = ["| backend | prompts/s (median) | runs | vs torch |", "| --- | --- | --- | --- |"]
-    for b in BACKENDS:
-        runs = ", ".join(f"{v:.1f}" for v in s["prompts_per_s"][b]["runs"])
-        ratio = s["prompts_per_s"][b]["median"] / s["prompts_per_s"]["torch"]["median"]
-        lines.append(f"| {b} | {s['prompts_per_s'][b]['median']:.1f} | {runs} | {ratio:.2f}x |")
-    lines += ["", f"Per-run ratio onnx/torch: {', '.join(f'{r:.2f}' for r in s['speedup_per_run'])}; "
-              f"1-minute load average after each run: {', '.join(f'{v:.2f}' for v in s['load_avg_1m'])} "
-              f"({report['machine']}).",
-              f"Parity on {s['prompts']} prompts: Spearman {s['spearman']:.4f}, decisions equal at a 30% strong "
-              f"share {s['decisions_agree_at_0.3']:.1%}, largest score difference {s['max_abs_score_diff']:.4f}."]
+    lines: list[str] = []
+    s = report.get("speed")
+    if s:
+        lines += ["| backend | prompts/s (median) | runs | vs torch | CPU s per 100 prompts (median) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for b in BACKENDS:
+            r = s["prompts_per_s"][b]
+            ratio = r["median"] / s["prompts_per_s"]["torch"]["median"]
+            lines.append(f"| {b} | {r['median']:.1f} | {', '.join(f'{v:.1f}' for v in r['runs'])} | {ratio:.2f}x "
+                         f"| {s['cpu_s_per_100'][b]:.1f} |")
+        lines += ["", f"Per-run ratio onnx/torch: {', '.join(f'{r:.2f}' for r in s['speedup_per_run'])}; "
+                  f"1-minute load average after each run: {', '.join(f'{v:.2f}' for v in s['load_avg_1m'])} "
+                  f"({report['machine']}).",
+                  f"Parity on {s['prompts']} prompts: Spearman {s['spearman']:.4f}, decisions equal at a 30% strong "
+                  f"share {s['decisions_agree_at_0.3']:.1%}, largest score difference {s['max_abs_score_diff']:.4f}."]
     q = report.get("quality")
     if q:
         names = list(next(iter(q.values())))
@@ -134,6 +147,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quality", action="store_true", help="also held-out APGR both ways (slow: trains)")
+    parser.add_argument("--no-speed", action="store_true", help="keep the earlier speed rows")
     parser.add_argument("--sets", default=",".join((*UNLIKE, *IN_DISTRIBUTION)))
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -142,18 +156,21 @@ def main() -> None:
     prompts = [r.prompt for r in rows[:: max(1, len(rows) // args.prompts)]][: args.prompts]
     path = args.out / "encoder_speed.json"
     report = json.loads(path.read_text()) if path.exists() else {}
-    report = {**report, "measured_at": datetime.now(UTC).isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
-              "speed": speed(prompts, args.runs, args.cache)}
-    if args.quality:
-        report["quality"] = quality(rows, args.sets.split(","), args.cache)
-        report["quality_measured_at"] = report["measured_at"]
+    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "encoder_speed.md").write_text(md)
-    print(md)
 
+    def save(part: dict) -> None:
+        report.update({**(json.loads(path.read_text()) if path.exists() else {}), **part})  # another run's too
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "encoder_speed.md").write_text(markdown(report))
+
+    if not args.no_speed:
+        save({"speed": speed(prompts, args.runs, args.cache), "measured_at": datetime.now(UTC).isoformat()})
+    if args.quality:
+        at = datetime.now(UTC).isoformat()
+        quality(rows, args.sets.split(","), args.cache,
+                lambda table: save({"quality": table, "quality_measured_at": at}))
+    print(markdown(report))
 
 if __name__ == "__main__":
     main()
