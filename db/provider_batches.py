@@ -94,7 +94,9 @@ def cancel_waiting(session: Session, job_id: str, batch_id: int) -> None:
     """The items of a cancelled job's provider batch that the provider did not answer."""
     lock_job_for_items(session, job_id)
     session.execute(update(Item).where(Item.provider_batch_id == batch_id, Item.status == ItemStatus.BATCHED)
-                    .values(status=ItemStatus.CANCELLED, finished_at=utcnow())
+                    .values(status=ItemStatus.CANCELLED, finished_at=utcnow(),
+                            error="the batch was cancelled while this request was in a provider batch, which had "
+                                  "not answered it")
                     .execution_options(synchronize_session=False))
 
 

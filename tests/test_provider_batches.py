@@ -165,3 +165,33 @@ def test_a_runner_killed_while_its_provider_batch_is_in_flight_resumes_it(tmp_pa
     assert spend["all_strong_batch_cost_usd"] == pytest.approx(spend["all_strong_cost_usd"] / 2)
     assert spend["saving_vs_batch_pct"] < spend["saving_pct"]
     assert WEAK in {i.model for i in got}
+
+
+def test_a_cancel_cancels_the_provider_batch_and_keeps_nothing_it_did_not_answer(batch_settings, tmp_path,
+                                                                                 loopback):
+    import threading
+
+    from jobs.services import control
+
+    loopback.config.batches = BatchBehaviour(delay_s=30.0)  # the provider holds the batch until it is cancelled
+    sf, result = submit(batch_settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:30]), strong_fraction=0.5)
+    runner = threading.Thread(target=run_embedded, args=(sf, batch_settings, result.job_id))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sf() as session:
+            if provider_rows.open_batches(session, result.job_id) and all(
+                    b.provider_batch_id for b in provider_rows.open_batches(session, result.job_id)):
+                break
+        time.sleep(0.05)
+    control.cancel(sf, result.job_id)
+    runner.join(60)
+    assert not runner.is_alive()
+    got = items(sf, result.job_id)
+    strong = [i for i in got if i.tier == "strong"]
+    assert len(strong) == 15 and all(i.status == ItemStatus.CANCELLED for i in strong)
+    assert all("provider batch" in (i.error or "") and i.cost_usd is None for i in strong)
+    with sf() as session:
+        assert not provider_rows.open_batches(session, result.job_id)  # merged: nothing left to poll
+    client = openai.OpenAI(base_url=loopback.base_url, api_key=TEST_KEY)
+    assert [b.status for b in client.batches.list()] == ["cancelled"]

@@ -126,7 +126,7 @@ async def _calls(sf: sessionmaker[Session], settings: Settings, job_id: str, pro
                 waiting = provider_rows.open_batches(session, job_id)
             if not waiting:
                 return
-            progress.stage(f"waiting for {len(waiting)} provider batch(es)", 0)
+            progress.stage(f"waiting for {len(waiting)} provider batch(es)", sum(b.n_requests for b in waiting))
             await asyncio.sleep(_until_due(waiting, settings))
             await provider_batches.poll_batches(sf, settings, job_id, clients)
     finally:

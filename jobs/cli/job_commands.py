@@ -165,7 +165,11 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     if status in (JobStatus.COMPLETED, JobStatus.FAILED):
         console.print(f"job {job_id} had already {status}; nothing to cancel")
     else:
-        console.print(f"job {job_id} cancelled; {n} items will not be called")
+        with sf() as session:
+            held = store.status_counts(session, job_id).get(ItemStatus.BATCHED, 0)
+        console.print(f"job {job_id} cancelled; {n} items will not be called"
+                      + (f"; {held} in a provider batch are being cancelled there (what it already ran is kept "
+                         "and counted)" if held else ""))
 
 
 @app.command()

@@ -115,7 +115,8 @@ def openai_line(item: Item) -> dict[str, Any]:
     if item.status == ItemStatus.FAILED:
         error = {"code": "request_failed", "message": item.error or "the request failed"}
     elif item.status == ItemStatus.CANCELLED:
-        error = {"code": "batch_cancelled", "message": "the batch was cancelled before this request was sent"}
+        error = {"code": "batch_cancelled", "message": item.error or "the batch was cancelled before this request "
+                                                                     "was sent"}
     else:
         error = {"code": "not_finished", "message": f"the request has not finished (it is {item.status})"}
     return {**line, "response": None, "error": error}

@@ -73,6 +73,9 @@ class LoopbackConfig:
     judge_unparseable_rate: float = 0.0  # share of judge replies with no verdict token
     judge_position_bias: float = 0.0  # share of pairwise judge replies that say [[A]] whatever the answers
     batches: BatchBehaviour = field(default_factory=BatchBehaviour)  # its /v1/batches: delay, failures, expiry
+    # /v1/models lists `models` (a client's check then knows what is served); off: 404, as servers that serve
+    # any model name answer (the server answers every model either way)
+    list_models: bool = True
 
 
 IMAGE_TOKENS = 765  # what OpenAI bills for a 1024x1024 image at high detail
@@ -266,6 +269,8 @@ def create_app(config: LoopbackConfig) -> FastAPI:
     async def models(request: Request) -> dict[str, Any] | JSONResponse:
         if config.api_key is not None and request.headers.get("authorization") != f"Bearer {config.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        if not config.list_models:
+            return _error(404, "this server does not list its models: it answers any model", "not_found")
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"}
                                            for m in config.models]}
 
@@ -368,14 +373,25 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--latency-ms", type=float, default=None, help="fixed latency per call (no jitter)")
     parser.add_argument("--recordings", type=Path, default=None, help="JSONL of {prompt, model?, response}")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated models /v1/models lists (default: none listed; any model is served)")
+    parser.add_argument("--batch-delay-s", type=float, default=0.5, help="a provider batch's time to its end")
+    parser.add_argument("--batch-failed-line-rate", type=float, default=0.0, help="share of batch lines answered 500")
+    parser.add_argument("--batch-expire-share", type=float, default=0.0,
+                        help="> 0: batches expire with this share of their lines never run")
     args = parser.parse_args()
-    config = LoopbackConfig(models=dict(DEMO_MODELS))
+    config = LoopbackConfig(models=dict(DEMO_MODELS), list_models=args.models is not None,
+                            batches=BatchBehaviour(delay_s=args.batch_delay_s,
+                                                   failed_line_rate=args.batch_failed_line_rate,
+                                                   expire_share=args.batch_expire_share))
     if args.latency_ms is not None:
         config.models = {}
         config.default_profile = ModelProfile(first_token_ms=args.latency_ms, ms_per_token=0.0)
         config.jitter = False
     if args.recordings:
         config.recordings = load_recordings(args.recordings)
+    if args.models:
+        config.models = {**config.models, **{m: config.default_profile for m in args.models.split(",") if m}}
     uvicorn.run(create_app(config), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
