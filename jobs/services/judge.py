@@ -1,4 +1,4 @@
-"""`routeyard judge JOB` (and the API's POST /v1/jobs/{id}/judge): judge a job's shadow pairs now, whether or
+"""`routeyard judge JOB`: judge a job's shadow pairs now, whether or
 not it was submitted with `--judge`; pairs already judged are not judged again (`retry_errors` also takes
 those whose reply had no verdict)."""
 
