@@ -115,22 +115,27 @@ def quality(rows: list, sets: list[str], cache: Path, save: Callable[[dict], Non
     return table
 
 
+def _speed_lines(s: dict, machine: str) -> list[str]:
+    lines = ["| backend | prompts/s (median) | runs | vs torch | CPU s per 100 prompts (median) |",
+             "| --- | --- | --- | --- | --- |"]
+    for b in BACKENDS:
+        r = s["prompts_per_s"][b]
+        ratio = r["median"] / s["prompts_per_s"]["torch"]["median"]
+        lines.append(f"| {b} | {r['median']:.1f} | {', '.join(f'{v:.1f}' for v in r['runs'])} | {ratio:.2f}x "
+                     f"| {s['cpu_s_per_100'][b]:.1f} |")
+    lines += ["", f"Per-run ratio onnx/torch: {', '.join(f'{r:.2f}' for r in s['speedup_per_run'])}; "
+              f"1-minute load average after each run: {', '.join(f'{v:.2f}' for v in s['load_avg_1m'])} "
+              f"({machine}).",
+              f"Parity on {s['prompts']} prompts: Spearman {s['spearman']:.4f}, decisions equal at a 30% strong "
+              f"share {s['decisions_agree_at_0.3']:.1%}, largest score difference {s['max_abs_score_diff']:.4f}."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines: list[str] = []
-    s = report.get("speed")
-    if s:
-        lines += ["| backend | prompts/s (median) | runs | vs torch | CPU s per 100 prompts (median) |",
-                  "| --- | --- | --- | --- | --- |"]
-        for b in BACKENDS:
-            r = s["prompts_per_s"][b]
-            ratio = r["median"] / s["prompts_per_s"]["torch"]["median"]
-            lines.append(f"| {b} | {r['median']:.1f} | {', '.join(f'{v:.1f}' for v in r['runs'])} | {ratio:.2f}x "
-                         f"| {s['cpu_s_per_100'][b]:.1f} |")
-        lines += ["", f"Per-run ratio onnx/torch: {', '.join(f'{r:.2f}' for r in s['speedup_per_run'])}; "
-                  f"1-minute load average after each run: {', '.join(f'{v:.2f}' for v in s['load_avg_1m'])} "
-                  f"({report['machine']}).",
-                  f"Parity on {s['prompts']} prompts: Spearman {s['spearman']:.4f}, decisions equal at a 30% strong "
-                  f"share {s['decisions_agree_at_0.3']:.1%}, largest score difference {s['max_abs_score_diff']:.4f}."]
+    for key, title in (("speed", "Speed"), ("speed_loaded", "An earlier run, on a loaded machine")):
+        if key in report:
+            lines += [f"{title}:", "", *_speed_lines(report[key], report["machine"]), ""]
     q = report.get("quality")
     if q:
         names = list(next(iter(q.values())))

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(default=256, ge=1)
     embedding_batch_size: int = Field(default=64, ge=1)
     device: str = "auto"  # torch device for routers: auto, cpu, cuda, cuda:1, mps
-    # How the default encoder (MiniLM) runs: ONNX Runtime with int8 weights, 2.8x PyTorch's speed on a loaded
-    # 2-core CPU with the same decisions (benchmarks/encoder_speed.py); "auto" is that on a CPU, PyTorch on a GPU.
+    # How the default encoder (MiniLM) runs: ONNX Runtime with int8 weights, 2.4x (idle) to 2.8x (loaded) PyTorch's
+    # speed on a 2-core CPU, same decisions (benchmarks/encoder_speed.py); "auto": that on a CPU, PyTorch on a GPU.
     encoder_backend: Literal["auto", "torch", "onnx"] = "auto"
     admin_key: SecretStr = SecretStr("")  # the API's /v1/admin paths (tenants); empty: those paths are off
     # Input limits: an upload (POST /v1/jobs, /v1/files: 413 above it, refused before it is read whole) and one
