@@ -7,6 +7,7 @@ torch and its ML stack at the top, is imported only when that router is loaded o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -137,6 +138,29 @@ def _registry_name(saved: dict, path: Path) -> str:
                            "(nor is it one of RouteLLM's released checkpoints: a BERT classifier with three "
                            "labels or a causal LM)")
     return str(name)
+
+
+def missing_ml_for(spec: str) -> str | None:
+    """The ML package this install lacks to load `spec` here (None: it loads, or it needs no ML: `random`),
+    found without importing anything: a front door that runs jobs in its own process refuses such a job before
+    storing it, where one that hands jobs to workers (which may have the ML extra) does not ask."""
+    path = Path(spec).expanduser()
+    name = spec if spec in ROUTERS else (_read_config(path).get("router") if (path / CONFIG_FILE).is_file() else None)
+    if name is not None and name in ROUTERS and not router_needs_ml(name):
+        return None
+    for package in ("torch", "safetensors", "transformers", "sklearn"):
+        try:
+            found = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return package
+    return None
+
+
+def router_needs_ml(name: str) -> bool:
+    """Whether a registry name's router needs the ML stack, read from the registry without importing it."""
+    return not ROUTERS[name].startswith("routers.random_router:")
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -18,8 +18,8 @@ from db import catalog
 from db.models import LOCAL_TENANT, RouterVersion, utcnow
 from routers.base import CONFIG_FILE, version_of
 from routers.data import load_training_prompts
-from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, check_spec
-from routeyard.errors import InvalidInput, NotFound
+from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, check_spec, missing_ml_for
+from routeyard.errors import InvalidInput, NotFound, UserError
 from routeyard.settings import Settings
 
 SERVING = "serving"  # the router spec that means "whatever version serves now"
@@ -123,6 +123,11 @@ def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, 
                                "(ROUTEYARD_DEFAULT_ROUTER)")
     resolved = resolve_router_spec(sf, spec, settings, tenant_id or LOCAL_TENANT)  # the CLI's jobs are local's
     check_router_spec(resolved)
+    missing = missing_ml_for(resolved) if settings.embedded else None  # the job would run in this process
+    if missing:
+        raise UserError(f"router {resolved!r} needs the ML stack, and this install lacks it (no module "
+                        f"{missing!r}): pip install 'routeyard[ml]', or run jobs on workers that have it "
+                        "(ROUTEYARD_BROKER_URL)")
     return resolved
 
 
