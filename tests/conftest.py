@@ -51,7 +51,13 @@ def gsm8k(data_dir):
 
 @pytest.fixture(scope="session")
 def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedding cache for the session: each prompt is embedded once however many tests use it."""
+    """One embedding cache for the session: each prompt is embedded (and the ONNX encoder exported) once however
+    many tests use it. Under pytest-xdist (`make test-fast` runs on several processes) the workers share one, in
+    the run's base directory: their writes are atomic."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "shared-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("cache")
 
 

@@ -38,6 +38,7 @@ def synthetic(seed: int, n: int) -> list[Outcome]:
     return rows
 
 
+@pytest.mark.slow  # scores the shipped checkpoint on real rows (7 s)
 def test_the_default_router_is_linear_and_ships_a_checkpoint(runtime):
     assert DEFAULT_ROUTER == "linear"
     loaded = load_router(DEFAULT_ROUTER, runtime)

@@ -47,6 +47,7 @@ def run_tenant_job(settings, tmp_path, tenant_id, prompts, **options):
                                                   **options})
 
 
+@pytest.mark.slow  # trains two tenants' routers (8-10 s)
 def test_no_tenants_feedback_or_router_reaches_another(settings, tmp_path, loopback):
     sf = open_database(settings.resolved_database_url)
     acme, acme_key = create_tenant(sf, "acme")
