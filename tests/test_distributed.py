@@ -290,7 +290,7 @@ def test_the_strong_share_runs_as_a_provider_batch_polled_by_beat(cluster, loopb
         first = cluster.worker("worker-a")
         cluster.beat()
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
-        uploaded = client.files.create(file=batch_file(tmp_path / "b.jsonl", 200).open("rb"), purpose="batch")
+        uploaded = client.files.create(file=batch_file(tmp_path / "b.jsonl", 1000).open("rb"), purpose="batch")
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                       completion_window="24h", metadata={"strong_fraction": "0.3",
                                                                           "router": "random"})
@@ -308,11 +308,11 @@ def test_the_strong_share_runs_as_a_provider_batch_polled_by_beat(cluster, loopb
         print(cluster.dump())
         raise
     done = client.batches.retrieve(batch.id)
-    assert done.request_counts.completed == 200 and done.request_counts.failed == 0
+    assert done.request_counts.completed == 1000 and done.request_counts.failed == 0
     with sf() as session:
         rows = list(session.scalars(select(Item).where(Item.job_id == batch.id)))
         batches = session.scalars(select(ProviderBatch)).all()
     strong = [r for r in rows if r.tier == "strong"]
-    assert len(strong) == 60 and all(r.provider_batch_id is not None for r in strong)
+    assert len(strong) == 300 and all(r.provider_batch_id is not None for r in strong)
     assert len(batches) == 1 and server_stats(loopback.base_url)["batches_created"] == 1
     assert server_stats(loopback.base_url)["max_calls_per_prompt"] == 1
