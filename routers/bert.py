@@ -13,7 +13,7 @@ rows of the costly second step (a CPU budget); the probe always sees every row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,7 +99,9 @@ class BertRouter(ClassifierRouter[BertConfig]):
         config = cls.configure(options)
         device, model, tokenizer = cls.start_training(config, runtime, options.seed)
         # 1. Linear probe on the sentence embeddings (the same pooling, from the shared cache), group-robust.
-        x = embed_rows(config.base, data, runtime, options).astype(np.float64)
+        # The probe must read the states the fine-tuned encoder computes (PyTorch), not the int8 ONNX copy
+        # a CPU runtime embeds with: the probe is the model's starting head.
+        x = embed_rows(config.base, data, replace(runtime, encoder_backend="torch"), options).astype(np.float64)
         probe = fit_head(x, np.array([r.label for r in data], dtype=np.float64), [r.group for r in data],
                          [r.prompt for r in data], config.probe_l2, options.seed)
         with torch.no_grad():

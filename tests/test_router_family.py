@@ -127,13 +127,15 @@ def test_bert_learns_from_preferences_and_saves_and_reloads(small, concept, runt
 
 @pytest.mark.slow
 def test_bert_starts_fine_tuning_from_a_linear_probe_on_the_same_sentence_embeddings(small, runtime):
+    from dataclasses import replace
+
     from routers.base import embedder_for
     from routers.linear_head import fit_logistic
 
     router = train_router("bert", small, runtime, TrainOptions(epochs=0, params={"probe_l2": 1e-3}))
     assert router.trained["finetune_rows"] == len(small) and router.trained["final_loss"] is None
     # With no fine-tuning the model is exactly the probe: its pooled states are the cached sentence embeddings.
-    emb = embedder_for(router.config.base, runtime).embed([p.prompt for p in small])
+    emb = embedder_for(router.config.base, replace(runtime, encoder_backend="torch")).embed([p.prompt for p in small])
     w, b = fit_logistic(emb.astype(np.float64), np.array([p.label for p in small]), 1e-3)
     np.testing.assert_allclose(router.win_rate([p.prompt for p in small]), 1 / (1 + np.exp(-(emb @ w + b[0]))),
                                atol=2e-3)
