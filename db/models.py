@@ -113,6 +113,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "custom_id", name="uq_items_job_custom_id"),
         Index("ix_items_job_status", "job_id", "status"),
+        Index("ix_items_job_line", "job_id", "line_no"),  # results and exports walk a job in input order
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
