@@ -18,11 +18,15 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,20 +53,73 @@ def write_batch(path: Path, n: int) -> None:
             f.write(json.dumps(line) + "\n")
 
 
-def peak_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of one `routeyard` command, in a process that reports its own peak."""
-    wrapper = ("import resource, sys; sys.argv = ['routeyard'] + sys.argv[1:]\n"
-               "from jobs.cli import main\n"
-               "try:\n    main()\n"
-               "finally:\n"
-               "    sys.stderr.write('\\nPEAK_KB=%d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, capture_output=True, text=True, cwd=ROOT)
-    elapsed = time.perf_counter() - start
-    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_KB=")]
-    if proc.returncode != 0:
-        raise RuntimeError(f"routeyard {' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return elapsed, int(peak[-1].split("=")[1]) / 1024 if peak else float("nan"), proc.stdout
+def peak_of(cmd: list[str], env: dict[str, str], stop: Callable[[], bool] | None = None
+            ) -> tuple[float, float, str, bool]:
+    """(seconds, peak RSS in MB, stdout, interrupted) of one `routeyard` command in its own process; the peak is
+    the kernel's (wait4). Once `stop()` is true, the command is interrupted (SIGINT, as a user's Ctrl-C)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *cmd], env=env, stdout=out, stderr=err, cwd=ROOT)
+        interrupted = threading.Event()
+        ended = threading.Event()
+
+        def watch() -> None:
+            while not ended.wait(0.5):
+                if stop is not None and stop():
+                    interrupted.set()
+                    proc.send_signal(signal.SIGINT)
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        ended.set()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0 and not interrupted.is_set():
+            raise RuntimeError(f"routeyard {' '.join(cmd)} exited {proc.returncode}: {err.read()[-2000:]}")
+        return elapsed, usage.ru_maxrss / 1024, out.read(), interrupted.is_set()
+
+
+def calls_for(db_file: Path, job_id: str, window_s: float) -> Callable[[], bool]:
+    """True once the job's calls have run for `window_s` (from its first succeeded item)."""
+    first: list[float] = []
+
+    def check() -> bool:
+        if not first:
+            try:
+                with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=1) as conn:
+                    row = conn.execute("SELECT 1 FROM items WHERE job_id = ? AND status = 'succeeded' LIMIT 1",
+                                       (job_id,)).fetchone()
+            except sqlite3.Error:
+                return False
+            if row:
+                first.append(time.monotonic())
+            return False
+        return time.monotonic() - first[0] >= window_s
+
+    return check
+
+
+def call_phase(db_url: str, job_id: str) -> dict[str, float]:
+    """From the items' own timestamps: how many finished, and at what rate from the first call's start to the
+    last one's end (the run minus process start, scoring and routing)."""
+    from sqlalchemy import func, select
+
+    from db.models import Item
+    from db.session import open_database
+    from routeyard.states import ItemStatus
+
+    sf = open_database(db_url)
+    with sf() as session:
+        done, first, last = session.execute(
+            select(func.count(), func.min(Item.started_at), func.max(Item.finished_at))
+            .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)).one()
+    sf.kw["bind"].dispose()
+    span = (last - first).total_seconds() if done else float("nan")
+    return {"done": int(done), "calls_s": round(span, 2), "calls_items_per_s": round(done / span, 1) if done else 0.0}
 
 
 def query_plans(db_url: str, job_id: str) -> list[dict[str, object]]:
@@ -83,10 +140,14 @@ def query_plans(db_url: str, job_id: str) -> list[dict[str, object]]:
 
     event.listen(engine, "before_cursor_execute", capture)
     with sf() as session:
-        store.item_scores(session, job_id)
+        store.unscored_items(session, job_id, 64)  # scoring's next batch
+        if not store.unscored_items(session, job_id, 1):
+            store.item_scores(session, job_id)  # routing
+        store.claimable_ids(session, job_id, 600.0)  # a completion fan-out
         store.status_counts(session, job_id)
         store.tier_counts(session, job_id)
-        list(store.iter_items(session, job_id, chunk=1000))[:0]
+        store.stalled_jobs(session, 600.0)  # beat's reconciler, every few seconds
+        next(store.iter_items(session, job_id, chunk=1000), None)  # results/export: one chunk shows the plan
         spend_filter = getattr(spend_db, "SpendFilter", None)
         if spend_filter is not None and hasattr(spend_db, "spend_rows"):
             spend_db.spend_rows(session, spend_filter(job_id=job_id))
@@ -113,7 +174,9 @@ def _table_scan(step: str) -> bool:
     return step.startswith("SCAN ") and "USING" not in step and not step.startswith("SCAN anon_")
 
 
-def run_size(n: int, base_url: str, concurrency: int, work: Path) -> dict[str, object]:
+def run_size(n: int, base_url: str, concurrency: int, work: Path, window_s: float | None) -> dict[str, object]:
+    """One size, end to end. With `window_s`, `routeyard run` is interrupted after that long (Ctrl-C) and the
+    call rate is what it reached on the whole job's database until then; export still streams every item."""
     home = work / f"home-{n}"
     batch = work / f"batch-{n}.jsonl"
     write_batch(batch, n)
@@ -122,19 +185,23 @@ def run_size(n: int, base_url: str, concurrency: int, work: Path) -> dict[str, o
     env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
                ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
                ROUTEYARD_CONCURRENCY=str(concurrency), ROUTEYARD_MAX_RETRIES="2")
-    submit_s, submit_mb, out = peak_of(["submit", str(batch), "--router", "random", "--detach", "--json"], env)
-    job_id = json.loads(out)["job_id"]
-    run_s, run_mb, _ = peak_of(["run", job_id, "--json"], env)
-    export_s, export_mb, _ = peak_of(["results", job_id, "--output", str(work / f"out-{n}.jsonl")], env)
     db_file = home / "routeyard.db"
+    submit_s, submit_mb, out, _ = peak_of(["submit", str(batch), "--router", "random", "--detach", "--json"], env)
+    job_id = json.loads(out)["job_id"]
+    stop = calls_for(db_file, job_id, window_s) if window_s else None
+    run_s, run_mb, _, _ = peak_of(["run", job_id, "--json"], env, stop)
+    calls = call_phase(db_url, job_id)
+    export_s, export_mb, _, _ = peak_of(["results", job_id, "--output", str(work / f"out-{n}.jsonl")], env)
     size_mb = sum(p.stat().st_size for p in home.glob("routeyard.db*")) / 2**20
     plans = query_plans(db_url, job_id) if db_file.exists() else []
     batch.unlink()
+    finished = calls["done"] == n
     return {"items": n, "submit_s": round(submit_s, 2), "submit_items_per_s": round(n / submit_s, 1),
-            "submit_peak_rss_mb": round(submit_mb, 1), "run_s": round(run_s, 2),
-            "run_items_per_s": round(n / run_s, 1), "run_peak_rss_mb": round(run_mb, 1),
-            "export_s": round(export_s, 2), "export_peak_rss_mb": round(export_mb, 1),
-            "db_mb": round(size_mb, 1), "plans": plans}
+            "submit_peak_rss_mb": round(submit_mb, 1), "run_s": round(run_s, 2), "run_finished": finished,
+            "run_items_per_s": round(n / run_s, 1) if finished else None, "run_peak_rss_mb": round(run_mb, 1),
+            "before_calls_s": round(run_s - calls["calls_s"], 2) if finished else None, **calls,
+            "export_s": round(export_s, 2), "export_items_per_s": round(n / export_s, 1),
+            "export_peak_rss_mb": round(export_mb, 1), "db_mb": round(size_mb, 1), "plans": plans}
 
 
 def main() -> None:
@@ -143,6 +210,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--out", default="scale")
+    parser.add_argument("--window-s", type=float, default=None,
+                        help="interrupt `routeyard run` this long after its first answer (sizes above --window-above)")
+    parser.add_argument("--window-above", type=int, default=100_000)
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port),
@@ -158,23 +228,34 @@ def main() -> None:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             for n in sorted(args.sizes):
-                rows.append(run_size(n, base_url, args.concurrency, Path(tmp)))
+                window = args.window_s if n > args.window_above else None
+                rows.append(run_size(n, base_url, args.concurrency, Path(tmp), window))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "plans"}), flush=True)
     finally:
         server.terminate()
         server.wait()
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "latency_ms": args.latency_ms, "concurrency": args.concurrency,
-              "router": "random", "database": "sqlite (embedded default)", "rows": rows}
+              "router": "random", "database": "sqlite (embedded default)", "load_average": os.getloadavg(),
+              "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Scale: embedded default, random router, loopback at {args.latency_ms:g} ms, concurrency "
-             f"{args.concurrency}", "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs.", "",
-             "| items | submit items/s | submit peak RSS MB | run items/s | run peak RSS MB | export s | "
-             "export peak RSS MB | database MB |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{args.concurrency}", "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs, load average "
+             f"at the end {', '.join(f'{x:.1f}' for x in report['load_average'])}.", "",
+             "Each step is its own `routeyard` process (peak RSS from the kernel). *calls items/s*: succeeded items "
+             "over the span from the first call's start to the last call's end; *before calls*: process start, "
+             "scoring and routing. A size run in a window was interrupted (Ctrl-C) that long after its first "
+             "answer: its call rate is what it reached with the whole job in the database.", "",
+             "| items | submit items/s | submit peak RSS MB | run | run items/s | before calls s | calls items/s | "
+             "run peak RSS MB | export items/s | export peak RSS MB | database MB |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['items']:,} | {r['submit_items_per_s']} | {r['submit_peak_rss_mb']} | "
-                     f"{r['run_items_per_s']} | {r['run_peak_rss_mb']} | {r['export_s']} | "
+        run = "whole job" if r["run_finished"] else f"{r['done']:,} items in {r['run_s']:.0f} s"
+        before = "-" if r["before_calls_s"] is None else r["before_calls_s"]
+        lines.append(f"| {r['items']:,} | {r['submit_items_per_s']} | {r['submit_peak_rss_mb']} | {run} | "
+                     f"{r['run_items_per_s'] or '-'} | {before} | "
+                     f"{r['calls_items_per_s']} | {r['run_peak_rss_mb']} | {r['export_items_per_s']} | "
                      f"{r['export_peak_rss_mb']} | {r['db_mb']} |")
     biggest = rows[-1]
     lines += ["", f"Query plans on the {biggest['items']:,}-item job (SQLite EXPLAIN QUERY PLAN):", ""]

@@ -150,8 +150,11 @@ def finish_job_if_done(session: Session, job_id: str) -> bool:
 def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
     """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
     cutoff = utcnow() - timedelta(seconds=stall_s)
+    active = select(Job.id).where(Job.status.in_(JOB_ACTIVE))
+    # Only the active jobs' items (through their job_id index), never every item ever stored: beat asks often.
     last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
-                        func.max(Item.finished_at).label("finished")).group_by(Item.job_id).subquery())
+                        func.max(Item.finished_at).label("finished")).where(Item.job_id.in_(active))
+                 .group_by(Item.job_id).subquery())
     rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
                            .join(last_call, last_call.c.job_id == Job.id, isouter=True)
                            .where(Job.status.in_(JOB_ACTIVE)))
