@@ -4,7 +4,6 @@ files is claimed with a conditional UPDATE (a lease), so two readers never write
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.jobs import rowcount
-from db.models import Batch, Item, Job, RejectedLine, utcnow
+from db.models import Batch, Item, Job, utcnow
 from routeyard.errors import NotFound
 from routeyard.states import ItemStatus
 
@@ -52,15 +51,6 @@ def jobs_by_id(session: Session, job_ids: list[str]) -> dict[str, Job]:
         return {}
     return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids))
                                                    .execution_options(populate_existing=True))}
-
-
-def set_rejection_details(session: Session, job_id: str, details: Mapping[int, tuple[str, str | None]]) -> None:
-    """The error code and custom_id of each rejected line, by line number (for the batch's error file)."""
-    rows = session.execute(select(RejectedLine.id, RejectedLine.line_no).where(RejectedLine.job_id == job_id))
-    values = [{"id": row.id, "code": details[row.line_no][0], "custom_id": details[row.line_no][1]}
-              for row in rows if row.line_no in details]
-    if values:
-        session.execute(update(RejectedLine).execution_options(synchronize_session=None), values)
 
 
 def in_flight(session: Session, job_id: str, since: datetime) -> int:

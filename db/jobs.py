@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.models import LOCAL_TENANT, Item, Job, RejectedLine, utcnow
+from db.models import LOCAL_TENANT, Item, Job, utcnow
 from routeyard.errors import NotFound
 from routeyard.states import ITEM_UNFINISHED, JOB_ACTIVE, JOB_ENDED, JOB_FINAL, ItemStatus, JobStatus
 
@@ -169,17 +169,6 @@ def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
 def _aware(t: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were stored in UTC."""
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def add_rejected(session: Session, job_id: str, rejected: Sequence[tuple[int, str]]) -> None:
-    if rejected:
-        session.execute(insert(RejectedLine),
-                        [{"job_id": job_id, "line_no": n, "reason": reason} for n, reason in rejected])
-
-
-def rejected_lines(session: Session, job_id: str) -> list[RejectedLine]:
-    return list(session.scalars(select(RejectedLine).where(RejectedLine.job_id == job_id)
-                                .order_by(RejectedLine.line_no)))
 
 
 # --- items ------------------------------------------------------------------------------------------------

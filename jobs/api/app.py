@@ -54,7 +54,7 @@ from jobs.api.schemas import (
 from jobs.services import control
 from jobs.services.feedback import FeedbackIn, record_feedback
 from jobs.services.input_formats import detect_format
-from jobs.services.results import export_results, job_status, page_results
+from jobs.services.results import export_results, job_status, page_results, rejection_dict
 from jobs.services.spend import spend_report
 from jobs.services.submit import JobOptions, submit_job
 from jobs.services.tenants import tenant_for_key
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         if result.created:
             request.app.state.runs.start(result.job_id)
         return SubmitResponse(job_id=result.job_id, created=result.created, n_items=result.n_items,
-                              rejected=[Rejected(line=n, reason=r) for n, r in result.rejected])
+                              rejected=[Rejected.model_validate(rejection_dict(r)) for r in result.rejections])
 
     @app.get("/v1/jobs", response_model=list[JobSummary])
     def list_jobs(tenant_id: Tenant, s: Db, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     def get_status(job_id: str, tenant_id: Tenant, s: Db) -> JobStatusResponse:
         view = job_status(s, job_id, tenant_id=tenant_id)
         return JobStatusResponse.model_validate({**view.__dict__, "router": public_router(view.router), "rejected": [
-            Rejected(line=n, reason=r) for n, r in view.rejected]})
+            Rejected.model_validate(rejection_dict(r)) for r in view.rejected]})
 
     @app.get("/v1/jobs/{job_id}/results", response_model=ResultsPage, responses=ERRORS)
     def results_page(job_id: str, tenant_id: Tenant, s: Db, offset: Annotated[int, Query(ge=0)] = 0,

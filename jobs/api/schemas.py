@@ -11,8 +11,13 @@ from routeyard.states import ItemStatus, JobStatus
 
 
 class Rejected(BaseModel):
+    """An input line that was not taken: the error file has it too."""
+
     line: int
     reason: str
+    code: str | None = Field(default=None, description="the error code, as the error file gives it "
+                                                       "(invalid_json_line, invalid_url, duplicate_custom_id, ...)")
+    custom_id: str | None = Field(default=None, description="the line's custom_id (a plain line's id), if it had one")
 
 
 class SubmitResponse(BaseModel):

@@ -21,7 +21,7 @@ from jobs.services import control
 from jobs.services.feedback import FeedbackIn, feedback_value, record_feedback
 from jobs.services.input_formats import Format as InputFormat
 from jobs.services.input_formats import detect_format
-from jobs.services.results import ResultFormat, export_results, job_status
+from jobs.services.results import ResultFormat, export_results, job_status, rejection_dict
 from jobs.services.spend import spend_over_time, spend_report
 from jobs.services.submit import JobOptions, submit_job
 from routeyard.errors import Conflict, InvalidInput
@@ -43,6 +43,7 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     state = cli_context(ctx)
     with state.db() as session:
         job = store.get_job(session, job_id)
+        n_rejected = job.n_rejected
         if job.status in JOB_FINAL:  # cancelled, or failed: its router did not load (its items say why)
             raise Conflict(f"job {job_id} {'was cancelled' if job.status == JobStatus.CANCELLED else 'failed'}; "
                            f"a {job.status} job does not run again (submit it again)")
@@ -50,24 +51,27 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     with Stages() as stages:
         done = dispatcher.run(job_id, retry_failed=retry_failed, progress=stages)
     if done.summary is not None:
-        _finish(done.summary, as_json)
+        _finish(done.summary, n_rejected, as_json)
     if wait:
-        _finish(_follow(ctx, job_id), as_json)
+        _finish(_follow(ctx, job_id), n_rejected, as_json)
     if as_json is not None:
         console.print_json(json.dumps({**as_json, "job_id": job_id, "status": JobStatus.QUEUED}))
     else:
         console.print(f"job {job_id} queued on the workers ({safe_url(state.settings.broker_url)})")
+    render.rejected_summary(job_id, n_rejected)
 
 
-def _finish(summary: RunSummary, as_json: dict[str, object] | None = None) -> None:
-    """Print how the job ended and exit with its code: 3 when some items did not succeed (failed, cancelled)."""
+def _finish(summary: RunSummary, n_rejected: int, as_json: dict[str, object] | None = None) -> None:
+    """Print how the job ended and exit with its code: 3 when a request of its file got no answer: an item
+    failed or was cancelled, or a line was rejected at submit (its error file is not empty)."""
     if as_json is not None:
         console.print_json(json.dumps({**as_json, "job_id": summary.job_id, "status": summary.status,
-                                       "counts": dict(summary.counts)}))
+                                       "counts": dict(summary.counts), "n_rejected": n_rejected}))
     else:
         render.run_summary(summary)
+    render.rejected_summary(summary.job_id, n_rejected)  # last, on stderr: after the progress lines, seen
     unfinished = summary.counts.get(ItemStatus.FAILED) or summary.counts.get(ItemStatus.CANCELLED)
-    raise typer.Exit(ExitCode.FAILED_ITEMS if unfinished else ExitCode.OK)
+    raise typer.Exit(ExitCode.FAILED_ITEMS if unfinished or n_rejected else ExitCode.OK)
 
 
 def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
@@ -129,12 +133,13 @@ def submit(
     with file.open("rb") as source:
         result = submit_job(state.db, state.settings, source, input_format, options, source_name=file.name)
     stored = {"job_id": result.job_id, "created": result.created, "n_items": result.n_items,
-              "rejected": [{"line": n, "reason": r} for n, r in result.rejected]}
+              "rejected": [rejection_dict(r) for r in result.rejections]}
     if not as_json:
         render.submitted(result)
     if detach or (not result.created and state.dispatcher().mode is Mode.DISTRIBUTED):
         if as_json:
             console.print_json(json.dumps({**stored, "status": JobStatus.QUEUED}))
+        render.rejected_summary(result.job_id, len(result.rejections))
         return
     _run(ctx, result.job_id, wait=wait, as_json=stored if as_json else None)
 
@@ -321,6 +326,7 @@ def demo(
             done = here.run(result.job_id, progress=stages)
         assert done.summary is not None  # an embedded run ends here
         render.run_summary(done.summary)
+        render.rejected_summary(result.job_id, len(result.rejections))
         with state.db() as session:
             render.spend(spend_report(session, settings, result.job_id))
             render.score_examples(list(store.iter_items(session, result.job_id)))

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from db.models import Item
 from jobs.cli.context import console, err
+from jobs.services.input_formats import Rejection
 from jobs.services.results import JobStatusView
 from jobs.services.spend import PeriodSpend, SpendReport
 from jobs.services.submit import SubmitResult
@@ -20,10 +21,22 @@ from worker.embedded import RunSummary
 def submitted(result: SubmitResult) -> None:
     verb = "submitted" if result.created else "already submitted (same idempotency key)"
     console.print(f"job [bold]{result.job_id}[/] {verb}: {result.n_items} items, {len(result.rejected)} rejected")
-    for line_no, reason in result.rejected[:20]:
-        err.print(f"  [yellow]line {line_no}:[/] {escape(reason)}")
-    if len(result.rejected) > 20:
-        err.print(f"  ... and {len(result.rejected) - 20} more (routeyard status {result.job_id})")
+    for r in result.rejections[:20]:
+        err.print(f"  [yellow]{_where(r)}:[/] {escape(r.reason)}")
+    if len(result.rejections) > 20:
+        err.print(f"  ... and {len(result.rejections) - 20} more (routeyard status {result.job_id})")
+
+
+def _where(r: Rejection) -> str:
+    return f"line {r.line_no}" + (f" ({escape(r.custom_id[:80])})" if r.custom_id else "")
+
+
+def rejected_summary(job_id: str, n_rejected: int) -> None:
+    """One line on stderr when input lines were rejected: how many, and where their errors are."""
+    if n_rejected:
+        err.print(f"[yellow]rejected:[/] {n_rejected} input line{'s' if n_rejected > 1 else ''} of job {job_id} "
+                  f"not taken (not run, no answer); their error file: routeyard results {job_id} --format "
+                  "openai-errors -o errors.jsonl")
 
 
 def run_summary(summary: RunSummary) -> None:
@@ -95,8 +108,8 @@ def job_status(view: JobStatusView) -> None:
     console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
     console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
                   + f"; rejected lines {view.n_rejected}")
-    for line_no, reason in view.rejected[:20]:
-        console.print(f"  [yellow]line {line_no}:[/] {escape(reason)}")
+    for r in view.rejected[:20]:
+        console.print(f"  [yellow]{_where(r)}:[/] {escape(r.reason)}")
 
 
 def score_examples(items: Sequence[Item]) -> None:

@@ -16,10 +16,8 @@ readers never write them twice. A job run again (resume) gets new files when it 
 from __future__ import annotations
 
 import io
-import json
 import math
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,10 +29,9 @@ from db import files as file_store
 from db import jobs as store
 from db.models import Batch, Job, utcnow
 from jobs.services.files import OUTPUT_PURPOSE, store_file, unix
-from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
+from jobs.services.input_formats import Rejection
 from jobs.services.results import Usage, openai_error_lines, openai_output_lines
-from jobs.services.submit import JobOptions, submit_job
-from jobs.services.versions import job_router
+from jobs.services.submit import JobOptions, NoValidLines, submit_job
 from routeyard.errors import Conflict, InvalidInput
 from routeyard.pricing import price_for
 from routeyard.settings import Settings
@@ -119,45 +116,14 @@ def _check_request(request: BatchRequest, settings: Settings) -> None:
     price_for(settings.weak_model, settings.price_table)
 
 
-def _entries(content: bytes, max_line_bytes: int) -> Iterator[ParsedItem | Rejection]:
-    return parse_stream(io.BufferedReader(io.BytesIO(content)), "jsonl", max_line_bytes)
-
-
-def _rejection_details(content: bytes, rejected: list[tuple[int, str]], max_line_bytes: int
-                       ) -> dict[int, tuple[str, str | None]]:
-    """(error code, custom_id) of each rejected line, read again from the file (streamed: files are large)."""
-    lines = {n for n, _ in rejected}
-    codes = {e.line_no: e.code for e in _entries(content, max_line_bytes)
-             if isinstance(e, Rejection) and e.line_no in lines}
-    details: dict[int, tuple[str, str | None]] = {}
-    for n, raw in enumerate(io.BytesIO(content), 1):  # numbered as the parser numbers them
-        if n not in lines:
-            continue
-        if len(raw) > max_line_bytes:  # refused for its length: not parsed here either
-            details[n] = (codes.get(n, "invalid_request"), None)
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
-        details[n] = (codes.get(n, "invalid_request"), custom_id[:500] if isinstance(custom_id, str) else None)
-    return details
-
-
 def _failed(sf: sessionmaker[Session], settings: Settings, tenant_id: str, request: BatchRequest,
-            content: bytes) -> dict[str, Any]:
+            rejections: list[Rejection]) -> dict[str, Any]:
     """A batch whose file has no valid line: failed, each line's error listed (as OpenAI fails a batch)."""
-    errors: list[dict[str, Any]] = []
-    more = 0
-    for r in _entries(content, settings.max_line_bytes):
-        if isinstance(r, Rejection) and len(errors) < MAX_ERRORS:
-            errors.append({"code": r.code, "line": r.line_no, "message": r.reason, "param": r.param})
-        elif isinstance(r, Rejection):
-            more += 1
-    if more:
+    errors: list[dict[str, Any]] = [{"code": r.code, "line": r.line_no, "message": r.reason, "param": r.param}
+                                    for r in rejections[:MAX_ERRORS]]
+    if len(rejections) > MAX_ERRORS:
         errors.append({"code": "too_many_errors", "line": None, "param": None,
-                       "message": f"{more} more lines are invalid"})
+                       "message": f"{len(rejections) - MAX_ERRORS} more lines are invalid"})
     if not errors:
         errors = [{"code": "empty_file", "line": None, "param": None, "message": "the input file has no requests"}]
     now = utcnow()
@@ -183,11 +149,10 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
             raise InvalidInput(f"file {source.id} has purpose {source.purpose!r}; a batch's input file must have "
                                "purpose 'batch'")
         content, filename = source.content, source.filename
-    job_router(sf, options.router, settings, tenant_id)  # the request is judged before its file
-    entries = _entries(content, settings.max_line_bytes)
-    if not any(isinstance(e, ParsedItem) for e in entries):  # stops at the first valid line
-        return _failed(sf, settings, tenant_id, request, content), None
-    result = submit_job(sf, settings, io.BytesIO(content), "jsonl", options, source_name=filename)
+    try:  # the same parse, codes and custom_ids as every front door's; each line is read as a Batch line
+        result = submit_job(sf, settings, io.BytesIO(content), "jsonl", options, source_name=filename, form="batch")
+    except NoValidLines as exc:
+        return _failed(sf, settings, tenant_id, request, exc.rejections), None
     with sf() as session:
         if not result.created:  # the same idempotency key and request: the batch already stored
             existing = batch_store.batch_for_job(session, result.job_id)
@@ -200,10 +165,6 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
             id=result.job_id, tenant_id=tenant_id, job_id=result.job_id, input_file_id=request.input_file_id,
             endpoint=request.endpoint, completion_window=request.completion_window, meta=request.metadata,
             output_expires_s=request.output_expires_s, created_at=now, in_progress_at=now))
-        if result.rejected:
-            session.flush()
-            details = _rejection_details(content, result.rejected, settings.max_line_bytes)
-            batch_store.set_rejection_details(session, result.job_id, details)
         session.commit()
     return retrieve_batch(sf, settings, tenant_id, result.job_id), result.job_id
 

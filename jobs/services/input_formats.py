@@ -5,12 +5,20 @@ line never sinks the batch and a file of a million lines is never held in memory
 
 Text is UTF-8 (a byte-order mark, as Excel writes one, is skipped); a line that is not UTF-8, that is longer
 than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON) or a NUL character (no
-database stores one in text) is rejected with its line number and field, and the rest of the file is read.
+database stores one in text), or that starts with a byte-order mark below the first line (two files joined)
+is rejected with its line number and field, and the rest of the file is read. Every rejection carries the
+line's custom_id when it had one and an error code, so every front door writes the same error file.
+
+A JSONL file is in one of two forms, Batch API lines or plain lines. A JSON object that has the keys of
+neither is told what its file's form needs: the Batch form for a Batch API input file (/v1/files, purpose
+batch), else the form of the file's other lines (until one says, such lines are held back, to at most
+MAX_HELD; the order of what is yielded never changes).
 
 A Batch API line's body is kept as the user wrote it (nulls included), minus `model`: parameters the openai
 SDK does not know (top_k, guided_json, ...) reach the endpoint as they are. Lines the batch cannot answer are
 refused here, each with its reason: `"stream": true` (a batch stores whole answers) and urls other than chat
-completions (/v1/embeddings, /v1/completions, /v1/responses, ...: Routeyard routes chat prompts only).
+completions (/v1/embeddings, /v1/completions, /v1/responses, ...: Routeyard routes chat prompts only). The url
+is OpenAI's, with its /v1 prefix: `/chat/completions` is refused, as OpenAI refuses it.
 """
 
 from __future__ import annotations
@@ -18,178 +26,35 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from jobs.services.input_lines import (
+    LineError,
+    NotJson,
+    ParsedItem,
+    Rejection,
+    Shape,
+    check_values,
+    custom_id_of,
+    fields_of,
+    formless,
+    from_object,
+    shape_of,
+)
+
+__all__ = ["FileFormat", "Format", "LineForm", "ParsedItem", "Rejection", "detect_format", "parse_stream"]
 
 Format = Literal["auto", "jsonl", "csv", "tsv"]
 FileFormat = Literal["jsonl", "csv", "tsv"]
-CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
-# What the OpenAI Batch API takes besides chat completions; each is refused per line, saying why.
-OTHER_BATCH_URLS = {
-    "/v1/embeddings": "embeddings are not a choice between a strong and a weak model",
-    "/v1/completions": "legacy completions have no messages to route on",
-    "/v1/responses": "the Responses API is not routed (yet)",
-    "/v1/moderations": "moderations are not a choice between a strong and a weak model",
-}
-MAX_PROMPT_CHARS = 1_000_000
+# "batch": the file is a Batch API input file (it came through /v1/files with purpose batch): every line is read
+# as a Batch line. "auto": either form, line by line.
+LineForm = Literal["auto", "batch"]
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a line of the file, at most (ROUTEYARD_MAX_LINE_BYTES): 1M characters of UTF-8 fit
+MAX_HELD = 1000  # lines of no form held back until a line says the file's form
 BOM = "\ufeff"
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="allow")  # temperature, max_tokens, ...: passed on to the model as given
-    messages: list[Message] = Field(min_length=1)
-    model: str | None = None  # ignored: the router picks the model
-
-
-class BatchLine(BaseModel):
-    """One line of the OpenAI Batch API input format."""
-
-    model_config = ConfigDict(extra="forbid")
-    custom_id: str = Field(min_length=1, max_length=500)
-    method: Literal["POST"]
-    url: str  # checked first, by _check_url, so a wrong endpoint is named before its body's fields
-    body: ChatBody
-
-
-class PlainLine(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: str | int | None = Field(default=None)
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    system: str | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-
-
-@dataclass(frozen=True)
-class ParsedItem:
-    line_no: int
-    custom_id: str
-    body: dict[str, Any]  # an OpenAI chat request body without `model`
-    prompt: str  # what the router scores: the last user message
-
-
-@dataclass(frozen=True)
-class Rejection:
-    line_no: int
-    reason: str
-    code: str = "invalid_request"  # for the OpenAI Batch API's errors: invalid_json_line, invalid_url, ...
-    param: str | None = None  # the field at fault, when there is one ("body.messages.0.role")
-
-
-class LineError(ValueError):
-    """Why one line is refused, with an error code and the field at fault."""
-
-    def __init__(self, reason: str, code: str = "invalid_request", param: str | None = None) -> None:
-        super().__init__(reason)
-        self.code, self.param = code, param
-
-
-def prompt_of(messages: list[dict[str, Any]]) -> str:
-    """The last user message's text (what RouteLLM routes on)."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
-    return ""
-
-
-def _explain(exc: ValidationError) -> LineError:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "line"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    code = "missing_required_parameter" if err["type"] == "missing" else "invalid_request"
-    return LineError(f"field '{where}': {err['msg']}{more}", code, None if where == "line" else where)
-
-
-def _check_url(url: Any) -> None:
-    if url is None or url in CHAT_URLS:
-        return  # a missing url is the model's to report
-    why = OTHER_BATCH_URLS.get(url) if isinstance(url, str) else None
-    if why:
-        raise LineError(f"field 'url': {url!r} is not routed ({why}); Routeyard routes /v1/chat/completions "
-                        "lines only: send this one to the provider directly", "invalid_url", "url")
-    raise LineError(f"field 'url': expected '/v1/chat/completions', got {url!r}", "invalid_url", "url")
-
-
-def _check_body(body: dict[str, Any]) -> None:
-    if body.get("stream"):
-        raise LineError("field 'body.stream': streaming is not supported in a batch (each answer is stored "
-                        "whole); remove \"stream\" or set it to false", "unsupported_parameter", "body.stream")
-
-
-def _from_object(obj: Any, line_no: int) -> ParsedItem:
-    """Validate one decoded JSON object in either JSONL form; raises LineError with a clear reason."""
-    if not isinstance(obj, dict):
-        raise LineError(f"expected a JSON object, got {type(obj).__name__}", "invalid_json_line")
-    try:
-        if "body" in obj or "custom_id" in obj:
-            _check_url(obj.get("url"))
-            line = BatchLine.model_validate(obj)
-            # as written (a null the user sent stays null), without the model: the router picks it
-            body = line.body.model_dump(mode="json", exclude_unset=True, exclude={"model"})
-            _check_body(body)
-            custom_id = line.custom_id
-        else:
-            plain = PlainLine.model_validate(obj)
-            messages = [{"role": "system", "content": plain.system}] if plain.system else []
-            messages.append({"role": "user", "content": plain.prompt})
-            body = {"messages": messages}
-            if plain.max_tokens is not None:
-                body["max_tokens"] = plain.max_tokens
-            if plain.temperature is not None:
-                body["temperature"] = plain.temperature
-            custom_id = str(plain.id) if plain.id is not None else f"line-{line_no}"
-    except ValidationError as exc:
-        raise _explain(exc) from None
-    prompt = prompt_of(body["messages"])
-    if not prompt.strip():
-        raise LineError("field 'body.messages': no user message with text to route on", "invalid_request",
-                        "body.messages")
-    return ParsedItem(line_no, custom_id, body, prompt)
-
-
-class _NotJson:
-    """What NaN, Infinity and -Infinity parse to, so the line is refused naming the field that holds one."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _check_values(value: Any, where: str = "") -> None:
-    """Refuse what JSON or the database cannot hold: NaN/Infinity, and NUL characters (PostgreSQL text and
-    jsonb refuse \\u0000, so the whole batch would fail to store)."""
-    if isinstance(value, _NotJson) or (isinstance(value, float) and not math.isfinite(value)):
-        text = value.text if isinstance(value, _NotJson) else repr(value)
-        raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
-                        "invalid_json_line", where or None)
-    if isinstance(value, str) and "\x00" in value:
-        raise LineError(f"field '{where or 'line'}': contains a NUL character (\\u0000), which cannot be stored; "
-                        "remove it", "invalid_request", where or None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            if "\x00" in str(key):
-                raise LineError(f"field '{path}': a key contains a NUL character (\\u0000), which cannot be stored",
-                                "invalid_request", path)
-            _check_values(item, path)
-    elif isinstance(value, list):
-        for n, item in enumerate(value):
-            _check_values(item, f"{where}.{n}" if where else str(n))
 
 
 def _lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
@@ -211,32 +76,82 @@ def _too_long(max_bytes: int) -> str:
 
 
 def _decode(raw: bytes, line_no: int) -> str:
-    """One line as text; raises LineError naming the byte that is not UTF-8."""
+    """One line as text; raises LineError naming the byte that is not UTF-8, or a byte-order mark below line 1."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LineError(f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line); save the file as "
                         "UTF-8", "invalid_json_line") from None
-    return text.removeprefix(BOM) if line_no == 1 else text
+    if line_no == 1 or not text.startswith(BOM):
+        return text.removeprefix(BOM)
+    if not text[1:].strip():
+        return ""  # nothing but the mark: a blank line
+    # Read past it, the line would be taken as written, but a mark here means files were joined: say so.
+    raise LineError("the line starts with a byte-order mark (U+FEFF, the bytes EF BB BF), which belongs only at the "
+                    "start of a file, where Excel and Notepad write it: this file looks like two files joined, the "
+                    "second starting here; delete the mark", "invalid_json_line")
 
 
-def _jsonl(stream: io.BufferedReader, max_bytes: int) -> Iterator[ParsedItem | Rejection]:
-    for line_no, raw in _lines(stream, max_bytes):
-        if raw is None:
-            yield Rejection(line_no, _too_long(max_bytes), "invalid_json_line")
-            continue
+@dataclass(frozen=True)
+class _Formless:
+    """A JSON object of neither form, read before any line said the file's form: its rejection waits for one."""
+
+    line_no: int
+    fields: str
+    custom_id: str | None
+
+    def rejection(self, form: Shape | None) -> Rejection:
+        err = formless(self.fields, form)
+        return Rejection(self.line_no, str(err), err.code, err.param, self.custom_id)
+
+
+def _read_line(line_no: int, raw: bytes | None, max_bytes: int, form: Shape | None,
+               strict: bool) -> tuple[ParsedItem | Rejection | _Formless | None, Shape | None]:
+    """One line's entry (None: a blank line) and the form its keys say it is in."""
+    if raw is None:
+        return Rejection(line_no, _too_long(max_bytes), "invalid_json_line"), None
+    obj: Any = None
+    shape = None
+    try:
+        text = _decode(raw, line_no)
+        if not text.strip():
+            return None, None
         try:
-            text = _decode(raw, line_no)
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text.rstrip("\r\n"), parse_constant=_NotJson)
-            except json.JSONDecodeError as exc:
-                raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line") from None
-            _check_values(obj)
-            yield _from_object(obj, line_no)
-        except LineError as exc:
-            yield Rejection(line_no, str(exc), exc.code, exc.param)
+            obj = json.loads(text.rstrip("\r\n"), parse_constant=NotJson)
+        except json.JSONDecodeError as exc:
+            raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line") from None
+        shape = shape_of(obj) if isinstance(obj, dict) else None
+        check_values(obj)
+        if isinstance(obj, dict) and shape is None and form is None:
+            return _Formless(line_no, fields_of(obj), custom_id_of(obj)), None
+        return from_object(obj, line_no, "batch" if strict else shape or form or "batch"), shape
+    except LineError as exc:
+        return Rejection(line_no, str(exc), exc.code, exc.param, custom_id_of(obj)), shape
+
+
+def _jsonl(stream: io.BufferedReader, max_bytes: int, line_form: LineForm = "auto"
+           ) -> Iterator[ParsedItem | Rejection]:
+    form: Shape | None = "batch" if line_form == "batch" else None
+    held: list[Rejection | _Formless] = []  # in file order, from the first line of no form until the form is known
+
+    def settle(entries: Iterable[ParsedItem | Rejection | _Formless]) -> Iterator[ParsedItem | Rejection]:
+        for entry in entries:
+            yield entry.rejection(form) if isinstance(entry, _Formless) else entry
+
+    for line_no, raw in _lines(stream, max_bytes):
+        entry, shape = _read_line(line_no, raw, max_bytes, form, line_form == "batch")
+        if entry is None:
+            continue
+        form = form or shape
+        if form is None and not isinstance(entry, ParsedItem):
+            held.append(entry)
+            if len(held) >= MAX_HELD:  # so many lines and none says: those are told of both forms
+                yield from settle(held)
+                held.clear()
+            continue
+        yield from settle([*held, entry])
+        held.clear()
+    yield from settle(held)
 
 
 def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
@@ -295,10 +210,10 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
         if id_col is not None and row[id_col].strip():
             obj["id"] = row[id_col].strip()
         try:
-            _check_values(obj)
-            yield _from_object(obj, line_no)
+            check_values(obj)
+            yield from_object(obj, line_no, "plain")
         except LineError as exc:
-            yield Rejection(line_no, str(exc), exc.code, exc.param)
+            yield Rejection(line_no, str(exc), exc.code, exc.param, custom_id_of(obj))
 
 
 def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
@@ -308,17 +223,18 @@ def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
     return {".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "jsonl")  # type: ignore[return-value]
 
 
-def parse_stream(stream: io.BufferedReader, fmt: FileFormat, max_line_bytes: int = MAX_LINE_BYTES
-                 ) -> Iterator[ParsedItem | Rejection]:
-    """Accepted items and rejections, in file order. Duplicate ids are rejected (first one wins)."""
+def parse_stream(stream: io.BufferedReader, fmt: FileFormat, max_line_bytes: int = MAX_LINE_BYTES,
+                 form: LineForm = "auto") -> Iterator[ParsedItem | Rejection]:
+    """Accepted items and rejections, in file order. Duplicate ids are rejected (first one wins). `form`
+    "batch": a Batch API input file, each JSONL line read as a Batch line."""
     seen: dict[str, int] = {}
     entries = {"csv": lambda: _csv(stream, max_line_bytes), "tsv": lambda: _csv(stream, max_line_bytes, "\t"),
-               "jsonl": lambda: _jsonl(stream, max_line_bytes)}[fmt]()
+               "jsonl": lambda: _jsonl(stream, max_line_bytes, form)}[fmt]()
     for entry in entries:
         if isinstance(entry, ParsedItem):
             first = seen.setdefault(entry.custom_id, entry.line_no)
             if first != entry.line_no:
                 yield Rejection(entry.line_no, f"duplicate id {entry.custom_id!r} (first on line {first})",
-                                "duplicate_custom_id", "custom_id")
+                                "duplicate_custom_id", "custom_id", entry.custom_id)
                 continue
         yield entry

@@ -25,7 +25,9 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from db import jobs as store
+from db import rejections as rejected_store
 from db.models import Item, Job, RejectedLine
+from jobs.services.input_formats import Rejection
 from routeyard.states import ItemStatus
 
 ResultFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
@@ -56,13 +58,13 @@ class JobStatusView:
     routed_items: int
     created_at: datetime
     finished_at: datetime | None
-    rejected: list[tuple[int, str]]
+    rejected: list[Rejection]
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["created_at"] = self.created_at.isoformat()
         d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
-        d["rejected"] = [{"line": n, "reason": r} for n, r in self.rejected]
+        d["rejected"] = [rejection_dict(r) for r in self.rejected]
         return d
 
 
@@ -70,13 +72,23 @@ def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_
     job: Job = store.get_job(session, job_id, tenant_id)
     counts = store.status_counts(session, job_id)
     tiers = store.tier_counts(session, job_id)
-    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, job_id)[:rejected_limit]]
+    rejected = [stored_rejection(r) for r in rejected_store.rejected_lines(session, job_id)[:rejected_limit]]
     return JobStatusView(job.id, job.status, job.tag, job.source, job.router,
                          ",".join(store.router_versions(session, job_id)) or None, job.strong_fraction,
                          job.budget_usd, job.target_pgr, job.threshold,
                          job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts,
                          tiers.get("strong", 0), sum(tiers.values()), job.created_at,
                          job.finished_at, rejected)
+
+
+def stored_rejection(row: RejectedLine) -> Rejection:
+    """A rejected line as stored (lines stored before codes were kept read as `invalid_request`)."""
+    return Rejection(row.line_no, row.reason, row.code or "invalid_request", None, row.custom_id)
+
+
+def rejection_dict(r: Rejection) -> dict[str, Any]:
+    """A rejected line in JSON (the CLI's --json, the API): line, reason, code, custom_id."""
+    return {"line": r.line_no, "reason": r.reason, "code": r.code, "custom_id": r.custom_id}
 
 
 def record(item: Item) -> dict[str, Any]:
@@ -169,7 +181,7 @@ def openai_error_lines(session: Session, job_id: str) -> Iterator[str]:
     """The OpenAI Batch API error file: every item that did not succeed and every rejected input line, in
     input order."""
     unanswered = (item for item in store.iter_items(session, job_id) if item.status != ItemStatus.SUCCEEDED)
-    entries: Iterator[Item | RejectedLine] = heapq.merge(unanswered, store.rejected_lines(session, job_id),
+    entries: Iterator[Item | RejectedLine] = heapq.merge(unanswered, rejected_store.rejected_lines(session, job_id),
                                                         key=lambda e: e.line_no)
     for entry in entries:
         yield _dumps(openai_line(entry) if isinstance(entry, Item) else rejected_line(job_id, entry))

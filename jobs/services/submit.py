@@ -19,8 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import rejections as rejected_store
 from db.models import LOCAL_TENANT, Job
-from jobs.services.input_formats import ParsedItem, Rejection, parse_stream
+from jobs.services.input_formats import LineForm, ParsedItem, Rejection, parse_stream
+from jobs.services.results import stored_rejection
 from jobs.services.versions import job_router
 from routers.calibration import fraction_for_target_pgr
 from routeyard.errors import Conflict, InvalidInput
@@ -53,7 +55,21 @@ class SubmitResult:
     job_id: str
     created: bool  # False: the idempotency key matched a job already stored
     n_items: int
-    rejected: list[tuple[int, str]]
+    rejections: list[Rejection]  # each rejected line: its number, reason, error code and custom_id
+
+    @property
+    def rejected(self) -> list[tuple[int, str]]:
+        """(line, reason) of each rejected line."""
+        return [(r.line_no, r.reason) for r in self.rejections]
+
+
+class NoValidLines(InvalidInput):
+    """A file with no line a job can take: nothing is stored. Its rejections go with it, so a front door can
+    show every line (the Batch API makes them a failed batch's `errors`)."""
+
+    def __init__(self, message: str, rejections: list[Rejection]) -> None:
+        super().__init__(message)
+        self.rejections = rejections
 
 
 class _HashingReader(io.RawIOBase):
@@ -85,7 +101,9 @@ def _request_hash(file_digest: str, options: JobOptions, settings: Settings) -> 
 
 
 def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, fmt: str, options: JobOptions,
-               source_name: str | None = None) -> SubmitResult:
+               source_name: str | None = None, form: LineForm = "auto") -> SubmitResult:
+    """Store the job: its items, and its rejected lines with their codes and custom_ids (the error file reads
+    them). `form` "batch": the file is a Batch API input file. Raises NoValidLines when no line is valid."""
     ways = [name for name, value in (("strong fraction", options.strong_fraction),
                                      ("budget", options.budget_usd), ("target PGR", options.target_pgr))
             if value is not None]
@@ -139,7 +157,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         options = replace(options, strong_fraction=0.0 if options.budget_usd is not None else DEFAULT_STRONG_FRACTION)
     job_id = f"job_{uuid.uuid4().hex}"
     reader = _HashingReader(source)
-    rejected: list[tuple[int, str]] = []
+    rejected: list[Rejection] = []
     n_items = 0
     with sf() as session:
         job = Job(id=job_id, tenant_id=options.tenant_id, idempotency_key=options.idempotency_key,
@@ -150,7 +168,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                   weak_model=settings.weak_model, strong_base_url=safe_url(settings.strong_base_url),
                   weak_base_url=safe_url(settings.weak_base_url), prices=prices)
         try:
-            n_items = _store(session, job, reader, fmt, options, settings, rejected, weak_price)
+            n_items = _store(session, job, reader, (fmt, form), options, settings, rejected, weak_price)
             job.request_hash = _request_hash(reader.digest.hexdigest(), requested, settings)
             session.commit()
         except IntegrityError:  # a concurrent submit with the same key stored its job first
@@ -161,17 +179,18 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     return SubmitResult(job_id, True, n_items, rejected)
 
 
-def _store(session: Session, job: Job, reader: _HashingReader, fmt: str, options: JobOptions, settings: Settings,
-           rejected: list[tuple[int, str]], weak_price: Price) -> int:
+def _store(session: Session, job: Job, reader: _HashingReader, fmt: tuple[str, LineForm], options: JobOptions,
+           settings: Settings, rejected: list[Rejection], weak_price: Price) -> int:
     """Add the job, its items and rejected lines in the caller's transaction; the number of items."""
     job_id, source_name, n_items = job.id, job.source, 0
     session.add(job)
     session.flush()  # PostgreSQL: waits here for a concurrent submit with the same key, then IntegrityError
     chunk: list[dict] = []
     weak_bound = 0.0
-    for entry in parse_stream(io.BufferedReader(reader), fmt, settings.max_line_bytes):  # type: ignore[arg-type]
+    lines = parse_stream(io.BufferedReader(reader), fmt[0], settings.max_line_bytes, fmt[1])  # type: ignore[arg-type]
+    for entry in lines:
         if isinstance(entry, Rejection):
-            rejected.append((entry.line_no, entry.reason))
+            rejected.append(entry)
             continue
         if options.budget_usd is not None:
             # A budget is only a promise if every answer has a length limit.
@@ -180,7 +199,8 @@ def _store(session: Session, job: Job, reader: _HashingReader, fmt: str, options
             try:
                 weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
             except Unbounded as exc:
-                rejected.append((entry.line_no, f"{exc}: a budgeted job cannot take it"))
+                rejected.append(Rejection(entry.line_no, f"{exc}: a budgeted job cannot take it", "unbounded_cost",
+                                          None, entry.custom_id))
                 continue
         chunk.append(_row(job_id, entry))
         if len(chunk) >= INSERT_CHUNK:
@@ -191,13 +211,14 @@ def _store(session: Session, job: Job, reader: _HashingReader, fmt: str, options
     n_items += len(chunk)
     if n_items == 0:
         session.rollback()
-        detail = "; ".join(f"line {n}: {r}" for n, r in rejected[:5]) or "the file is empty"
-        raise InvalidInput(f"no valid items in {source_name or 'the input'}: {detail}")
+        detail = "; ".join(f"line {r.line_no}: {r.reason}" for r in rejected[:5]) or "the file is empty"
+        more = f" (and {len(rejected) - 5} more lines)" if len(rejected) > 5 else ""
+        raise NoValidLines(f"no valid items in {source_name or 'the input'}: {detail}{more}", rejected)
     if options.budget_usd is not None and weak_bound > options.budget_usd:
         session.rollback()
         raise InvalidInput(f"budget ${options.budget_usd:.6g} is below ${weak_bound:.6g}, the most these "
                           f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
-    store.add_rejected(session, job_id, rejected)
+    rejected_store.add_rejected(session, job_id, rejected)
     job.n_items, job.n_rejected = n_items, len(rejected)
     return n_items
 
@@ -214,8 +235,7 @@ def _raced(session: Session, reader: _HashingReader, requested: JobOptions, sett
     if _request_hash(reader.digest.hexdigest(), requested, settings) != existing.request_hash:
         raise Conflict(f"idempotency key {requested.idempotency_key!r} was used for job {existing.id} with a "
                        "different file or options; use a new key for a new job")
-    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, existing.id)]
-    return SubmitResult(existing.id, False, existing.n_items, rejected)
+    return SubmitResult(existing.id, False, existing.n_items, _stored_rejections(session, existing.id))
 
 
 def _existing(session: Session, job: Job, source: BinaryIO, options: JobOptions, settings: Settings) -> SubmitResult:
@@ -225,8 +245,11 @@ def _existing(session: Session, job: Job, source: BinaryIO, options: JobOptions,
     if _request_hash(digest.hexdigest(), options, settings) != job.request_hash:
         raise Conflict(f"idempotency key {options.idempotency_key!r} was used for job {job.id} with a "
                           "different file or options; use a new key for a new job")
-    rejected = [(r.line_no, r.reason) for r in store.rejected_lines(session, job.id)]
-    return SubmitResult(job.id, False, job.n_items, rejected)
+    return SubmitResult(job.id, False, job.n_items, _stored_rejections(session, job.id))
+
+
+def _stored_rejections(session: Session, job_id: str) -> list[Rejection]:
+    return [stored_rejection(r) for r in rejected_store.rejected_lines(session, job_id)]
 
 
 def _row(job_id: str, item: ParsedItem) -> dict:
