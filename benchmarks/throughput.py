@@ -4,12 +4,14 @@ Everything runs side by side in one invocation, against one loopback model serve
 per-call latency):
   bare asyncio loop at concurrency C         (the limit: nothing but HTTP calls)
   embedded runner (SQLite, one process)      at concurrency C
-  1 and 2 Celery workers (PostgreSQL, Redis) at C in flight per worker
-for the `random` router (engine overhead only) and the `mf` router (MiniLM embeddings on this CPU, cold cache:
-every run's prompts are new). Throughput = items / (job finished - job created), from the database.
-Router share = time from job start to routing / whole job.
+  1 and 2 Celery workers (PostgreSQL, Redis) at C in flight per worker (ROUTEYARD_CONCURRENCY=C: the worker
+                                             process's shared call slots; --task-threads completion tasks held)
+for the `random` router (engine overhead only) and learned routers (cold cache: every run's prompts are new).
+Throughput = items / (job finished - job created), from the database. Router share = time from job start to
+routing / whole job. CPU time per item is read from /proc for each process that took part (PostgreSQL: every
+backend of the server, which other work on the machine may share), so a CPU-bound machine shows as such.
 
-    python benchmarks/throughput.py [--items 1000] [--latency-ms 100] [--repeats 3]
+    python benchmarks/throughput.py [--items 1000] [--latency-ms 100] [--repeats 3] [--batch-sizes 50,10]
 Needs PostgreSQL on 127.0.0.1:55432 and redis-server (bash tests/services.sh start).
 """
 
@@ -42,7 +44,40 @@ from routers.data import read_routellm_evals  # noqa: E402
 
 PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
 DATA = Path(os.environ.get("ROUTEYARD_DATA", ROOT.parent / "shared" / "data")) / "routellm-evals"
-CONCURRENCY = 32  # calls in flight per process (2 task threads x 16)
+CONCURRENCY = 32  # calls in flight per process (a worker's shared call slots)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) these processes have used so far; a process gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds of the PostgreSQL server: its live processes, plus the backends that have exited (the
+    postmaster's waited-for children), so connections that close between two readings are counted."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() not in ("postgres", "postmaster"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+        parent = Path(f"/proc/{fields[1]}/comm")
+        if not parent.exists() or parent.read_text().strip() not in ("postgres", "postmaster"):
+            total += (int(fields[13]) + int(fields[14])) / TICKS  # the postmaster: its exited backends
+    return total
 
 
 def free_port() -> int:
@@ -120,13 +155,12 @@ def base_env(home: Path, base_url: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
     env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
                ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
-               ROUTEYARD_CONCURRENCY=str(CONCURRENCY // 2), ROUTEYARD_COMPLETE_BATCH_SIZE="50",
-               ROUTEYARD_MAX_RETRIES="2")
+               ROUTEYARD_CONCURRENCY=str(CONCURRENCY), ROUTEYARD_MAX_RETRIES="2")
     return env
 
 
 def run_embedded(home: Path, base_url: str, texts: list[str], router: str) -> tuple[float, float]:
-    env = base_env(home, base_url) | {"ROUTEYARD_CONCURRENCY": str(CONCURRENCY)}
+    env = base_env(home, base_url)
     db = f"sqlite:///{home / f'embedded-{uuid.uuid4().hex[:6]}.db'}"
     env["ROUTEYARD_DATABASE_URL"] = db
     batch = write_batch(home / "batch.jsonl", texts)
@@ -137,22 +171,25 @@ def run_embedded(home: Path, base_url: str, texts: list[str], router: str) -> tu
 
 
 class Workers:
-    def __init__(self, home: Path, base_url: str, n: int) -> None:
+    def __init__(self, home: Path, base_url: str, n: int, batch_size: int, task_threads: int) -> None:
         self.redis_port = free_port()
         self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--save", "", "--appendonly",
                                        "no"], stdout=subprocess.DEVNULL)
         self.database_url = fresh_pg_database()
         self.env = base_env(home, base_url) | {"ROUTEYARD_DATABASE_URL": self.database_url,
-                                               "ROUTEYARD_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+                                               "ROUTEYARD_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+                                               "ROUTEYARD_COMPLETE_BATCH_SIZE": str(batch_size)}
         time.sleep(0.5)
         open_database(self.database_url)  # migrate before workers race to
-        self.logs = [home / f"worker{i}.log" for i in range(n)]
+        tag = f"{n}-b{batch_size}"
+        self.logs = [home / f"worker{tag}-{i}.log" for i in range(n)]
         self.procs = [subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", "--pool", "threads",
-                                        "--concurrency", "2"], env=self.env, cwd=ROOT,
+                                        "--concurrency", str(task_threads)], env=self.env, cwd=ROOT,
                                        stdout=log.open("w"), stderr=subprocess.STDOUT) for log in self.logs]
-        beat_log = home / f"beat{n}.log"
+        self.workers = [p.pid for p in self.procs]
+        beat_log = home / f"beat{tag}.log"
         self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "jobs.periodic", "beat",
-                                            "--schedule", str(home / f"beat{n}")], env=self.env, cwd=ROOT,
+                                            "--schedule", str(home / f"beat{tag}")], env=self.env, cwd=ROOT,
                                            stdout=beat_log.open("w"), stderr=subprocess.STDOUT))
         wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
 
@@ -176,59 +213,101 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--routers", default="random,linear", help="comma-separated router specs")
     parser.add_argument("--workers", default="1,2", help="comma-separated Celery worker counts ('' for none)")
+    parser.add_argument("--batch-sizes", default="50", help="comma-separated ROUTEYARD_COMPLETE_BATCH_SIZE values")
+    parser.add_argument("--task-threads", type=int, default=4, help="completion tasks a worker process holds")
     parser.add_argument("--out", type=Path, default=None, help="default: results/throughput_<latency>ms.json")
     args = parser.parse_args()
     args.out = args.out or ROOT / "benchmarks" / "results" / f"throughput_{args.latency_ms:g}ms.json"
+    load_before = os.getloadavg()
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port), "--latency-ms",
                                str(args.latency_ms)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base_url = f"http://127.0.0.1:{port}/v1"
-    wait_until(lambda: up(f"http://127.0.0.1:{port}/v1/models"), 30, "the loopback server")
+    wait_until(lambda: up(f"http://127.0.0.1:{port}/_stats"), 30, "the loopback server")
     results: dict[str, list[float]] = {}
     shares: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     home = Path(tempfile.mkdtemp(prefix="routeyard-bench-"))
     counter = iter(range(10_000))
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
 
-    def record(name: str, value: tuple[float, float] | float) -> None:
+    def measured(name: str, run, engine: list[int] | None, redis: int | None) -> None:
+        """Run one configuration and record its rate and each process's CPU time per item."""
+        own = time.process_time()
+        children = os.times().children_user + os.times().children_system
+        before = {"model server": cpu_s([server.pid]), "PostgreSQL": postgres_cpu_s(),
+                  "engine": cpu_s(engine or []), "Redis": cpu_s([redis] if redis else [])}
+        value = run()
+        after = {"model server": cpu_s([server.pid]), "PostgreSQL": postgres_cpu_s(),
+                 "engine": cpu_s(engine or []), "Redis": cpu_s([redis] if redis else [])}
+        used = {k: after[k] - before[k] for k in before}
+        if engine is None:  # the bare loop runs here; the embedded runner is a child process of this one
+            used["engine"] = time.process_time() - own if name.startswith("bare") else (
+                os.times().children_user + os.times().children_system - children)
         rate, share = value if isinstance(value, tuple) else (value, 0.0)
         results.setdefault(name, []).append(rate)
         shares.setdefault(name, []).append(share)
-        print(f"{name:<28} {rate:8.1f} items/s  router share {share:5.1%}", flush=True)
+        for k, v in used.items():
+            cpu.setdefault(name, {}).setdefault(k, []).append(1000 * v / args.items)
+        print(f"{name:<34} {rate:8.1f} items/s  router share {share:5.1%}  CPU ms/item "
+              + ", ".join(f"{k} {1000 * v / args.items:.2f}" for k, v in used.items()), flush=True)
+
+    def label(n: int, b: int, router: str) -> str:
+        return f"{n} worker(s) c={n * CONCURRENCY}" + (f" b={b}" if len(batch_sizes) > 1 else "") + f" {router}"
 
     try:
-        clusters = {int(n): Workers(home, base_url, int(n)) for n in args.workers.split(",") if n}
+        clusters = {(int(n), b): Workers(home, base_url, int(n), b, args.task_threads)
+                    for n in args.workers.split(",") if n for b in batch_sizes}
         for _ in range(args.repeats):  # interleaved, so drift hits every configuration alike
             for conc in (CONCURRENCY, 2 * CONCURRENCY):
-                record(f"bare asyncio c={conc}",
-                       asyncio.run(bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc)))
+                measured(f"bare asyncio c={conc}", lambda conc=conc: asyncio.run(
+                    bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc)), None, None)
             for router in args.routers.split(","):
-                record(f"embedded c={CONCURRENCY} {router}",
-                       run_embedded(home, base_url, prompts(args.items, f"e{next(counter)}"), router))
-                for n, cluster in clusters.items():
-                    record(f"{n} worker(s) c={n * CONCURRENCY} {router}",
-                           cluster.run(home, prompts(args.items, f"w{next(counter)}"), router))
+                measured(f"embedded c={CONCURRENCY} {router}", lambda router=router: run_embedded(
+                    home, base_url, prompts(args.items, f"e{next(counter)}"), router), None, None)
+                for (n, b), cluster in clusters.items():
+                    measured(label(n, b, router), lambda cluster=cluster, router=router: cluster.run(
+                        home, prompts(args.items, f"w{next(counter)}"), router), cluster.workers,
+                        cluster.redis.pid)
     finally:
         for cluster in locals().get("clusters", {}).values():
             cluster.stop()
         server.terminate()
 
     summary = {name: {"median_items_per_s": statistics.median(v), "runs": v,
-                      "median_router_share": statistics.median(shares[name])} for name, v in results.items()}
+                      "median_router_share": statistics.median(shares[name]),
+                      "median_cpu_ms_per_item": {k: statistics.median(x) for k, x in cpu[name].items()}}
+               for name, v in results.items()}
     for name, row in summary.items():
         conc = int(name.split("c=")[1].split()[0])
         limit = summary[f"bare asyncio c={conc}"]["median_items_per_s"]
         row["ratio_to_bare_loop"] = row["median_items_per_s"] / limit
+    for name, row in summary.items():
+        if name.startswith("2 worker(s)"):
+            one = summary.get(name.replace("2 worker(s) c=", "1 worker(s) c=").replace(
+                f"c={2 * CONCURRENCY}", f"c={CONCURRENCY}"))
+            if one:
+                row["speedup_over_one_worker"] = row["median_items_per_s"] / one["median_items_per_s"]
+    load_after = os.getloadavg()
     report = {"measured_at": datetime.now(UTC).isoformat(), "items": args.items,
-              "latency_ms": args.latency_ms, "repeats": args.repeats, "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} cores, {platform.python_version()}", "results": summary}
+              "latency_ms": args.latency_ms, "repeats": args.repeats, "task_threads": args.task_threads,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "load_average_before": load_before, "load_average_after": load_after, "results": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["| configuration | items/s (median) | ratio to bare loop | router share of job time |",
-             "| --- | --- | --- | --- |"]
+    parts = ["engine", "model server", "PostgreSQL", "Redis"]
+    lines = [f"{args.items} items a job, {args.latency_ms:g} ms per call, medians of {args.repeats} interleaved "
+             f"runs; {os.cpu_count()} cores; load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/"
+             f"{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after.", "",
+             "| configuration | items/s (median) | ratio to bare loop | x one worker | router share | "
+             + " | ".join(f"CPU ms/item: {p}" for p in parts) + " |",
+             "| --- " * (5 + len(parts)) + "|"]
     for name, row in summary.items():
+        speedup = row.get("speedup_over_one_worker")
         lines.append(f"| {name} | {row['median_items_per_s']:.1f} | {row['ratio_to_bare_loop']:.2f} | "
-                     f"{row['median_router_share']:.0%} |")
+                     f"{'' if speedup is None else f'{speedup:.2f}'} | {row['median_router_share']:.0%} | "
+                     + " | ".join(f"{row['median_cpu_ms_per_item'][p]:.2f}" for p in parts) + " |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

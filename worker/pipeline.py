@@ -8,7 +8,6 @@ again and spend (the sum of item costs) is never counted twice.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +26,7 @@ from routeyard.pricing import Unbounded, cost_bound, cost_usd, price_for
 from routeyard.settings import Price, Settings, Tier
 from routeyard.states import JobStatus
 from worker.llm_client import CallResult, ModelClient
+from worker.slots import Slots
 from worker.writes import ResultWriter, retrying
 
 
@@ -115,7 +115,6 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
         return routing.threshold
 
 
-CLAIM_CHUNK = 64  # items claimed per UPDATE at most; a quarter of the concurrency below that (see claimer)
 FLUSH_ROWS = 64  # results written per statement, at the latest...
 FLUSH_EVERY_S = 1.0  # ...this long after the first of them landed
 
@@ -123,69 +122,53 @@ FLUSH_EVERY_S = 1.0  # ...this long after the first of them landed
 async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
                          settings: Settings, concurrency: int,
                          on_done: Callable[[CallResult], None] | None = None, lease_s: float | None = None,
-                         runner_id: str | None = None) -> None:
-    """Call the chosen model for each item, at most `concurrency` at a time.
+                         runner_id: str | None = None, slots: Slots | None = None) -> None:
+    """Call the chosen model for each item, in `slots` (the process's call slots, shared with the other
+    completions it runs: worker/slots.py), or in `concurrency` slots of its own.
 
-    Claims are taken a chunk at a time (one conditional UPDATE each) and results are written in groups, at
-    least every second and always before this returns (so before a task is acknowledged): a session per
-    batch, not two commits per call. Claims and writes run off the event loop and are retried while the
-    database is unreachable (worker/writes.py), so a database restart loses no answer and stops no call.
-    A process killed between a call and its flush leaves that item in
-    flight; it is called again once its lease runs out (or when the embedded runner resumes), and a finished
-    item is never called again."""
+    Claims are taken a chunk at a time (one conditional UPDATE each), shortly before a slot frees, and results
+    are written in groups, at least every second and always before this returns (so before a task is
+    acknowledged): a session per batch, not two commits per call. Claims and writes run off the event loop and
+    are retried while the database is unreachable (worker/writes.py), so a database restart loses no answer
+    and stops no call. A process killed between a call and its flush leaves that item in flight; it is called
+    again once its runner is found dead or its lease runs out (or when the embedded runner resumes), and a
+    finished item is never called again."""
     with sf() as session:
         prices = job_prices(store.get_job(session, job_id), settings)
-    todo = deque(item_ids)
-    # A claimed item's lease runs from its claim, so few may wait for a call slot: at most two chunks of a
-    # quarter of the concurrency, which start within about one call's time.
-    chunk_size = max(1, min(CLAIM_CHUNK, concurrency // 4))
-    claimed: asyncio.Queue[tuple[int, Claim] | None] = asyncio.Queue(maxsize=chunk_size)
     writer = ResultWriter(sf, job_id, settings.db_retry_s, FLUSH_ROWS, FLUSH_EVERY_S)
-    callers = max(1, min(concurrency, len(item_ids)))
+    strong_price = price_for(clients.strong.model, prices)
 
-    def claim(chunk: list[int]) -> dict[int, Claim]:
+    def claim_now(chunk: list[int]) -> dict[int, Claim]:
         with sf() as session:
             got = store.claim_items(session, job_id, chunk, lease_s, runner_id)
             session.commit()
             return got
 
-    async def claimer() -> None:
-        try:
-            while todo:
-                chunk = [todo.popleft() for _ in range(min(chunk_size, len(todo)))]
-                got = await retrying(partial(claim, chunk), f"job {job_id}: a claim", settings.db_retry_s)
-                for item_id in chunk:  # in input order; finished items (another worker, a redelivery) are skipped
-                    if item_id in got:
-                        await claimed.put((item_id, got[item_id]))
-        finally:
-            for _ in range(callers):
-                await claimed.put(None)
+    async def claim(chunk: list[int]) -> dict[int, Claim]:
+        return await retrying(partial(claim_now, chunk), f"job {job_id}: a claim", settings.db_retry_s)
 
-    async def caller() -> None:
-        while (entry := await claimed.get()) is not None:
-            item_id, claim = entry
-            client = clients.for_tier(claim.tier)
-            shadow = None
-            shadow_cost = 0.0
-            if claim.shadow:  # both answers, for comparison; recorded together so a resume never splits them
-                result, shadow = await asyncio.gather(client.complete(claim.body), clients.strong.complete(claim.body))
-                shadow_cost = cost_usd(price_for(clients.strong.model, prices), shadow.prompt_tokens,
-                                       shadow.completion_tokens) if shadow.ok else 0.0
-            else:
-                result = await client.complete(claim.body)
-            price = price_for(client.model, prices)
-            cost = cost_usd(price, result.prompt_tokens, result.completion_tokens)
-            calls = [(result, price)] + ([(shadow, price_for(clients.strong.model, prices))] if shadow else [])
-            writer.add(store.result_values(
-                item_id, result, cost if result.ok else 0.0, shadow, shadow_cost,
-                attempts=sum(r.attempts for r, _ in calls), unanswered=sum(r.unanswered for r, _ in calls),
-                unanswered_cost=sum(unanswered_cost_bound(claim.body, r, p, settings) for r, p in calls)))
-            if on_done:
-                on_done(result)
+    async def call(item_id: int, claim: Claim) -> None:
+        client = clients.for_tier(claim.tier)
+        shadow = None
+        shadow_cost = 0.0
+        if claim.shadow:  # both answers, for comparison; recorded together so a resume never splits them
+            result, shadow = await asyncio.gather(client.complete(claim.body), clients.strong.complete(claim.body))
+            shadow_cost = cost_usd(strong_price, shadow.prompt_tokens, shadow.completion_tokens) if shadow.ok else 0.0
+        else:
+            result = await client.complete(claim.body)
+        price = price_for(client.model, prices)
+        cost = cost_usd(price, result.prompt_tokens, result.completion_tokens)
+        calls = [(result, price)] + ([(shadow, strong_price)] if shadow else [])
+        writer.add(store.result_values(
+            item_id, result, cost if result.ok else 0.0, shadow, shadow_cost,
+            attempts=sum(r.attempts for r, _ in calls), unanswered=sum(r.unanswered for r, _ in calls),
+            unanswered_cost=sum(unanswered_cost_bound(claim.body, r, p, settings) for r, p in calls)))
+        if on_done:
+            on_done(result)
 
     writer.start()
     try:
-        await asyncio.gather(claimer(), *(caller() for _ in range(callers)))
+        await (slots or Slots(concurrency)).run(item_ids, claim, call)
     finally:
         await writer.close()
 

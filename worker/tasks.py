@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from functools import cache, lru_cache
+from typing import Any, TypeVar
 
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
@@ -30,8 +32,14 @@ from worker.celery_app import app
 from worker.heartbeat import process_heartbeat
 from worker.judge import wants_judging
 from worker.runtime import load_job_router, load_or_fail
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# The HTTP clients log every request at INFO, the level workers run at: a line per model call is noise, and on a
+# fast endpoint formatting it is a measurable share of a worker's CPU per item.
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 RETRY = {"autoretry_for": (DatabaseError, BrokerError, ConnectionError), "retry_backoff": True,
          "retry_backoff_max": 60, "max_retries": None}
 
@@ -148,17 +156,19 @@ def poll_provider_batches() -> int:
 
 @app.task(name="routeyard.complete_batch", **RETRY)
 def complete_batch(job_id: str, item_ids: list[int]) -> None:
+    """Call the items' models in this process's shared call slots (worker/slots.py); return (and so be
+    acknowledged) only once their results are written."""
     settings = worker_settings()
     try:
         pipeline.check_models(worker_db(), job_id, settings)
     except Conflict as exc:  # this worker serves other models: leave the items for one that matches
         log.error("%s; %d items left unclaimed", exc, len(item_ids))
         return
-    loop, clients = _thread_loop()
+    engine = call_engine()
     me = process_heartbeat(worker_db(), settings, "worker").id
-    loop.run_until_complete(pipeline.complete_items(worker_db(), job_id, item_ids, clients, settings,
-                                                    settings.concurrency, lease_s=settings.effective_lease_s,
-                                                    runner_id=me))
+    engine.run(pipeline.complete_items(worker_db(), job_id, item_ids, engine.clients, settings,
+                                       settings.concurrency, lease_s=settings.effective_lease_s, runner_id=me,
+                                       slots=engine.slots))
     if pipeline.finish_if_done(worker_db(), job_id) and wants_judging(worker_db(), job_id):
         judge_job.delay(job_id)
 
@@ -180,6 +190,40 @@ def _thread_loop() -> tuple[asyncio.AbstractEventLoop, pipeline.Clients]:
         _THREAD.loop = asyncio.new_event_loop()
         _THREAD.clients = pipeline.make_clients(worker_settings())
     return _THREAD.loop, _THREAD.clients
+
+
+class CallEngine:
+    """The process's completion calls: one event loop in a thread of its own, one pair of model clients and one
+    set of `concurrency` call slots, shared by every completion task this process holds (its pool threads each
+    wait here for their own task's items). The loop starts after a prefork child is forked: on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="routeyard-calls", daemon=True)
+        self._thread.start()
+        self.clients = pipeline.make_clients(settings)
+        self.slots: Slots = self.run(_make_slots(settings.concurrency))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the engine's loop and wait for it, from any other thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+async def _make_slots(concurrency: int) -> Slots:
+    return Slots(concurrency)  # made on the engine's loop, whose primitives it uses
+
+
+_ENGINE_LOCK = threading.Lock()
+_ENGINES: dict[int, CallEngine] = {}
+
+
+def call_engine() -> CallEngine:
+    """This process's CallEngine (a forked child makes its own)."""
+    with _ENGINE_LOCK:
+        engine = _ENGINES.get(os.getpid())
+        if engine is None:
+            engine = _ENGINES[os.getpid()] = CallEngine(worker_settings())
+        return engine
 
 
 @app.task(name="routeyard.reconcile", **RETRY)

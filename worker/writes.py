@@ -58,6 +58,8 @@ class ResultWriter:
         self._task = asyncio.create_task(self._run())
 
     def add(self, row: dict[str, Any]) -> None:
+        if self._closing:  # a result after the last flush would never be written: its item would stay in flight
+            raise RuntimeError(f"job {self.job_id}: a result was added after its writer closed")
         self.buffer.append(row)
         if len(self.buffer) >= self.rows:
             self._wake.set()
