@@ -201,21 +201,37 @@ def store_scores(session: Session, scores: Sequence[tuple[int, float]], router_v
 
 
 def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
-    rows = session.execute(select(Item.id, Item.score).where(Item.job_id == job_id).order_by(Item.id)).all()
-    missing = [r.id for r in rows if r.score is None]
+    """The job's item ids and scores in id order, read a slice at a time (a million-item job is routed in one
+    step: no row objects held for all of it at once)."""
+    ids: list[int] = []
+    scores: list[float] = []
+    rows = session.execute(select(Item.id, Item.score).where(Item.job_id == job_id).order_by(Item.id)
+                           .execution_options(yield_per=10_000))
+    missing = 0
+    for item_id, score in rows:
+        if score is None:
+            missing += 1
+        ids.append(item_id)
+        scores.append(score)
     if missing:
-        raise RuntimeError(f"job {job_id}: {len(missing)} items are not scored yet")
-    return [r.id for r in rows], [r.score for r in rows]
+        raise RuntimeError(f"job {job_id}: {missing} items are not scored yet")
+    return ids, scores
+
+
+ROUTE_CHUNK = 1000  # ids per `IN (...)` when the strong share is written
 
 
 def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequence[bool], threshold: float) -> None:
-    """Route the items still pending (a cancel that got there first wins)."""
-    session.execute(update(Item).where(Item.status == ItemStatus.PENDING)
-                    .execution_options(synchronize_session=None), [
-        {"id": i, "tier": "strong" if s else "weak", "model": job.strong_model if s else job.weak_model,
-         "threshold": threshold, "status": ItemStatus.ROUTED}
-        for i, s in zip(ids, strong, strict=True)
-    ])
+    """Route the items still pending (a cancel that got there first wins): one set-based UPDATE makes every
+    pending item weak, then the strong share is written by id, a chunk per statement (not a row per item)."""
+    session.execute(update(Item).where(Item.job_id == job.id, Item.status == ItemStatus.PENDING)
+                    .values(tier="weak", model=job.weak_model, threshold=threshold, status=ItemStatus.ROUTED)
+                    .execution_options(synchronize_session=False))
+    chosen = [i for i, s in zip(ids, strong, strict=True) if s]
+    for start in range(0, len(chosen), ROUTE_CHUNK):
+        session.execute(update(Item).where(Item.id.in_(chosen[start : start + ROUTE_CHUNK]),
+                                           Item.job_id == job.id, Item.status == ItemStatus.ROUTED)
+                        .values(tier="strong", model=job.strong_model).execution_options(synchronize_session=False))
     job.threshold = threshold
 
 
