@@ -211,6 +211,7 @@ def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
     for item_id, score in rows:
         if score is None:
             missing += 1
+            continue
         ids.append(item_id)
         scores.append(score)
     if missing:
