@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from db.session import open_database  # noqa: E402
 from jobs.services.tenants import create_tenant  # noqa: E402
 from routeyard.testing.loopback import LoopbackConfig, LoopbackServer, ModelProfile  # noqa: E402
-from routeyard.testing.services import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from routeyard.testing.services import PrivatePostgres, PrivateRedis, free_port, wait_for  # noqa: E402
 
 STRONG, WEAK, KEY = "gpt-4-1106-preview", "mixtral-8x7b-instruct", "sk-bench-faults-0123456789"
 FAULTS = ("worker-kill", "redis-restart", "pg-restart", "pg-outage-30s", "api-kill-upload")
@@ -86,13 +86,7 @@ def _up(url: str) -> bool:
 
 
 def wait(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(check, timeout, what, interval)
 
 
 def batch_lines(tag: str, n: int) -> Iterator[bytes]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,59 +21,17 @@ from db.models import Item
 from db.session import open_database
 from jobs.services.tenants import create_tenant
 from routers.registry import DEFAULT_ROUTER
+from routeyard.testing import services
+from routeyard.testing.services import free_port
 
 pytestmark = pytest.mark.slow  # worker, beat and API processes against real PostgreSQL and Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A Redis of this test's own (no persistence, like a cache-configured production Redis)."""
-
-    def __init__(self, workdir: Path) -> None:
-        if not shutil.which("redis-server"):
-            pytest.fail("redis-server not found: run `bash tests/services.sh start` (`make test` does)")
-        self.port, self.workdir, self.proc = free_port(), workdir, None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _pings(self.port), 10, "redis to start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """routeyard.testing.services.wait_for, failing the test (an AssertionError, so callers can dump logs)."""
+    return services.wait_for(check, timeout, what, interval, error=AssertionError)
 
 
 class Cluster:
@@ -122,8 +78,7 @@ def _up(url: str) -> bool:
 
 @pytest.fixture
 def cluster(tmp_path, postgres_url, loopback):
-    redis = RedisServer(tmp_path)
-    redis.start()
+    redis = services.PrivateRedis().start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
     env.update(
         PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(tmp_path / "home"), ROUTEYARD_DATABASE_URL=postgres_url,
@@ -139,7 +94,27 @@ def cluster(tmp_path, postgres_url, loopback):
     c.redis, c.database_url = redis, postgres_url
     yield c
     c.stop()
-    redis.stop()
+    redis.close()
+
+
+def fire_due_schedule(cluster: Cluster, sf, timeout: float) -> str:
+    """Make the stored schedule due (as if stored two hours ago), start a worker and beat, and wait for the
+    schedule's first result (the cluster's logs are printed if it never comes)."""
+    with sf() as session:
+        session.execute(text("UPDATE schedules SET created_at = created_at - interval '2 hours'"))
+        session.commit()
+    try:
+        cluster.worker("worker")
+        cluster.beat()
+
+        def fired():
+            with sf() as session:
+                return session.execute(text("SELECT last_result FROM schedules")).scalar()
+
+        return wait_for(fired, timeout, "beat to fire the schedule and the worker to finish it")
+    except AssertionError:
+        print(cluster.dump())
+        raise
 
 
 def batch_file(path: Path, n: int) -> Path:
@@ -253,21 +228,7 @@ def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     sf = open_database(cluster.database_url)
-    with sf() as session:  # make it due now (created an hour ago)
-        session.execute(text("UPDATE schedules SET created_at = created_at - interval '2 hours'"))
-        session.commit()
-    try:
-        cluster.worker("worker")
-        cluster.beat()
-
-        def fired():
-            with sf() as session:
-                return session.execute(text("SELECT last_result FROM schedules")).scalar()
-
-        result = wait_for(fired, 240, "the schedule to fire and the retrain to finish")
-    except AssertionError:
-        print(cluster.dump())
-        raise
+    result = fire_due_schedule(cluster, sf, 240)
     assert "promoted" in result, result  # the default router, trained on real outcomes, beats random serving now
     with sf() as session:
         versions = session.execute(text("SELECT router, serving, decision FROM router_versions")).all()

@@ -9,8 +9,8 @@ import pytest
 from conftest import STRONG, TEST_KEY, make_settings
 from jobs_helpers import items, submit_and_run, write_batch
 from pydantic import SecretStr
-from sqlalchemy import select, text
-from test_distributed import cluster, wait_for  # noqa: F401  (the fixture: Redis, worker and beat processes)
+from sqlalchemy import select
+from test_distributed import cluster, fire_due_schedule  # noqa: F401  (the fixture: Redis, worker and beat processes)
 
 from db.models import Feedback, RouterVersion
 from db.session import open_database
@@ -91,21 +91,7 @@ def test_judged_shadow_pairs_train_the_tenants_router_on_a_schedule_fired_by_bea
 
     add_schedule(sf, "retrain", {"router": DEFAULT_ROUTER, "tenant": "all", "data": [str(base_file)],
                                  "margin": 0.0}, every_s=3600)
-    with sf() as session:  # due now: stored two hours ago
-        session.execute(text("UPDATE schedules SET created_at = created_at - interval '2 hours'"))
-        session.commit()
-    try:
-        cluster.worker("worker")
-        cluster.beat()
-
-        def fired():
-            with sf() as session:
-                return session.execute(text("SELECT last_result FROM schedules")).scalar()
-
-        result = wait_for(fired, 420, "beat to fire the schedule and the worker to retrain")
-    except AssertionError:
-        print(cluster.dump())
-        raise
+    result = fire_due_schedule(cluster, sf, 420)
     assert result.startswith(f"{acme}: ") and f"promoted for tenant {acme}" in result, result
     assert globex not in result  # no feedback: nothing to learn, nothing retrained
     with sf() as session:

@@ -14,7 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -23,13 +27,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(check: object, timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1,
+             error: type[Exception] = TimeoutError) -> T:
+    """check()'s first truthy value, polled every `interval` s; `error` once `timeout` s have passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise error(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _pg_bin() -> Path:
@@ -120,7 +127,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(self.root)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: _pings(self.port), 10, "redis to start")
+        wait_for(lambda: _pings(self.port), 10, "redis to start")
         return self
 
     def stop(self) -> None:
