@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.jobs import rowcount
 from db.models import Feedback, Item, Job, Judgment, utcnow
-from routeyard.states import ItemStatus, JudgmentStatus
+from routeyard.states import ItemStatus, JobStatus, JudgmentStatus
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,26 @@ def judgeable_ids(session: Session, job_id: str, lease_s: float, retry_errors: b
         and_(Judgment.status == JudgmentStatus.IN_FLIGHT, Judgment.started_at < stale),
         and_(Judgment.status == JudgmentStatus.ERROR) if retry_errors else false(),
     )).order_by(Item.id)))
+
+
+def stalled_judging(session: Session, stall_s: float, lease_s: float) -> list[str]:
+    """Completed jobs submitted with `--judge` that have a shadow pair to judge now (no judgment, or one in
+    flight past its lease) and no sign of judging (the job's end, its heartbeat, a judgment started or finished)
+    within `stall_s`."""
+    now = utcnow()
+    cutoff, stale = now - timedelta(seconds=stall_s), now - timedelta(seconds=lease_s)
+    judged = aliased(Judgment)
+    pending = (select(Item.id).outerjoin(judged, judged.item_id == Item.id)
+               .where(Item.job_id == Job.id, Item.shadow.is_(True), Item.status == ItemStatus.SUCCEEDED,
+                      Item.answer.is_not(None), Item.shadow_answer.is_not(None),
+                      or_(judged.id.is_(None),
+                          and_(judged.status == JudgmentStatus.IN_FLIGHT, judged.started_at < stale))))
+    recent = select(Judgment.id).where(Judgment.job_id == Job.id, or_(Judgment.started_at >= cutoff,
+                                                                      Judgment.finished_at >= cutoff))
+    quiet = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+    return list(session.scalars(select(Job.id).where(
+        Job.judge.is_not(None), Job.status == JobStatus.COMPLETED, Job.finished_at < cutoff, quiet,
+        pending.exists(), ~recent.exists())))
 
 
 def pair_count(session: Session, job_id: str) -> int:

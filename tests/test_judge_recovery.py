@@ -19,14 +19,13 @@ from test_distributed import (
 )
 
 from db import jobs as store
-from db.judging import judgment_counts
+from db.judging import judgment_counts, stalled_judging
 from db.models import Feedback, Item, Job, Judgment, utcnow
 from routeyard.settings import Price
 from routeyard.states import JudgmentStatus
 from worker import pipeline
 from worker.judge import run_judge
 from worker.runtime import load_job_router
-from worker.tasks import stalled_judging
 
 pytestmark = pytest.mark.slow  # worker and beat processes against real PostgreSQL and Redis
 

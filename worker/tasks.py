@@ -11,26 +11,23 @@ import logging
 import os
 import threading
 from collections.abc import Coroutine, Sequence
-from datetime import timedelta
 from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import OperationalError as DatabaseError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
 from db import provider_batches as provider_rows
 from db import runners
-from db.models import Item, Job, Judgment, utcnow
+from db.judging import stalled_judging
 from db.session import open_database
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
-from routeyard.states import ItemStatus, JobStatus, JudgmentStatus
 from worker import judge, pipeline, provider_batches
 from worker.celery_app import app
 from worker.heartbeat import process_heartbeat
@@ -274,26 +271,6 @@ def requeue_stalled_judging(settings: Settings) -> list[str]:
                     settings.stall_s)
         judge_job.delay(job_id)
     return job_ids
-
-
-def stalled_judging(session: Session, stall_s: float, lease_s: float) -> list[str]:
-    """Completed jobs submitted with `--judge` that have a shadow pair to judge now (no judgment, or one in
-    flight past its lease) and no sign of judging (the job's end, its heartbeat, a judgment started or finished)
-    within `stall_s`."""
-    now = utcnow()
-    cutoff, stale = now - timedelta(seconds=stall_s), now - timedelta(seconds=lease_s)
-    judged = aliased(Judgment)
-    pending = (select(Item.id).outerjoin(judged, judged.item_id == Item.id)
-               .where(Item.job_id == Job.id, Item.shadow.is_(True), Item.status == ItemStatus.SUCCEEDED,
-                      Item.answer.is_not(None), Item.shadow_answer.is_not(None),
-                      or_(judged.id.is_(None),
-                          and_(judged.status == JudgmentStatus.IN_FLIGHT, judged.started_at < stale))))
-    recent = select(Judgment.id).where(Judgment.job_id == Job.id, or_(Judgment.started_at >= cutoff,
-                                                                      Judgment.finished_at >= cutoff))
-    quiet = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
-    return list(session.scalars(select(Job.id).where(
-        Job.judge.is_not(None), Job.status == JobStatus.COMPLETED, Job.finished_at < cutoff, quiet,
-        pending.exists(), ~recent.exists())))
 
 
 BROKER_MARK = "routeyard:broker-alive"  # a key in the broker's Redis; gone after a restart without persistence
