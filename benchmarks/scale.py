@@ -58,7 +58,10 @@ def peak_of(cmd: list[str], env: dict[str, str], stop: Callable[[], bool] | None
     the kernel's (wait4). Once `stop()` is true, the command is interrupted (SIGINT, as a user's Ctrl-C)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *cmd], env=env, stdout=out, stderr=err, cwd=ROOT)
+        # A benchmark started in the background (nohup, `&`) has SIGINT ignored, and children inherit that:
+        # give the command a user's Ctrl-C back.
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *cmd], env=env, stdout=out, stderr=err, cwd=ROOT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         interrupted = threading.Event()
         ended = threading.Event()
 
