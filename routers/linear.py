@@ -17,9 +17,14 @@ benchmarks and MMLU domains, with the training rows' own validation choosing the
   training rows (whole benchmarks/subjects held out), scored by held-out APGR.
 - A user's own traffic (`TrainOptions.focus_groups`, e.g. retraining on stored feedback) is a domain
   correction: the heads are fitted on the base rows, then a logistic residual is fitted on the user's rows
-  with the base logits held fixed, its strength (or none at all) chosen by cross-validation on those rows.
-  Its free intercept takes the domain's own base rate, so what it learns is what ranks the user's prompts;
-  simply adding the rows to the base data did worse (they mostly taught the model to tell the domains apart).
+  with the base logits held fixed (a fit centred on the base weights, not on zero), its strength (or none at
+  all) chosen by 5-fold cross-validation on those rows. Its free intercept takes the domain's own base rate,
+  so what it learns is what ranks the user's prompts; simply adding the rows to the base data did worse (they
+  mostly taught the model to tell the domains apart). The strength is chosen by held-out cross-entropy of the
+  two heads, not held-out APGR: APGR on folds of 20-60 rows is noise (with 100 GSM8K rows it chose corrections
+  that lost up to 0.07 APGR and gained nothing on average, where any correction of 1e-4..1e-2 gained 0.02-0.03),
+  a proper score on the same rows is far steadier. A stack on the base logits and prompt length gained less
+  (benchmarks/results/router_learning.md).
 Preference rows without per-model qualities (arena battles, feedback) enter as qualities (label, 1 - label).
 """
 
@@ -58,7 +63,6 @@ class LinearConfig:
 
 C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
 CORRECTION_GRID = (1e-5, 1e-4, 1e-3, 1e-2)  # C of the correction fitted on the user's rows: slight to near refit
-MIN_GAIN = 0.01  # validation APGR a correction must gain over none: 5 folds of a few dozen rows are noisy
 MIN_FOCUS_ROWS = 20  # fewer: too few to validate a correction on; the base router stays
 
 
@@ -156,25 +160,30 @@ def correct_heads(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads
                  heads.b + np.array([b for _, b in fits]))
 
 
+def cross_entropy(heads: Heads, x: np.ndarray, q: np.ndarray) -> float:
+    """Mean binary cross-entropy of both quality heads on rows with known (soft) qualities."""
+    logit = ((x - heads.mean) / heads.scale) @ heads.w.T + heads.b
+    return float(np.mean(np.logaddexp(0.0, logit) - q * logit))
+
+
 def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
                       ) -> tuple[float | None, dict[str, float]]:
     """How far the user's rows may move the base heads: 5-fold over those rows, the base heads fixed (they never
-    saw these rows). None, no correction, is a candidate: with few or noisy rows the base router stays."""
+    saw these rows), each candidate's held-out cross-entropy (lower is better). None, no correction, is a
+    candidate: when no correction predicts the user's held-out rows better than the base heads, they stay."""
     if len(x) < MIN_FOCUS_ROWS:
         return None, {}
     assign = np.random.default_rng(seed).permutation(len(x)) % 5
     tried: dict[str, float] = {}
     for c in (None, *CORRECTION_GRID):
-        results = []
+        losses = []
         for k in range(5):
             held, train = assign == k, assign != k
             fitted = heads if c is None else correct_heads(heads, x[train], q[train], c)
-            results.append(heldout_apgr(fitted.score(x[held]), q[held]))
-        tried["none" if c is None else f"{c:g}"] = _span_weighted(results)
-    best = max(tried, key=lambda key: tried[key])
-    if best == "none" or tried[best] < tried["none"] + MIN_GAIN:
-        return None, tried
-    return float(best), tried
+            losses.append(cross_entropy(fitted, x[held], q[held]))
+        tried["none" if c is None else f"{c:g}"] = float(np.mean(losses))
+    best = min(tried, key=lambda key: tried[key])
+    return (None if best == "none" else float(best)), tried
 
 
 class LinearRouter(Router[LinearConfig]):
@@ -185,8 +194,8 @@ class LinearRouter(Router[LinearConfig]):
                  tried: dict[str, dict[str, float]] | None = None) -> None:
         super().__init__(config, runtime)
         self.heads = heads
-        # Validation scores of the choices training made: "c_tried" (per C, when `c` was chosen) and
-        # "focus_tried" (per correction, "none" included, when `focus_c` was chosen).
+        # Validation scores of the choices training made: "c_tried" (held-out APGR per C, when `c` was chosen)
+        # and "focus_tried" (held-out cross-entropy per correction, "none" included, when `focus_c` was chosen).
         self.tried = tried or {}
         self.embedder = embedder_for(config.encoder, runtime, layers=True)
 

@@ -9,7 +9,15 @@ from routers.base import RouterRuntime, TrainOptions
 from routers.data import Outcome, Preference, outcome_to_preference
 from routers.embeddings import Embedder
 from routers.evaluate import metrics, random_metrics
-from routers.linear import C_GRID, CORRECTION_GRID, qualities
+from routers.linear import (
+    C_GRID,
+    CORRECTION_GRID,
+    MIN_FOCUS_ROWS,
+    choose_correction,
+    cross_entropy,
+    fit_heads,
+    qualities,
+)
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, load_router, train_router
 from routeyard.errors import InvalidInput
 
@@ -121,6 +129,30 @@ def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
     before = metrics(base_only.win_rate([r.prompt for r in test]), as_outcomes).apgr
     after = metrics(focused.win_rate([r.prompt for r in test]), as_outcomes).apgr
     assert before < 0.5 and after > before + 0.2, (before, after)
+
+
+def _outcomes(rng: np.random.Generator, x: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Strong right where x leans along `direction`, weak right where it leans against it."""
+    lean = x @ direction
+    return np.column_stack([rng.random(len(x)) < 1 / (1 + np.exp(-3 * lean)),
+                            rng.random(len(x)) < 1 / (1 + np.exp(3 * lean))]).astype(np.float64)
+
+
+def test_the_correction_is_chosen_by_held_out_cross_entropy_on_the_users_rows():
+    rng = np.random.default_rng(0)
+    d = 8
+    x_base, x_user = rng.normal(size=(600, d)), rng.normal(size=(200, d))
+    along = np.eye(d)[0]
+    heads = fit_heads(x_base, _outcomes(rng, x_base, along), 1.0)
+    # The user's traffic ranks by another feature: the base heads are wrong about it, a correction must help.
+    shifted = _outcomes(rng, x_user, np.eye(d)[1])
+    chosen, tried = choose_correction(heads, x_user, shifted, seed=0)
+    assert set(tried) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
+    assert chosen is not None and tried[f"{chosen:g}"] == min(tried.values()) < tried["none"]
+    assert tried["none"] == pytest.approx(cross_entropy(heads, x_user, shifted))
+    # Too few rows to validate on: the base heads stay, nothing is tried.
+    few = MIN_FOCUS_ROWS - 1
+    assert choose_correction(heads, x_user[:few], shifted[:few]) == (None, {})
 
 
 def test_an_unknown_linear_setting_is_an_error_naming_the_known_ones(runtime):
