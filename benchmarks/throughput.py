@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://p
 DATA = Path(os.environ.get("ROUTEYARD_DATA", ROOT.parent / "shared" / "data")) / "routellm-evals"
 CONCURRENCY = 32  # calls in flight per process (a worker's shared call slots)
 TICKS = os.sysconf("SC_CLK_TCK")
+SLOTS_LINE = re.compile(r"call slots: (?P<busy>[\d.]+) of \d+ busy on average over (?P<held>[\d.]+) s")
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -187,6 +189,7 @@ class Workers:
                                         "--concurrency", str(task_threads)], env=self.env, cwd=ROOT,
                                        stdout=log.open("w"), stderr=subprocess.STDOUT) for log in self.logs]
         self.workers = [p.pid for p in self.procs]
+        self.read_to = [0 for _ in self.logs]
         beat_log = home / f"beat{tag}.log"
         self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "jobs.periodic", "beat",
                                             "--schedule", str(home / f"beat{tag}")], env=self.env, cwd=ROOT,
@@ -199,6 +202,18 @@ class Workers:
                              env=self.env, capture_output=True, text=True, check=True, cwd=ROOT).stdout
         job_id = next(w for w in out.split() if w.startswith("job_"))
         return job_times(self.database_url, job_id)
+
+    def busy_slots(self) -> float | None:
+        """Mean busy call slots of a worker process while it held completion tasks, over what its logs said
+        since the last look (worker/slots.py logs it whenever its slots go idle)."""
+        busy = held = 0.0
+        for i, log in enumerate(self.logs):
+            text = log.read_text()
+            for match in SLOTS_LINE.finditer(text, self.read_to[i]):
+                busy += float(match["busy"]) * float(match["held"])
+                held += float(match["held"])
+            self.read_to[i] = len(text)
+        return busy / held if held else None
 
     def stop(self) -> None:
         for p in [*self.procs, self.redis]:
@@ -228,11 +243,12 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     shares: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
+    slots: dict[str, list[float]] = {}
     home = Path(tempfile.mkdtemp(prefix="routeyard-bench-"))
     counter = iter(range(10_000))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
 
-    def measured(name: str, run, engine: list[int] | None, redis: int | None) -> None:
+    def measured(name: str, run, engine: list[int] | None, redis: int | None, cluster=None) -> None:
         """Run one configuration and record its rate and each process's CPU time per item."""
         own = time.process_time()
         children = os.times().children_user + os.times().children_system
@@ -246,11 +262,18 @@ def main() -> None:
             used["engine"] = time.process_time() - own if name.startswith("bare") else (
                 os.times().children_user + os.times().children_system - children)
         rate, share = value if isinstance(value, tuple) else (value, 0.0)
+        busy = None
+        if cluster is not None:
+            time.sleep(0.5)  # the idle line follows the last task's return
+            busy = cluster.busy_slots()
+            if busy is not None:
+                slots.setdefault(name, []).append(busy)
         results.setdefault(name, []).append(rate)
         shares.setdefault(name, []).append(share)
         for k, v in used.items():
             cpu.setdefault(name, {}).setdefault(k, []).append(1000 * v / args.items)
-        print(f"{name:<34} {rate:8.1f} items/s  router share {share:5.1%}  CPU ms/item "
+        print(f"{name:<34} {rate:8.1f} items/s  router share {share:5.1%}  "
+              + ("" if busy is None else f"busy slots {busy:.1f}/{CONCURRENCY}  ") + "CPU ms/item "
               + ", ".join(f"{k} {1000 * v / args.items:.2f}" for k, v in used.items()), flush=True)
 
     def label(n: int, b: int, router: str) -> str:
@@ -269,7 +292,7 @@ def main() -> None:
                 for (n, b), cluster in clusters.items():
                     measured(label(n, b, router), lambda cluster=cluster, router=router: cluster.run(
                         home, prompts(args.items, f"w{next(counter)}"), router), cluster.workers,
-                        cluster.redis.pid)
+                        cluster.redis.pid, cluster)
     finally:
         for cluster in locals().get("clusters", {}).values():
             cluster.stop()
@@ -277,7 +300,8 @@ def main() -> None:
 
     summary = {name: {"median_items_per_s": statistics.median(v), "runs": v,
                       "median_router_share": statistics.median(shares[name]),
-                      "median_cpu_ms_per_item": {k: statistics.median(x) for k, x in cpu[name].items()}}
+                      "median_cpu_ms_per_item": {k: statistics.median(x) for k, x in cpu[name].items()},
+                      "median_busy_slots_per_worker": statistics.median(slots[name]) if name in slots else None}
                for name, v in results.items()}
     for name, row in summary.items():
         conc = int(name.split("c=")[1].split()[0])
@@ -301,12 +325,15 @@ def main() -> None:
              f"runs; {os.cpu_count()} cores; load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/"
              f"{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after.", "",
              "| configuration | items/s (median) | ratio to bare loop | x one worker | router share | "
+             f"busy slots per worker (of {CONCURRENCY}) | "
              + " | ".join(f"CPU ms/item: {p}" for p in parts) + " |",
-             "| --- " * (5 + len(parts)) + "|"]
+             "| --- " * (6 + len(parts)) + "|"]
     for name, row in summary.items():
         speedup = row.get("speedup_over_one_worker")
+        busy = row["median_busy_slots_per_worker"]
         lines.append(f"| {name} | {row['median_items_per_s']:.1f} | {row['ratio_to_bare_loop']:.2f} | "
                      f"{'' if speedup is None else f'{speedup:.2f}'} | {row['median_router_share']:.0%} | "
+                     f"{'' if busy is None else f'{busy:.1f}'} | "
                      + " | ".join(f"{row['median_cpu_ms_per_item'][p]:.2f}" for p in parts) + " |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
