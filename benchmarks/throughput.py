@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -233,6 +234,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: results/throughput_<latency>ms.json")
     args = parser.parse_args()
     args.out = args.out or ROOT / "benchmarks" / "results" / f"throughput_{args.latency_ms:g}ms.json"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a terminated run still stops what it started
     load_before = os.getloadavg()
 
     port = free_port()

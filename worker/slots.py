@@ -7,8 +7,9 @@ most of them idle (one worker measured a median of 17 of 32 busy). Here a proces
 the next task's items take the slots it frees.
 
 The lease stays honest because claims are taken only shortly before a slot frees. Claimed items that have
-not finished are capped at `concurrency + ahead`, so at most `ahead` (two claim chunks) wait for a slot, and
-a claim is taken only when a chunk's worth of that room is free. A claimed item therefore starts within
+not finished are capped at `concurrency + ahead`, so at most `ahead` (two claim chunks) wait for a slot. A
+claim is taken once a chunk's worth of that room is free, and takes all the room there is then (up to
+CLAIM_CHUNK), so a slow claim does not leave slots idle. A claimed item therefore starts within
 about one call's time, far inside its lease.
 """
 
@@ -94,7 +95,8 @@ class Slots:
 
     @property
     def waiting(self) -> int:
-        return self.concurrency + self.ahead - self._room - self.busy
+        """Claimed items that cannot have a slot yet: those claimed and not finished beyond the slots."""
+        return max(0, self.ahead - self._room)
 
     async def run(self, item_ids: Sequence[int], claim: ClaimFn, call: CallFn) -> None:
         """Call every item of `item_ids` that `claim` hands over; return when all of them have ended. A claim
@@ -130,7 +132,9 @@ class Slots:
                 await self._room_freed.wait()
             if not feed.todo:  # a failed claim of this feed emptied it meanwhile
                 continue
-            want = min(want, len(feed.todo))
+            # All the room there is, up to CLAIM_CHUNK: when claims are slow (a busy database) the room that freed
+            # meanwhile is taken in one claim, so the slots do not drain waiting for a claim per chunk.
+            want = min(max(want, self._room), CLAIM_CHUNK, len(feed.todo))
             chunk = [feed.todo.popleft() for _ in range(want)]
             self._room -= want
             feed.claiming = True  # the feed's last calls may end meanwhile: it is not drained before this claim is
