@@ -37,6 +37,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from routeyard.testing.loopback_batches import BatchBehaviour, add_batch_routes
 
@@ -235,6 +236,8 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         try:
             body = await request.json()
             model, messages = body["model"], body["messages"]
+        except ClientDisconnect:  # the caller went away mid-request (a run stopped with Ctrl-C): nobody to answer
+            return JSONResponse({}, status_code=499)
         except (ValueError, KeyError, TypeError):
             return _error(400, "body must be JSON with 'model' and 'messages'", "invalid_request_error")
         if config.api_key is not None and auth != f"Bearer {config.api_key}":
