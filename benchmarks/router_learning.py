@@ -9,9 +9,11 @@ arrive as the user's rows (as judged feedback would). Three routers are scored o
   user only   the user's rows alone
   base only   the n = 0 router
 `routeyard retrain` uses the same mechanism for stored feedback. The base rows' L2 strength is chosen once per
-repeat by the router's own validation (it depends on the base rows only) and reused for every n.
+domain by the router's own validation (it depends on the base rows only) and reused for every repeat and n;
+each repeat is another draw of the test rows and of the n user rows. Reported: mean and standard deviation
+over repeats (APGR on a few hundred prompts moves by a few hundredths from draw to draw).
 
-    python benchmarks/router_learning.py [--router linear] [--domains gsm8k,mmlu-stem] [--repeats 3]
+    python benchmarks/router_learning.py [--router linear] [--domains gsm8k,mmlu-stem] [--repeats 5]
 Writes benchmarks/results/router_learning.{json,md,png}.
 """
 
@@ -55,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--router", default=DEFAULT_ROUTER)
     parser.add_argument("--domains", default="gsm8k,mmlu-stem")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--test-rows", type=int, default=300, help="new-domain rows kept for testing per repeat")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -66,15 +68,15 @@ def main() -> None:
     for domain in args.domains.split(","):
         base, new = split(rows, domain)
         curves: dict[str, dict[int, list[float]]] = {"base+user": {}, "user only": {}, "base only": {}}
+        base_prefs = [outcome_to_preference(o) for o in base]
+        start = time.perf_counter()
+        base_router = train_router(args.router, base_prefs, runtime, TrainOptions(seed=0))
+        fixed = {k: getattr(base_router.config, k) for k in ("c", "l2")
+                 if getattr(base_router.config, k, None) is not None}
         for rep in range(args.repeats):
             order = np.random.default_rng(rep).permutation(len(new))
             test = [new[i] for i in order[: args.test_rows]]
             pool = [new[i] for i in order[args.test_rows :]]
-            base_prefs = [outcome_to_preference(o) for o in base]
-            start = time.perf_counter()
-            base_router = train_router(args.router, base_prefs, runtime, TrainOptions(seed=rep))
-            fixed = {k: getattr(base_router.config, k) for k in ("c", "l2")
-                     if getattr(base_router.config, k, None) is not None}
             base_apgr = metrics(base_router.win_rate([o.prompt for o in test]), test).apgr
             for n in SIZES:
                 curves["base only"].setdefault(n, []).append(base_apgr)
@@ -94,8 +96,10 @@ def main() -> None:
                       f"(correction C {focus_c}), user only {curves['user only'][n][-1]:.3f}, "
                       f"base only {base_apgr:.3f}", flush=True)
             print(f"{domain} repeat {rep}: {time.perf_counter() - start:.0f}s", flush=True)
-        results[domain] = {name: {str(n): {"mean": float(np.mean(v)), "median": float(statistics.median(v)),
-                                           "runs": v} for n, v in by_n.items()} for name, by_n in curves.items()}
+            start = time.perf_counter()
+        results[domain] = {name: {str(n): {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                                           "median": float(statistics.median(v)), "runs": v}
+                                  for n, v in by_n.items()} for name, by_n in curves.items()}
     report = {"measured_at": datetime.now(UTC).isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "router": args.router, "repeats": args.repeats, "test_rows": args.test_rows, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,8 @@ def main() -> None:
     lines = ["| new domain | router | " + " | ".join(f"n={n}" for n in SIZES) + " |", "|" + " --- |" * (2 + len(SIZES))]
     for domain, by_router in results.items():
         for name, by_n in by_router.items():
-            cells = [f"{by_n[str(n)]['mean']:.3f}" if str(n) in by_n else "-" for n in SIZES]
+            cells = [f"{by_n[str(n)]['mean']:.3f} ± {by_n[str(n)]['std']:.3f}" if str(n) in by_n else "-"
+                     for n in SIZES]
             lines.append(f"| {domain} | {name} | " + " | ".join(cells) + " |")
     (args.out / "router_learning.md").write_text("\n".join(lines) + "\n")
     plot(results, args.out / "router_learning.png")
@@ -121,12 +126,13 @@ def plot(results: dict[str, dict], out: Path) -> None:
         for name, by_n in by_router.items():
             ns = sorted(int(n) for n in by_n)
             style = {"base only": ":", "user only": "--"}.get(name, "-")
-            ax.plot(ns, [by_n[str(n)]["mean"] for n in ns], style, marker="o", label=name)
+            ax.errorbar(ns, [by_n[str(n)]["mean"] for n in ns], yerr=[by_n[str(n)]["std"] for n in ns], fmt=style,
+                        marker="o", capsize=3, label=name)
         ax.axhline(0.5, color="grey", linewidth=0.8)
         ax.set_xscale("symlog", linthresh=100)
         ax.set_xticks(list(SIZES), [str(n) for n in SIZES])
         ax.set_xlabel("user rows with outcomes (n)")
-        ax.set_ylabel("held-out APGR")
+        ax.set_ylabel("held-out APGR (mean ± sd over draws)")
         ax.set_title(f"new domain: {domain}")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")

@@ -170,7 +170,7 @@ def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
                       ) -> tuple[float | None, dict[str, float]]:
     """How far the user's rows may move the base heads: 5-fold over those rows, the base heads fixed (they never
     saw these rows), each candidate's held-out cross-entropy (lower is better). None, no correction, is a
-    candidate: when no correction predicts the user's held-out rows better than the base heads, they stay."""
+    candidate, and the base heads also stay when only the weakest correction (the base rate) fits best."""
     if len(x) < MIN_FOCUS_ROWS:
         return None, {}
     assign = np.random.default_rng(seed).permutation(len(x)) % 5
@@ -183,7 +183,13 @@ def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
             losses.append(cross_entropy(fitted, x[held], q[held]))
         tried["none" if c is None else f"{c:g}"] = float(np.mean(losses))
     best = min(tried, key=lambda key: tried[key])
-    return (None if best == "none" else float(best)), tried
+    # The weakest correction barely moves the weights: it mostly refits each head's intercept, the domain's base
+    # rate. When that fits the user's held-out rows best, their rows have taught nothing about which of their
+    # prompts need the strong model yet, and a base rate alone changes the ranking for the worse (p_strong -
+    # p_weak is not shift-invariant): the base heads stay.
+    if best in ("none", f"{CORRECTION_GRID[0]:g}"):
+        return None, tried
+    return float(best), tried
 
 
 class LinearRouter(Router[LinearConfig]):
