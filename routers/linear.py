@@ -21,10 +21,10 @@ benchmarks and MMLU domains, with the training rows' own validation choosing the
   all) chosen by 5-fold cross-validation on those rows. Its free intercept takes the domain's own base rate,
   so what it learns is what ranks the user's prompts; simply adding the rows to the base data did worse (they
   mostly taught the model to tell the domains apart). The strength is chosen by held-out cross-entropy of the
-  two heads, not held-out APGR: APGR on folds of 20-60 rows is noise (with 100 GSM8K rows it chose corrections
-  that lost up to 0.07 APGR and gained nothing on average, where any correction of 1e-4..1e-2 gained 0.02-0.03),
-  a proper score on the same rows is far steadier. A stack on the base logits and prompt length gained less
-  (benchmarks/results/router_learning.md).
+  two heads, not held-out APGR: APGR on folds of 20-60 rows is noise (over 40 draws of 100 GSM8K rows it chose
+  corrections that lost 0.02 on average against the base heads, up to 0.11), a proper score on the same rows
+  is far steadier (level with the base heads at 100 rows, +0.038 at 300, +0.073 at 1000). A stack on the base
+  logits and prompt length gained less (benchmarks/results/router_learning.md).
 Preference rows without per-model qualities (arena battles, feedback) enter as qualities (label, 1 - label).
 """
 
