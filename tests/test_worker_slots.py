@@ -88,8 +88,8 @@ def test_a_slow_call_holds_its_own_slot_while_the_next_task_fills_the_others(tmp
     with LoopbackServer(LoopbackConfig(models=dict(SLOW_TOKENS), jitter=False)) as server:
         settings = make_settings(tmp_path / "home", postgres_url, server).model_copy(update={"concurrency": 4})
         prompts = ["the slow one"] + [f"fast prompt {i}" for i in range(31)]
-        # ~3 s for the slow call, ~45 ms for each fast one
-        sf, job_id, ids = routed_job(settings, tmp_path, prompts, [75] + [1] * 31)
+        # ~2 s for the slow call, ~45 ms for each fast one
+        sf, job_id, ids = routed_job(settings, tmp_path, prompts, [50] + [1] * 31)
         slow_id, first, second = ids[0], ids[:4], ids[4:]
         engine = CallEngine(settings)
         errors: list[BaseException] = []
