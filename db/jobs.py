@@ -201,25 +201,17 @@ def store_scores(session: Session, scores: Sequence[tuple[int, float]], router_v
 
 
 def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
-    """The job's item ids and scores in id order, read a slice at a time (a million-item job is routed in one
-    step: no row objects held for all of it at once)."""
+    """The job's item ids and scores in id order, read a slice at a time (no row objects for a whole
+    million-item job at once)."""
     ids: list[int] = []
     scores: list[float] = []
-    rows = session.execute(select(Item.id, Item.score).where(Item.job_id == job_id).order_by(Item.id)
-                           .execution_options(yield_per=10_000))
-    missing = 0
-    for item_id, score in rows:
+    for item_id, score in session.execute(select(Item.id, Item.score).where(Item.job_id == job_id)
+                                          .order_by(Item.id).execution_options(yield_per=10_000)):
         if score is None:
-            missing += 1
-            continue
+            raise RuntimeError(f"job {job_id}: item {item_id} is not scored yet")
         ids.append(item_id)
         scores.append(score)
-    if missing:
-        raise RuntimeError(f"job {job_id}: {missing} items are not scored yet")
     return ids, scores
-
-
-ROUTE_CHUNK = 1000  # ids per `IN (...)` when the strong share is written
 
 
 def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequence[bool], threshold: float) -> None:
@@ -229,8 +221,8 @@ def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequenc
                     .values(tier="weak", model=job.weak_model, threshold=threshold, status=ItemStatus.ROUTED)
                     .execution_options(synchronize_session=False))
     chosen = [i for i, s in zip(ids, strong, strict=True) if s]
-    for start in range(0, len(chosen), ROUTE_CHUNK):
-        session.execute(update(Item).where(Item.id.in_(chosen[start : start + ROUTE_CHUNK]),
+    for start in range(0, len(chosen), 1000):  # a thousand ids per IN (...)
+        session.execute(update(Item).where(Item.id.in_(chosen[start : start + 1000]),
                                            Item.job_id == job.id, Item.status == ItemStatus.ROUTED)
                         .values(tier="strong", model=job.strong_model).execution_options(synchronize_session=False))
     job.threshold = threshold

@@ -4,8 +4,7 @@ It answers `POST /v1/chat/completions` like a real endpoint: answers (replayed f
 one is given, otherwise composed deterministically from the prompt), usage tokens, and a latency that grows
 with the answer's length. It can also misbehave on purpose: 429/500 for the first calls of a prompt, a share
 of random 429/5xx, calls that hang past the client's timeout, a prompt marker that always fails. `GET /_stats`
-says how often each prompt was called, which is how tests prove nothing was called twice, and the last request
-body of each (what reached the endpoint).
+says how often each prompt was called (how tests prove nothing was called twice) and its last request body.
 
 Judge mode: requests to a model in `judge_models` are answered as an LLM judge (the MT-Bench prompts of
 worker/judge.py). Verdicts are recorded per pair: `judge_verdicts[question]` names the model whose answer wins
@@ -15,8 +14,7 @@ the question's hash. A settable share of judge replies carries no verdict at all
 and another always says [[A]] (`judge_position_bias`), as a position-biased judge does.
 
 As a provider does, every response carries an `x-request-id` header (`req_` + the completion id's hex), and a
-request with tools and `tool_choice` "required" (or a named function) is answered with a tool call whose
-message `content` is null.
+request with tools and `tool_choice` "required" (or a named function) is answered with a tool call (content null).
 """
 
 from __future__ import annotations
