@@ -138,6 +138,7 @@ def query_plans(db_url: str, job_id: str) -> list[dict[str, object]]:
     from sqlalchemy import event, text
 
     from db import jobs as store
+    from db import runners
     from db import spend as spend_db
     from db.session import open_database
 
@@ -157,7 +158,7 @@ def query_plans(db_url: str, job_id: str) -> list[dict[str, object]]:
         store.claimable_ids(session, job_id, 600.0)  # a completion fan-out
         store.status_counts(session, job_id)
         store.tier_counts(session, job_id)
-        store.stalled_jobs(session, 600.0)  # beat's reconciler, every few seconds
+        runners.stalled_jobs(session, 600.0)  # beat's reconciler, every few seconds
         next(store.iter_items(session, job_id, chunk=1000), None)  # results/export: one chunk shows the plan
         spend_filter = getattr(spend_db, "SpendFilter", None)
         if spend_filter is not None and hasattr(spend_db, "spend_rows"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, func, insert, select, update
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.models import LOCAL_TENANT, Item, Job, utcnow
 from routeyard.errors import NotFound
-from routeyard.states import ITEM_UNFINISHED, JOB_ACTIVE, JOB_ENDED, JOB_FINAL, ItemStatus, JobStatus
+from routeyard.states import ITEM_UNFINISHED, JOB_ENDED, JOB_FINAL, ItemStatus, JobStatus
 
 
 class CallOutcome(Protocol):
@@ -147,29 +147,6 @@ def finish_job_if_done(session: Session, job_id: str) -> bool:
     return False
 
 
-def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
-    """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
-    cutoff = utcnow() - timedelta(seconds=stall_s)
-    active = select(Job.id).where(Job.status.in_(JOB_ACTIVE))
-    # Only the active jobs' items (through their job_id index), never every item ever stored: beat asks often.
-    last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
-                        func.max(Item.finished_at).label("finished")).where(Item.job_id.in_(active))
-                 .group_by(Item.job_id).subquery())
-    rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
-                           .join(last_call, last_call.c.job_id == Job.id, isouter=True)
-                           .where(Job.status.in_(JOB_ACTIVE)))
-    out = []
-    for job, started, finished in rows:
-        signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]
-        if max(_aware(t) for t in signs) < cutoff:
-            out.append(job)
-    return out
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
 
 # --- items ------------------------------------------------------------------------------------------------
 
@@ -178,11 +155,19 @@ def add_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         session.execute(insert(Item), [{"status": ItemStatus.PENDING, "attempts": 0, **r} for r in rows])
 
 
-def unscored_items(session: Session, job_id: str, limit: int) -> list[tuple[int, str]]:
+def unscored_items(session: Session, job_id: str, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
+    """The next `limit` unscored items after `after_id`: a scorer walking the job passes its last id, so each
+    batch starts where the last one ended instead of skipping every scored item again (quadratic at 1M)."""
     rows = session.execute(select(Item.id, Item.prompt)
-                           .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.score.is_(None))
+                           .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.score.is_(None),
+                                  Item.id > after_id)
                            .order_by(Item.id).limit(limit))
     return [(r.id, r.prompt) for r in rows]
+
+
+def count_unscored(session: Session, job_id: str) -> int:
+    return session.scalar(select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.PENDING,
+                                                     Item.score.is_(None))) or 0
 
 
 def unscored_in(session: Session, item_ids: Sequence[int]) -> list[tuple[int, str]]:

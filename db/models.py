@@ -29,6 +29,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(t: datetime) -> datetime:
+    """A stored time as UTC: SQLite hands datetimes back naive (they were stored in UTC)."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 E = TypeVar("E", bound=StrEnum)
 
 

@@ -13,18 +13,14 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.jobs import get_job, lock_job_for_items, rowcount
-from db.models import LOCAL_TENANT, Item, Job, Runner, utcnow
+from db.models import LOCAL_TENANT, Item, Job, Runner, aware, utcnow
 from routeyard.states import JOB_ACTIVE, ItemStatus, JobStatus
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands datetimes back naive; they are UTC
 
 
 def beat(session: Session, runner_id: str, kind: str) -> None:
@@ -51,7 +47,7 @@ class Holder:
     seen: datetime
 
     def describe(self, job_id: str, dead_after_s: float) -> str:
-        ago = max(0.0, (utcnow() - _aware(self.seen)).total_seconds())
+        ago = max(0.0, (utcnow() - aware(self.seen)).total_seconds())
         return (f"job {job_id} is being run by another process ({self.kind} runner, pid {self.pid} on {self.host}, "
                 f"last heartbeat {ago:.0f} s ago); it is not run twice at once. Wait for it to finish, or stop that "
                 f"process: the job is free {dead_after_s:.0f} s after its last heartbeat")
@@ -60,7 +56,7 @@ class Holder:
 def _alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
     """Beat within `dead_after_s`, and, on this host, its process still exists (a killed CLI is known dead at
     once; a restarted container has the same pid as its previous life, but not the same runner id)."""
-    if runner is None or _aware(runner.heartbeat_at) < utcnow() - timedelta(seconds=dead_after_s):
+    if runner is None or aware(runner.heartbeat_at) < utcnow() - timedelta(seconds=dead_after_s):
         return False
     if runner.host == socket.gethostname():
         if runner.pid == os.getpid():
@@ -134,3 +130,22 @@ def interrupted_jobs(session: Session) -> list[str]:
 def active_jobs(session: Session) -> list[Job]:
     """Jobs queued, scoring or running."""
     return list(session.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE)).order_by(Job.created_at)))
+
+
+def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
+    """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
+    cutoff = utcnow() - timedelta(seconds=stall_s)
+    active = select(Job.id).where(Job.status.in_(JOB_ACTIVE))
+    # Only the active jobs' items (through their job_id index), never every item ever stored: beat asks often.
+    last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
+                        func.max(Item.finished_at).label("finished")).where(Item.job_id.in_(active))
+                 .group_by(Item.job_id).subquery())
+    rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
+                           .join(last_call, last_call.c.job_id == Job.id, isouter=True)
+                           .where(Job.status.in_(JOB_ACTIVE)))
+    out = []
+    for job, started, finished in rows:
+        signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]
+        if max(aware(t) for t in signs) < cutoff:
+            out.append(job)
+    return out

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from jobs_helpers import server_stats, submit, write_batch
 from sqlalchemy import func, select
 
-from db import catalog
+from db import catalog, runners
 from db import jobs as store
 from db.models import Item, Job, RouterVersion
 from db.session import open_database
@@ -118,7 +118,7 @@ def test_a_router_that_does_not_load_fails_its_job_once(settings, tmp_path, loop
     with sf() as session:
         errors = set(session.scalars(select(Item.error).where(Item.job_id == result.job_id)))
         assert len(errors) == 1 and "could not be loaded (KeyError" in errors.pop()
-        assert result.job_id not in [j.id for j in store.stalled_jobs(session, 0.0)]  # the reconciler leaves it
+        assert result.job_id not in [j.id for j in runners.stalled_jobs(session, 0.0)]  # the reconciler leaves it
         assert store.requeue(session, result.job_id, [ItemStatus.FAILED]) == 0  # --retry-failed too
         session.commit()
     assert run_embedded(sf, settings, result.job_id).status == JobStatus.FAILED

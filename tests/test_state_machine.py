@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from db import jobs as store
+from db import runners
 from db.models import Item, Job, utcnow
 from db.session import open_database
 from routeyard.errors import NotFound
@@ -151,7 +152,7 @@ def test_a_job_with_no_sign_of_life_is_found_stalled(sf):
         store.claim_item(s, busy_ids[0])  # a call started just now
         s.commit()
     with sf() as s:
-        assert [j.id for j in store.stalled_jobs(s, 300)] == [quiet]
+        assert [j.id for j in runners.stalled_jobs(s, 300)] == [quiet]
 
 
 def test_another_tenants_job_is_not_found(sf):

@@ -87,14 +87,14 @@ def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_faile
         statuses = [ItemStatus.IN_FLIGHT] + ([ItemStatus.FAILED] if retry_failed else [])
         store.requeue(session, job_id, statuses)
         job = store.start_job(session, job_id)
-        router_spec, n_items, ended = job.router, job.n_items, job.status in JOB_FINAL
+        router_spec, ended = job.router, job.status in JOB_FINAL
         session.commit()
     if ended:
         return summary(sf, job_id)
     pipeline.check_models(sf, job_id, settings, before_routing=True)  # refuse before any work, not after scoring
 
     with sf() as session:
-        unscored = len(store.unscored_items(session, job_id, n_items))
+        unscored = store.count_unscored(session, job_id)
     if unscored:
         loaded = loaded or load_or_fail(sf, job_id, router_spec, settings)
         if loaded is None:  # the job has failed, with the reason on its items

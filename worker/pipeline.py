@@ -60,11 +60,11 @@ def job_prices(job: Job, settings: Settings) -> dict[str, Price]:
 def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, batch_size: int,
                 progress: Callable[[int], None] | None = None, item_ids: Sequence[int] | None = None) -> int:
     """Score the job's unscored items (or those of `item_ids`), a batch at a time; returns how many."""
-    scored = 0
+    scored = last = 0
     while True:
         with sf() as session:
             if item_ids is None:
-                batch = store.unscored_items(session, job_id, batch_size)
+                batch = store.unscored_items(session, job_id, batch_size, after_id=last)
             else:
                 batch = store.unscored_in(session, item_ids)[:batch_size]
             if not batch:
@@ -75,6 +75,7 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
                                loaded.label)
             session.commit()
         scored += len(batch)
+        last = batch[-1][0]
         if progress:
             progress(len(batch))
 

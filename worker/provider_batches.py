@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 import openai
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
 from db import provider_batches as rows
-from db.models import ProviderBatch, utcnow
+from db.models import ProviderBatch, aware, utcnow
 from routeyard.pricing import batch_price, cost_usd, price_for
 from routeyard.settings import Price, Settings
 from routeyard.states import JOB_ENDED, ProviderBatchStatus
@@ -152,14 +152,14 @@ async def poll_batches(sf: sessionmaker[Session], settings: Settings, job_id: st
     now = utcnow()
     for batch in open_rows:
         if batch.status == ProviderBatchStatus.PREPARING:
-            if (now - _aware(batch.created_at)).total_seconds() < preparing_stale_s:
+            if (now - aware(batch.created_at)).total_seconds() < preparing_stale_s:
                 continue
             if not ended:
                 await _create(sf, settings, clients, batch.id)
             else:
                 await _finish(sf, settings, clients, batch, None, prices, ended)
             continue
-        due = batch.next_poll_at is None or _aware(batch.next_poll_at) <= now
+        due = batch.next_poll_at is None or aware(batch.next_poll_at) <= now
         if not (due or force or ended):
             continue
         client = _client(clients, batch.tier)
@@ -191,7 +191,7 @@ async def _finish(sf: sessionmaker[Session], settings: Settings, clients: Client
                         entry = json.loads(raw)
                         answers[int(entry["custom_id"])] = entry
     price = price_for(batch.model, prices)
-    latency_ms = (utcnow() - _aware(batch.created_at)).total_seconds() * 1000
+    latency_ms = (utcnow() - aware(batch.created_at)).total_seconds() * 1000
     with sf() as session:
         waiting = rows.batch_items(session, batch.id)
     results, unanswered, reasons = [], [], {}
@@ -240,6 +240,3 @@ def _result(entry: dict[str, Any] | None, latency_ms: float, batch_status: str) 
     return CallResult(True, 200, response, answer, int(usage.get("prompt_tokens") or 0),
                       int(usage.get("completion_tokens") or 0), latency_ms)
 
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)

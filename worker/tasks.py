@@ -245,7 +245,7 @@ def reconcile() -> int:
             else:
                 start_job.delay(job_id)
     with worker_db()() as session:
-        stalled = [(j.id, j.threshold is not None) for j in store.stalled_jobs(session, settings.stall_s)]
+        stalled = [(j.id, j.threshold is not None) for j in runners.stalled_jobs(session, settings.stall_s)]
     for job_id, routed in stalled:
         log.warning("job %s stalled; re-enqueueing its remaining work", job_id)
         if routed:

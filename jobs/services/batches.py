@@ -19,7 +19,7 @@ import io
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import batches as batch_store
 from db import files as file_store
 from db import jobs as store
-from db.models import Batch, Job, utcnow
+from db.models import Batch, Job, aware, utcnow
 from jobs.services.files import OUTPUT_PURPOSE, store_file, unix
 from jobs.services.input_formats import Rejection
 from jobs.services.results import Usage, openai_error_lines, openai_output_lines
@@ -169,15 +169,12 @@ def create_batch(sf: sessionmaker[Session], settings: Settings, tenant_id: str, 
     return retrieve_batch(sf, settings, tenant_id, result.job_id), result.job_id
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands datetimes back naive; they are UTC
-
 
 def _written(batch: Batch, job: Job) -> bool:
     """The output files were written for the job's latest end."""
     if batch.finalized_at is None:
         return False
-    return job.finished_at is None or _aware(batch.finalized_at) >= _aware(job.finished_at)
+    return job.finished_at is None or aware(batch.finalized_at) >= aware(job.finished_at)
 
 
 def finalize(sf: sessionmaker[Session], settings: Settings, batch: Batch) -> None:

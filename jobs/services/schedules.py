@@ -11,7 +11,7 @@ from croniter import CroniterBadCronError, croniter
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import catalog
-from db.models import Schedule, utcnow
+from db.models import Schedule, aware, utcnow
 from routeyard.errors import InvalidInput
 
 TASKS = ("retrain",)
@@ -49,12 +49,9 @@ def remove_schedule(sf: sessionmaker[Session], schedule_id: int) -> None:
         session.commit()
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
 
 def next_run(row: Schedule) -> datetime:
-    last = _aware(row.last_run_at or row.created_at)
+    last = aware(row.last_run_at or row.created_at)
     if row.every_s is not None:
         return last + timedelta(seconds=row.every_s)
     assert row.cron is not None  # a schedule has a cron or an interval (add_schedule)
