@@ -42,10 +42,13 @@ def worker(
     ctx: typer.Context,
     queues: Annotated[str, typer.Option(help="Comma-separated: routeyard.score (routers; GPU hosts), "
                                              "routeyard.complete (model calls).")] = ALL_QUEUES,
-    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads, solo.")] = "prefork",
+    concurrency: Annotated[int, typer.Option(help="Tasks held at once: threads (or prefork processes).")] = 4,
+    pool: Annotated[str, typer.Option(help="Celery pool: threads, prefork, solo.")] = "threads",
 ) -> None:
-    """Start a Celery worker (distributed mode)."""
+    """Start a Celery worker (distributed mode).
+
+    Threads by default: the completion tasks a process holds share its ROUTEYARD_CONCURRENCY call slots
+    (worker/slots.py), so one task's slow tail never leaves slots idle; a prefork child holds one task."""
     if cli_context(ctx).settings.embedded:
         raise InvalidInput("set ROUTEYARD_BROKER_URL (e.g. redis://localhost:6379/0) to run workers")
     from jobs.periodic import app as celery_app  # the pipeline's tasks and the periodic ones
