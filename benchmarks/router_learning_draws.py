@@ -1,9 +1,9 @@
 """The learning curve of the default router over many draws: how steady is what the user's rows buy?
 
-benchmarks/router_learning.py runs the product path (`train_router` with `focus_groups`) and refits the base heads
-for every draw and n, about 10 minutes a draw on this CPU, so it runs few draws. APGR on 300 test prompts moves by a few
-hundredths from one draw to the next, too much for three draws to settle a difference of 0.03. This script runs
-the same mechanism on 40 draws:
+benchmarks/router_learning.py runs the product path (`train_router` with `focus_groups`) and refits the base
+heads for every draw and n, about 10 minutes a draw on this CPU, so it runs few draws. APGR on 300 test prompts
+moves by a few hundredths from one draw to the next, too much for three draws to settle a difference of 0.03.
+This script runs the same mechanism on 40 draws:
   pack   (here, with the ML stack) embeds the rows (the embedding cache), fits the base heads once per domain
          exactly as `LinearRouter.train` does (C by grouped validation, seed 0), and writes the features of the
          new domain's rows and the base heads to benchmarks/cache/learning_draws.npz
@@ -14,8 +14,8 @@ the same mechanism on 40 draws:
          +0.01 over none), and the user's rows alone (C by 5-fold held-out APGR, as `choose_c` does)
   report (here) benchmarks/results/router_learning_draws.{json,md,png}: mean +/- sd over draws, and how often
          each router falls below the base router on the same draw
-The corrections are the functions of routers/linear.py written out in numpy (the device has no ML stack); its base+user draw 0
-reproduces router_learning.py to the third decimal (n=100: 0.480 with C 1e-3, base 0.585).
+The corrections are the functions of routers/linear.py written out in numpy (the device has no ML stack); its
+base+user draw 0 reproduces router_learning.py to the third decimal (n=100: 0.480 with C 1e-3, base 0.585).
 
     python benchmarks/router_learning_draws.py pack
     python benchmarks/router_learning_draws.py run --draws 40 --out DIR      # DIR/draws.jsonl
