@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from db import catalog
 from db.models import RouterVersion, Tenant
 from db.quality import JudgedRow, UsageRow, judged_rows, usage_rows
+from jobs.services.versions import version_rows
 from routeyard.pricing import cost_usd, price_for
 from routeyard.settings import Settings
 
@@ -125,6 +126,17 @@ def quality_report(session: Session, settings: Settings, tenant_id: str | None =
     for judged in judged_rows(session, tenant_id):
         entry(judged.tenant_id, judged.router_version).totals.add_judged(judged)
         day(judged.tenant_id, judged.day, judged.router_version).add_judged(judged)
+    # what serves each owner is decided once, as `router versions` decides it: its own promoted version, else the
+    # global default's, else the shipped router (which serves before any promotion, though never trained here)
+    for owner in [*owners, *([GLOBAL] if tenant_id is None else [])]:
+        serves = next(r for r in version_rows(session, settings, None if owner == GLOBAL else owner) if r.serving)
+        label = f"{serves.router}@{serves.version}"
+        for (who, _), vq in versions.items():
+            if who == owner:
+                vq.serving = vq.router == label
+        if (owner, label) not in versions:  # listed even before it routed anything: the report says what serves
+            entry(owner, label)
+        versions[(owner, label)].serving = True
     for vq in versions.values():
         vq.tenant = names.get(vq.tenant, vq.tenant)
     ordered = sorted(versions.values(), key=lambda vq: (vq.tenant, vq.trained_at or "", vq.router))
