@@ -125,7 +125,10 @@ class Embedder:
     @property
     def model(self):  # noqa: ANN201 - a SentenceTransformer, imported lazily (torch is slow to import)
         if self._model is None:
-            from sentence_transformers import SentenceTransformer  # here, not above: see the module's docstring
+            from routers.ml_imports import ML_IMPORT_LOCK
+
+            with ML_IMPORT_LOCK:
+                from sentence_transformers import SentenceTransformer  # here, not above: see the module's docstring
 
             self._model = SentenceTransformer(resolve_encoder_path(self.encoder), device=self.device)
         return self._model

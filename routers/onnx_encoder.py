@@ -51,7 +51,11 @@ def _export(model_dir: Path, out: Path) -> None:
     import onnx
     import torch  # here, not above: only an export needs torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModel
+
+    from routers.ml_imports import ML_IMPORT_LOCK
+
+    with ML_IMPORT_LOCK:
+        from transformers import AutoModel
 
     # Eager attention: the sdpa path decides from the mask's values whether to pass a mask at all, and
     # tracing would freeze that decision.
@@ -105,7 +109,11 @@ class OnnxLayerEncoder:
 
     def __init__(self, model_dir: Path, cache_dir: Path, batch_size: int = 64) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+
+        from routers.ml_imports import ML_IMPORT_LOCK
+
+        with ML_IMPORT_LOCK:
+            from transformers import AutoTokenizer
 
         config = json.loads((model_dir / "config.json").read_text())
         self.width = int(config["hidden_size"])

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from routers import routellm_checkpoints as routellm
 from routers.base import CONFIG_FILE, WEIGHTS_FILE, Router, RouterRuntime, TrainOptions, version_of
+from routers.ml_imports import ML_IMPORT_LOCK
 from routers.rows import Preference
-from routeyard.errors import DataError, InvalidInput, NotFound, UserError
+from routeyard.errors import DataError, InvalidInput, NotFound, Unavailable, UserError
 
 # Registry name -> "module:class". `name in ROUTERS` and iterating the names cost no import.
 ROUTERS: dict[str, str] = {
@@ -59,7 +60,7 @@ def router_class(name: str) -> type[Router]:
     if name not in ROUTERS:
         raise InvalidInput(f"unknown router {name!r}; choose one of {sorted(ROUTERS)}")
     module, cls = ROUTERS[name].split(":")
-    with _needs_ml(f"router {name!r}"):
+    with _needs_ml(f"router {name!r}"), ML_IMPORT_LOCK:
         return getattr(importlib.import_module(module), cls)
 
 
@@ -92,11 +93,33 @@ def _resolve(spec: str) -> Path | None:
         with _needs_ml(f"router {spec!r} (a hub id)"):
             from huggingface_hub import snapshot_download
 
-        config_only = Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE]))
-        published = "router" not in _read_config(config_only) and routellm.detect(_read_config(config_only))
-        patterns = routellm.HUB_PATTERNS if published else [CONFIG_FILE, WEIGHTS_FILE]
-        return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
+        with _hub_errors(spec):
+            config_only = Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE]))
+            published = "router" not in _read_config(config_only) and routellm.detect(_read_config(config_only))
+            patterns = routellm.HUB_PATTERNS if published else [CONFIG_FILE, WEIGHTS_FILE]
+            return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
     raise InvalidInput(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
+
+
+@contextmanager
+def _hub_errors(spec: str) -> Iterator[None]:
+    """A hub id that cannot be fetched is the user's to fix (a missing repository: NotFound) or the network's (no
+    connection, offline mode, a gated repository: Unavailable), said in one line, never a traceback."""
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        yield
+    except UserError:  # a config.json that is not a router's: already one line
+        raise
+    except (RepositoryNotFoundError, HFValidationError) as exc:
+        if isinstance(exc, GatedRepoError):
+            raise Unavailable(f"router {spec!r}: the hub refuses this gated repository without a token "
+                              "(HF_TOKEN)") from None
+        raise NotFound(f"router {spec!r}: no such repository on the hub, nor a local directory") from None
+    except Exception as exc:  # no connection (OSError, httpx's errors), offline mode, not in the local cache
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(f"router {spec!r}: cannot fetch this hub id ({first[:300]}); download it where the "
+                          "hub can be reached and pass its directory, or fix the connection") from None
 
 
 def check_spec(spec: str) -> None:

@@ -114,9 +114,11 @@ class RouteLLMBertRouter(_Published):
 
     @classmethod
     def load(cls, path: Path, runtime: RouterRuntime) -> RouteLLMBertRouter:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from routers.embeddings import resolve_device
+        from routers.ml_imports import ML_IMPORT_LOCK
+
+        with ML_IMPORT_LOCK:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         device = resolve_device(runtime.device)
         model: Any = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=3)
@@ -139,9 +141,11 @@ class RouteLLMCausalRouter(_Published):
 
     @classmethod
     def load(cls, path: Path, runtime: RouterRuntime) -> RouteLLMCausalRouter:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from routers.embeddings import resolve_device
+        from routers.ml_imports import ML_IMPORT_LOCK
+
+        with ML_IMPORT_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(runtime.device)
         tokenizer = AutoTokenizer.from_pretrained(str(path), truncation_side="left", padding_side="left")

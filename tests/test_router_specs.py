@@ -182,3 +182,37 @@ def test_a_tenant_may_not_name_another_tenants_version(settings, tmp_path):
 
         assert post(key_b).status_code == 422
         assert post(key_a).status_code == 201
+
+
+def test_every_cli_command_taking_a_router_checks_it_as_submit_does(monkeypatch, capsys, tmp_path):
+    """`router score`, `router eval` and `check` refuse a mistyped router in one line (exit 2), and a hub id that
+    cannot be fetched (offline here) is one line, exit 1 (a service unreachable), never "This is a bug"."""
+    import huggingface_hub.constants
+
+    for key in [k for k in os.environ if k.startswith("ROUTEYARD_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ROUTEYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the trial's machine: no hub
+    monkeypatch.chdir(tmp_path)
+    batch = write_batch(tmp_path / "b.jsonl", ["one", "two"])
+    (tmp_path / "outcomes.jsonl").write_text(json.dumps({"prompt": "p", "strong": 1.0, "weak": 0.0}) + "\n")
+
+    def cli(*args):
+        try:
+            run_app(cli_app, [str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr()
+
+    for typo in ("nosuchdir/", "my-router/", "./models/mien"):
+        for args in (("router", "score", "--input", batch, "--output", tmp_path / "s.jsonl"),
+                     ("router", "eval", "--outcomes", tmp_path / "outcomes.jsonl", "--out", tmp_path / "ev")):
+            code, out = cli(*args, "--router", typo)
+            assert code == 2, (typo, args, out)
+            assert out.err.startswith("error: unknown router") and "bug" not in out.err, out.err
+            assert len(out.err.strip().splitlines()) == 1, out.err
+    code, out = cli("router", "score", "--router", "foo/bar", "--input", batch, "--output", tmp_path / "s.jsonl")
+    assert code == 1 and "cannot fetch this hub id" in out.err and "bug" not in out.err, out
+    assert len(out.err.strip().splitlines()) == 1, out.err
+    assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "ev").exists()

@@ -25,7 +25,14 @@ from jobs.cli.options import (
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
 from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
 from jobs.services.retrain import retrain as run_retrain
-from jobs.services.versions import SERVING, resolve_router_spec, rollback, training_prompts_of, version_rows
+from jobs.services.versions import (
+    SERVING,
+    check_router_spec,
+    resolve_router_spec,
+    rollback,
+    training_prompts_of,
+    version_rows,
+)
 from routers.base import TrainOptions
 from routers.calibration import save_quality_curve
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, prompt_fingerprint, save_training_prompts
@@ -98,12 +105,14 @@ def router_eval(
 
     state = cli_context(ctx)
     settings = state.settings
+    specs = [resolve_router_spec(state.db, spec, settings) for spec in routers or [SERVING]]
+    for spec in specs:  # as submit does: a mistyped path is one line, before anything is read or scored
+        check_router_spec(spec)
     rows = read_outcome_data(outcomes, strong_column, weak_column, outcomes_only=True,
                              contaminated=contaminated).outcomes
     if not rows:
         raise InvalidInput("no outcome rows to evaluate on (all were contaminated)")
     warn_pgr(rows, ", ".join(p.name for p in outcomes))
-    specs = [resolve_router_spec(state.db, spec, settings) for spec in routers or [SERVING]]
     fingerprints = np.array([prompt_fingerprint(r.prompt) for r in rows], dtype=np.uint64)
     for spec in specs:
         seen = training_prompts_of(spec)
@@ -190,14 +199,16 @@ def router_score(
                       ] = SERVING,
 ) -> None:
     """Score prompts (probability that the strong model is needed), batched."""
+    state = cli_context(ctx)
+    spec = resolve_router_spec(state.db, router, state.settings)
+    check_router_spec(spec)  # as submit does: a mistyped path is one line, before the input is read
     with input_path.open("rb") as f:
         entries = list(parse_stream(f, detect_format(input_path)))
     items = [e for e in entries if isinstance(e, ParsedItem)]
     for e in entries:
         if not isinstance(e, ParsedItem):
             err.print(f"  [yellow]line {e.line_no}:[/] {e.reason}")
-    state = cli_context(ctx)
-    loaded = load_job_router(resolve_router_spec(state.db, router, state.settings), state.settings)
+    loaded = load_job_router(spec, state.settings)
     with Stages() as stages:
         advance = stages.stage("scoring", len(items))
         scores = loaded.router.win_rate([i.prompt for i in items], progress=advance)

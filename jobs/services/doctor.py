@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import OperationalError
 
 from db.session import open_database
-from jobs.services.versions import SERVING, resolve_router_spec
+from jobs.services.versions import SERVING, check_router_spec, resolve_router_spec
 from routeyard.errors import RouteyardError
 from routeyard.pricing import price_for
 from routeyard.redact import redact, safe_url
@@ -71,6 +71,7 @@ def _broker(url: str) -> Check:
 def _router(settings: Settings, spec: str, sf: object) -> Check:
     try:
         resolved = resolve_router_spec(sf, spec, settings) if sf is not None else spec  # type: ignore[arg-type]
+        check_router_spec(resolved)  # as submit checks it: a mistyped path says so, not what loading it raised
         loaded = load_job_router(resolved, settings)
         return Check("router", True, f"{spec} -> {loaded.label}")
     except RouteyardError as exc:
