@@ -11,7 +11,8 @@ class JobStatus(StrEnum):
     RUNNING = "running"  # routed; model calls under way
     COMPLETED = "completed"  # every item finished; some may have failed
     CANCELLED = "cancelled"
-    FAILED = "failed"  # could not run at all (its router did not load): items failed with the reason, never re-run
+    FAILED = "failed"  # could not run (its router did not load, or its background run kept failing): items failed
+    # with the reason, never re-run
 
     @property
     def ended(self) -> bool:

@@ -7,6 +7,8 @@ lifespan owns, so a request returns at once; tests pass a synchronous executor t
 
 from __future__ import annotations
 
+import logging
+import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,11 +16,19 @@ from enum import StrEnum
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
-from routeyard.errors import Unavailable
+from routeyard.errors import Unavailable, UserError
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from routeyard.states import ItemStatus
-from worker.embedded import Progress, RunSummary, run_embedded
+from worker.embedded import Progress, RunSummary, run_embedded, summary
+
+log = logging.getLogger(__name__)
+
+# A job an executor runs in the background (the API's threads) has no one waiting to see it stop: an unexpected
+# error is tried again this many times in all, after 2 s, 4 s..., and then fails the job with the reason, so
+# `status` and the Batch API show it ended (an SDK poller must never wait forever on a job nothing runs).
+BACKGROUND_TRIES = 3
+BACKGROUND_BACKOFF_S = 2.0
 
 
 class Mode(StrEnum):
@@ -41,8 +51,10 @@ class Dispatched:
 class Dispatcher:
     """Starts or resumes jobs where the settings say they run."""
 
-    def __init__(self, sf: sessionmaker[Session], settings: Settings, executor: Executor | None = None) -> None:
+    def __init__(self, sf: sessionmaker[Session], settings: Settings, executor: Executor | None = None, *,
+                 tries: int = BACKGROUND_TRIES, backoff_s: float = BACKGROUND_BACKOFF_S) -> None:
         self.sf, self.settings, self.executor = sf, settings, executor
+        self.tries, self.backoff_s = tries, backoff_s
 
     @property
     def mode(self) -> Mode:
@@ -75,8 +87,7 @@ class Dispatcher:
                 summary = run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, progress=progress,
                                        wait_s=wait_s)
                 return Dispatched(job_id, Mode.EMBEDDED, summary=summary)
-            future = self.executor.submit(run_embedded, self.sf, self.settings, job_id, retry_failed=retry_failed,
-                                          wait_s=wait_s)
+            future = self.executor.submit(self._run_in_background, job_id, retry_failed, wait_s)
             return Dispatched(job_id, Mode.EMBEDDED, future=future)
         if retry_failed:
             with self.sf() as session:
@@ -84,6 +95,35 @@ class Dispatcher:
                 session.commit()
         enqueue(job_id)
         return Dispatched(job_id, Mode.DISTRIBUTED)
+
+
+    def _run_in_background(self, job_id: str, retry_failed: bool, wait_s: float) -> RunSummary:
+        """run_embedded, for an executor: an unexpected error (a race in a library's import, a driver's hiccup) is
+        tried again with backoff; one that persists fails the job with the reason. A user's error (a job another
+        process runs, a cancelled one, endpoints serving other models) is raised as it is: the job is not at
+        fault. The runner put back what was in flight before it let go, so a try starts where the last stopped."""
+        for attempt in range(1, self.tries + 1):
+            try:
+                return run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, wait_s=wait_s)
+            except UserError:
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if attempt < self.tries:
+                    delay = self.backoff_s * 2 ** (attempt - 1)
+                    log.warning("job %s stopped (%s); trying again in %.0f s (try %d of %d)", job_id, reason, delay,
+                                attempt + 1, self.tries, exc_info=exc)
+                    time.sleep(delay)
+                    retry_failed = False  # the first try already put the failed items back
+                    continue
+                log.error("job %s stopped %d times, failing it: %s", job_id, self.tries, reason, exc_info=exc)
+                with self.sf() as session:
+                    store.fail_job(session, job_id, f"the job stopped on an unexpected error {self.tries} times "
+                                                    f"(last: {reason[:500]}); items not finished were failed. "
+                                                    "Finished ones are kept: submit the rest again")
+                    session.commit()
+                return summary(self.sf, job_id)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def enqueue(job_id: str) -> None:
