@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from jobs.cli.context import err
 from routers.data import DataRead, Outcome, pgr_caveats, read_data
+from routers.rows import Preference
 from routeyard.errors import InvalidInput
 
 StrongFraction = Annotated[float, typer.Option("--strong-fraction", "-s", min=0.0, max=1.0,
@@ -38,6 +39,27 @@ def read_outcome_data(paths: list[Path], strong_column: str, weak_column: str, o
 def warn_pgr(outcomes: list[Outcome], what: str) -> None:
     for caveat in pgr_caveats(outcomes):
         err.print(f"[yellow]warning ({escape(what)}):[/] {caveat}")
+
+
+# Below these a trained router's ranking is mostly noise: the learning-curve benchmark starts at 100 rows of a
+# domain, and a router needs examples of both outcomes to learn which prompts need the strong model.
+MIN_TRAIN_ROWS = 50
+MIN_ROWS_OF_EACH = 10
+
+
+def warn_small_training(rows: list[Preference]) -> None:
+    """A warning on stderr (training goes on) when the data is too small to learn a reliable router."""
+    strong = sum(1 for r in rows if r.label > 0.5)
+    weak = sum(1 for r in rows if r.label < 0.5)
+    problems = []
+    if len(rows) < MIN_TRAIN_ROWS:
+        problems.append(f"only {len(rows)} preference rows (at least {MIN_TRAIN_ROWS} advised)")
+    if min(strong, weak) < MIN_ROWS_OF_EACH:
+        problems.append(f"{strong} rows where the strong model wins and {weak} where the weak one does (at least "
+                        f"{MIN_ROWS_OF_EACH} of each advised)")
+    if problems:
+        err.print(f"[yellow]warning:[/] {'; '.join(problems)}: the router will be unreliable (its scores are "
+                  "close to noise); train on more outcome data")
 
 
 def parse_params(items: list[str]) -> dict[str, object]:

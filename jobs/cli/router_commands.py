@@ -21,6 +21,7 @@ from jobs.cli.options import (
     parse_params,
     read_outcome_data,
     warn_pgr,
+    warn_small_training,
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
 from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
@@ -74,6 +75,7 @@ def router_train(
     found = read_outcome_data(data, strong_column, weak_column)
     rows = found.preferences()
     console.print(f"{len(rows)} preference rows from {len(found.files)} files")
+    warn_small_training(rows)
     with Stages() as stages:
         trained = train_router(router, rows, router_runtime(settings),
                                TrainOptions(seed=seed, epochs=epochs, params=params, progress=stages.set))
