@@ -136,6 +136,31 @@ def judgment_counts(session: Session, job_id: str) -> dict[JudgmentStatus, int]:
 
 
 @dataclass(frozen=True)
+class JudgeErrors:
+    """The pairs of a job left without a verdict that share one reason, with one of them to look at."""
+
+    reason: str
+    count: int
+    sample_custom_id: str
+    sample_reply: str | None  # the judge's first reply to that pair, cut short (None: the call itself failed)
+
+
+def judgment_errors(session: Session, job_id: str, limit: int = 10) -> list[JudgeErrors]:
+    """A job's judge errors grouped by reason, the commonest first."""
+    rows = session.execute(select(Judgment.error, func.count(), func.min(Judgment.item_id))
+                           .where(Judgment.job_id == job_id, Judgment.status == JudgmentStatus.ERROR)
+                           .group_by(Judgment.error).order_by(func.count().desc(), Judgment.error).limit(limit))
+    out = []
+    for reason, count, item_id in rows.all():
+        custom_id, verdicts = session.execute(select(Item.custom_id, Judgment.verdicts).join(
+            Judgment, Judgment.item_id == Item.id).where(Item.id == item_id)).one()
+        replies = (verdicts or {}).get("replies") or [None]
+        out.append(JudgeErrors(reason or "unknown", int(count), custom_id,
+                               replies[0][:200] if isinstance(replies[0], str) else None))
+    return out
+
+
+@dataclass(frozen=True)
 class JudgedPair:
     prompt: str
     strong: float

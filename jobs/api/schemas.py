@@ -90,8 +90,9 @@ class ModelSpend(BaseModel):
 class SpendResponse(BaseModel):
     job_id: str | None
     models: list[ModelSpend]
-    calls: int
-    cost_usd: float
+    calls: int = Field(description="the routed calls (strong and weak); all_calls adds the shadow and judge calls")
+    cost_usd: float = Field(description="every call's: the routed ones, and the shadow and judge calls on top")
+    all_calls: int = Field(0, description="every call: routed, shadow and judge (the calls that cost_usd pays for)")
     all_strong_cost_usd: float = Field(description="the same calls, all sent to the strong model")
     saving_usd: float
     saving_pct: float

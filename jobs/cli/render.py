@@ -12,6 +12,7 @@ from rich.table import Table
 from db.models import Item
 from jobs.cli.context import console, err
 from jobs.services.input_formats import Rejection
+from jobs.services.judge import JudgingView
 from jobs.services.results import JobStatusView
 from jobs.services.spend import PeriodSpend, SpendReport
 from jobs.services.submit import SubmitResult
@@ -52,14 +53,18 @@ def spend(report: SpendReport, tag: str | None = None) -> None:
     for m in report.models:
         table.add_row(m.tier, m.model, str(m.calls), f"{m.prompt_tokens:,}", f"{m.completion_tokens:,}",
                       f"{m.cost_usd:.4f}")
-    table.add_row("total", "", str(report.calls), "", "", f"{report.cost_usd:.4f}", style="bold")
+    # the total row adds up its column: every call, shadow and judge ones too, as its cost does
+    table.add_row("total", "", str(report.all_calls), f"{sum(m.prompt_tokens for m in report.models):,}",
+                  f"{sum(m.completion_tokens for m in report.models):,}", f"{report.cost_usd:.4f}", style="bold")
     console.print(table)
     shadow = sum(m.calls for m in report.models if m.tier == "shadow")
     judge = sum(m.calls for m in report.models if m.tier == "judge")
     extra = f", plus {shadow} shadow calls to the strong model" if shadow else ""
     extra += f", plus {judge} judge calls" if judge else ""
+    if extra:
+        console.print(f"{report.calls} routed calls{extra}: {report.all_calls} calls in all")
     console.print(f"all-strong estimate ${report.all_strong_cost_usd:.4f}; saving ${report.saving_usd:.4f} "
-                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of routed calls strong{extra}")
+                  f"({report.saving_pct:.1f}%) with {100 * report.strong_share:.1f}% of routed calls strong")
     if report.unanswered_requests:
         console.print(f"unanswered requests (timed out; a provider may have billed them, not in the total): "
                       f"{report.unanswered_requests}, at most ${report.unanswered_cost_bound_usd:.4f}")
@@ -120,3 +125,22 @@ def score_examples(items: Sequence[Item]) -> None:
     for item in ranked[:3] + ranked[-3:]:
         table.add_row(f"{item.score or 0:.3f}", item.model or "", escape(item.prompt[:90]))
     console.print(table)
+
+
+def judging(view: JudgingView) -> None:
+    """A --judge job's end: how many shadow pairs the judge labelled, and why the others got no verdict."""
+    if view.mode is None:
+        return
+    console.print(f"judge ({view.mode}): {view.pairs} shadow pair{'s' if view.pairs != 1 else ''}, {view.judged} "
+                  f"judged, {view.errors} without a verdict")
+    judge_errors(view)
+
+
+def judge_errors(view: JudgingView) -> None:
+    for group in view.error_reasons:
+        sample = f"; e.g. {escape(group.sample_custom_id[:80])}" + (
+            f", reply {escape(repr(group.sample_reply[:120]))}" if group.sample_reply is not None else "")
+        err.print(f"  [yellow]{group.count} without a verdict:[/] {escape(group.reason[:300])}{sample}")
+    if view.errors:
+        err.print(f"  the judge must answer [[A]], [[B]] or [[C]] (grade mode: [[1]]..[[10]]); after fixing it: "
+                  f"routeyard judge {view.job_id} --retry-errors")

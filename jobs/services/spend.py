@@ -30,8 +30,8 @@ class ModelSpend:
 class SpendReport:
     job_id: str | None
     models: list[ModelSpend]
-    calls: int
-    cost_usd: float
+    calls: int  # the routed calls (strong and weak): what the strong share and the all-strong estimate are of
+    cost_usd: float  # every row's: the routed calls, and the shadow and judge calls on top
     all_strong_cost_usd: float  # the same calls, all sent to the strong model (shadow calls are extra spend)
     saving_usd: float
     saving_pct: float
@@ -43,6 +43,7 @@ class SpendReport:
     # and the saving against that: what routing saves over the cheapest way to run a whole batch on the strong one
     all_strong_batch_cost_usd: float | None = None
     saving_vs_batch_pct: float | None = None
+    all_calls: int = 0  # every row's calls, shadow and judge included: the total that cost_usd is the cost of
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +79,8 @@ def spend_report(session: Session, settings: Settings, job_id: str | None = None
     return SpendReport(job_id, models, calls, total, all_strong, saving,
                        100.0 * saving / all_strong if all_strong else 0.0,
                        strong_calls / calls if calls else 0.0, lost.requests, lost.cost_bound_usd, all_strong_batch,
-                       100.0 * (all_strong_batch - total) / all_strong_batch if all_strong_batch else None)
+                       100.0 * (all_strong_batch - total) / all_strong_batch if all_strong_batch else None,
+                       sum(m.calls for m in models))
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ with the answer's length. It can also misbehave on purpose: 429/500 for the firs
 of random 429/5xx, calls that hang past the client's timeout, a prompt marker that always fails. `GET /_stats`
 says how often each prompt was called (how tests prove nothing was called twice) and its last request body.
 
-Judge mode: requests to a model in `judge_models` are answered as an LLM judge (the MT-Bench prompts of
-worker/judge.py). Verdicts are recorded per pair: `judge_verdicts[question]` names the model whose answer wins
-(or "tie"), and the server tells which answer is whose because it remembers what it served. `judge_grades`
-holds a 1-10 grade per (question, model) for the single-answer mode. Unrecorded pairs get a verdict drawn from
-the question's hash. A settable share of judge replies carries no verdict at all (`judge_unparseable_rate`),
-and another always says [[A]] (`judge_position_bias`), as a position-biased judge does.
+Judge mode: requests to a model in `judge_models` (`--judge-model NAME` on the command line) are answered as an LLM
+judge (the MT-Bench prompts of worker/judge.py). Verdicts are recorded per pair: `judge_verdicts[question]` names
+the model whose answer wins (or "tie"), and the server tells which answer is whose because it remembers what it
+served. `judge_grades` holds a 1-10 grade per (question, model) for the single-answer mode. Unrecorded pairs get a
+verdict drawn from the question's hash. A settable share of judge replies carries no verdict at all
+(`judge_unparseable_rate`), and another always says [[A]] (`judge_position_bias`), as a position-biased judge does.
 
 As a provider does, every response carries an `x-request-id` header (`req_` + the completion id's hex), and a
 request with tools and `tool_choice` "required" (or a named function) is answered with a tool call (content null).
@@ -378,11 +378,11 @@ def main() -> None:
                         help="comma-separated models /v1/models lists (default: none listed; any model is served)")
     parser.add_argument("--batch-delay-s", type=float, default=0.5, help="a provider batch's time to its end")
     parser.add_argument("--batch-failed-line-rate", type=float, default=0.0, help="share of batch lines answered 500")
-    parser.add_argument("--batch-expire-share", type=float, default=0.0,
-                        help="> 0: batches expire with this share of their lines never run")
+    parser.add_argument("--batch-expire-share", type=float, default=0.0, help="> 0: that share of lines never run")
+    parser.add_argument("--judge-model", action="append", default=[], help="answer this model as an LLM judge")
     args = parser.parse_args()
     config = LoopbackConfig(models=dict(DEMO_MODELS), list_models=args.models is not None,
-                            batches=BatchBehaviour(delay_s=args.batch_delay_s,
+                            judge_models=set(args.judge_model), batches=BatchBehaviour(delay_s=args.batch_delay_s,
                                                    failed_line_rate=args.batch_failed_line_rate,
                                                    expire_share=args.batch_expire_share))
     if args.latency_ms is not None:
