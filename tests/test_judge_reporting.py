@@ -78,3 +78,37 @@ def test_judge_errors_are_reported_by_reason_and_exit_3_until_judged(settings, t
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     body = json.loads(fixed.stdout)
     assert body["judged_now"] == len(PROMPTS) and body["error_reasons"] == []
+
+
+def test_the_loopback_server_started_with_judge_model_answers_that_model_as_a_judge(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from routeyard.testing.services import wait_for
+    from worker.judge import pair_body, parse_pair
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port),
+                               "--latency-ms", "1", "--judge-model", "my-judge"])
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/_stats").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 60, "the loopback server")
+        body = pair_body("What is 2 + 2?", "4", "5")
+        judged = httpx.post(url, json={**body, "model": "my-judge"}).json()["choices"][0]["message"]["content"]
+        assert parse_pair(judged) in ("A", "B", "C")
+        plain = httpx.post(url, json={**body, "model": "other"}).json()["choices"][0]["message"]["content"]
+        assert "[[" not in plain  # any other model answers as a model, with no verdict
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
