@@ -149,3 +149,36 @@ def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
         if max(aware(t) for t in signs) < cutoff:
             out.append(job)
     return out
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    """An item a runner had in flight when it stopped: what its request may have cost is bounded from these."""
+
+    id: int
+    body: dict
+    model: str | None
+    shadow: bool
+
+
+def items_held(session: Session, job_id: str, me: str) -> list[HeldItem]:
+    return [HeldItem(i, b, m, s) for i, b, m, s in session.execute(
+        select(Item.id, Item.body, Item.model, Item.shadow).where(
+            Item.job_id == job_id, Item.claimed_by == me, Item.status == ItemStatus.IN_FLIGHT))]
+
+
+def put_back_unanswered(session: Session, job_id: str, me: str, cost_bounds: dict[int, tuple[int, float]]) -> int:
+    """Put the items this runner had in flight back to routed (they are called again on resume), counting their
+    requests as unanswered ({item id: (requests, their cost bound)}): they may have reached the provider and be
+    billed although no answer was kept. Returns how many went back."""
+    lock_job_for_items(session, job_id)
+    back = 0
+    for item_id, (requests, bound) in sorted(cost_bounds.items()):  # items by id, after the job row
+        res = session.execute(
+            update(Item).where(Item.id == item_id, Item.job_id == job_id, Item.claimed_by == me,
+                               Item.status == ItemStatus.IN_FLIGHT)
+            .values(status=ItemStatus.ROUTED, claimed_by=None,
+                    unanswered_attempts=func.coalesce(Item.unanswered_attempts, 0) + requests,
+                    unanswered_cost_usd=func.coalesce(Item.unanswered_cost_usd, 0.0) + bound))
+        back += rowcount(res)
+    return back

@@ -58,3 +58,12 @@ class Unavailable(RouteyardError):
 
     http_status = 503
     retry_after_s = 5  # the API's Retry-After: a database or broker back from a restart answers by then
+
+
+class JobInterrupted(RouteyardError):
+    """Ctrl-C stopped a job this process was running; the message says what is kept and how to go on. Raised in
+    place of the KeyboardInterrupt once the job is put in order (the CLI's framework would swallow that one)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id

@@ -16,7 +16,7 @@ from enum import StrEnum
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
-from routeyard.errors import Unavailable, UserError
+from routeyard.errors import JobInterrupted, Unavailable, UserError
 from routeyard.redact import safe_url
 from routeyard.settings import Settings
 from routeyard.states import ItemStatus
@@ -105,7 +105,7 @@ class Dispatcher:
         for attempt in range(1, self.tries + 1):
             try:
                 return run_embedded(self.sf, self.settings, job_id, retry_failed=retry_failed, wait_s=wait_s)
-            except UserError:
+            except (UserError, JobInterrupted):
                 raise
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"

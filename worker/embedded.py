@@ -16,8 +16,9 @@ from db import provider_batches as provider_rows
 from db import runners
 from db.models import ProviderBatch, utcnow
 from routers.registry import LoadedRouter
-from routeyard.errors import Conflict
-from routeyard.settings import Settings
+from routeyard.errors import Conflict, JobInterrupted, UnknownPrice
+from routeyard.pricing import Unbounded, cost_bound, price_for
+from routeyard.settings import Price, Settings
 from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker import pipeline, provider_batches
 from worker.heartbeat import beating
@@ -59,10 +60,44 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         _hold(sf, settings, job_id, heartbeat.id, wait_s)
         try:
             return _run(sf, settings, job_id, retry_failed, progress, loaded, heartbeat.id)
+        except KeyboardInterrupt:
+            raise _interrupted(sf, settings, job_id, heartbeat.id) from None
         finally:
             with sf() as session:
                 runners.release_job(session, job_id, heartbeat.id)
                 session.commit()
+
+
+def _interrupted(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str) -> JobInterrupted:
+    """Ctrl-C: what this run had in flight goes back to routed now, so the job does not claim calls no process
+    makes; each of those requests counts as unanswered (with its cost bound), since it may have reached the
+    provider and be billed, and will be sent again on resume (`routeyard spend` shows it)."""
+    with sf() as session:
+        held = runners.items_held(session, job_id, me)
+        job = store.get_job(session, job_id)
+        prices, strong = pipeline.job_prices(job, settings), job.strong_model
+        bounds = {h.id: _sent_bound(h, prices, strong, settings) for h in held}
+        back = runners.put_back_unanswered(session, job_id, me, bounds)
+        session.commit()
+        done = store.status_counts(session, job_id)
+    finished = sum(n for status, n in done.items() if status.finished)
+    calls = (f"; {back} call{'s' if back != 1 else ''} cut off will be made again (counted as unanswered in "
+             "`routeyard spend`: they may be billed)") if back else ""
+    return JobInterrupted(job_id, f"interrupted: job {job_id} keeps its {finished} finished item"
+                                  f"{'s' if finished != 1 else ''}{calls}; `routeyard resume {job_id}` continues")
+
+
+def _sent_bound(item: runners.HeldItem, prices: dict[str, Price], strong: str, settings: Settings
+                ) -> tuple[int, float]:
+    """The requests an item in flight may have sent (its shadow's too) and what they may cost at most."""
+    models = [m for m in (item.model, strong if item.shadow else None) if m]
+    total = 0.0
+    for model in models:
+        try:
+            total += cost_bound(item.body, price_for(model, prices), settings.default_max_tokens)
+        except (Unbounded, UnknownPrice):  # billed by duration or pages, or no price: counted, not priced
+            pass
+    return max(1, len(models)), total
 
 
 def _hold(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str, wait_s: float) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import open_database
-from routeyard.errors import InvalidInput, Unavailable, UserError
+from routeyard.errors import InvalidInput, JobInterrupted, Unavailable, UserError
 from routeyard.redact import install_log_redaction, safe_url
 from routeyard.settings import Settings
 from worker.dispatch import Dispatcher
@@ -43,6 +43,7 @@ class ExitCode(IntEnum):
     ERROR = 1
     USAGE = 2
     FAILED_ITEMS = 3
+    INTERRUPTED = 130  # Ctrl-C, as a shell reports a process SIGINT ended (128 + 2)
 
 
 # Off a terminal (a pipe, a file, CI) nothing is cut to 80 columns: ids, models and paths come out whole.
@@ -112,6 +113,9 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     except UserError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(ExitCode.USAGE)
+    except JobInterrupted as exc:  # Ctrl-C on a job: one line, what is kept and how to resume
+        err.print(escape(str(exc)))
+        sys.exit(ExitCode.INTERRUPTED)
     except Unavailable as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(ExitCode.ERROR)
@@ -126,6 +130,8 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
                   "This is a bug in Routeyard, not your input; rerun with `routeyard --debug ...` for the traceback "
                   "and report it.")
         sys.exit(ExitCode.ERROR)
+    if code == ExitCode.INTERRUPTED:  # typer's answer to a KeyboardInterrupt elsewhere: it prints nothing
+        err.print("interrupted")
     sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 
