@@ -52,12 +52,19 @@ TRIAL = [
                 "body": {"messages": [{"role": "user", "content": "x"}], "temperature": float("nan")}}),
     json.dumps({"custom_id": "nul\u0000id", "method": "POST", "url": CHAT, "body": {"messages": []}}),
     line("ok-2", "Name a prime number."),
+    json.dumps({"custom_id": "text-5", "method": "POST", "url": CHAT,
+                "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}}),
+    json.dumps({"custom_id": "text-null", "method": "POST", "url": CHAT,
+                "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}}),
+    line("max-neg", "short", max_tokens=-5),  # OpenAI refuses it; the router must not score it first
+    json.dumps({"id": "nop"}),  # neither form, but its id names it
 ]
 # (line, custom_id, code) of each rejected line: what every front door's error file must say
 TRIAL_ERRORS = [(2, None, "missing_required_parameter"), (3, "no-v1", "invalid_url"),
-                (4, "stream-1", "unsupported_parameter"), (5, None, "invalid_json_line"),
+                (4, "stream-1", "unsupported_parameter"), (5, "bom-1", "invalid_json_line"),
                 (6, "ok-1", "duplicate_custom_id"), (7, None, "invalid_json_line"), (8, "nan-1", "invalid_json_line"),
-                (9, None, "invalid_request")]
+                (9, None, "invalid_request"), (11, "text-5", "invalid_request"), (12, "text-null", "invalid_request"),
+                (13, "max-neg", "invalid_request"), (14, "nop", "missing_required_parameter")]
 
 
 def test_a_line_of_neither_form_is_told_what_its_files_form_needs():
@@ -160,9 +167,9 @@ def test_every_front_door_writes_the_same_error_record_for_each_rejected_line(do
     assert code == 3, err  # every accepted line answered, but the file had lines that will never be
     submitted = json.loads(out)
     assert [(r["line"], r["custom_id"], r["code"]) for r in submitted["rejected"]] == TRIAL_ERRORS
-    assert submitted["counts"] == {"succeeded": 2} and submitted["n_rejected"] == 8
+    assert submitted["counts"] == {"succeeded": 2} and submitted["n_rejected"] == 12
     summary = err.strip().splitlines()[-1]  # the last thing on stderr: a script's log shows it
-    assert summary.startswith(f"rejected: 8 input lines of job {submitted['job_id']} not taken")
+    assert summary.startswith(f"rejected: 12 input lines of job {submitted['job_id']} not taken")
     assert f"routeyard results {submitted['job_id']} --format openai-errors" in summary
     code, from_cli, _ = cli("results", submitted["job_id"], "--format", "openai-errors")
     assert code == 0
@@ -178,7 +185,7 @@ def test_every_front_door_writes_the_same_error_record_for_each_rejected_line(do
     source = client.files.create(file=("trial.jsonl", path.read_bytes()), purpose="batch")
     batch = client.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
     batch = client.batches.retrieve(batch.id)
-    assert batch.status == "completed" and batch.request_counts.failed == 8 and batch.request_counts.completed == 2
+    assert batch.status == "completed" and batch.request_counts.failed == 12 and batch.request_counts.completed == 2
     from_batches = client.files.content(batch.error_file_id).content
 
     records = error_lines(from_cli)
@@ -187,6 +194,8 @@ def test_every_front_door_writes_the_same_error_record_for_each_rejected_line(do
     messages = {n: message for n, _, _, message in records}
     assert "not a Batch API line" in messages[2] and "/v1 prefix" in messages[3]
     assert "two files joined" in messages[5] and "NaN" in messages[8]
+    assert "field 'body.messages.0.content.0.text': a text part's text must be a string, got a number" in messages[11]
+    assert "got null" in messages[12] and "field 'body.max_tokens'" in messages[13]
 
 
 def test_a_batch_file_with_no_valid_line_is_a_failed_batch_with_each_lines_error_and_no_job(doors, tmp_path):
@@ -228,3 +237,74 @@ def test_submit_with_rejected_lines_exits_3_and_says_so_last_even_detached(doors
     clean.write_text(line("c") + "\n")
     code, _, err = cli("submit", clean)
     assert code == 0 and "rejected" not in err
+
+
+def test_a_csv_quote_never_closed_is_a_rejection_naming_its_line_not_a_prompt_that_swallows_rows(doors, tmp_path):
+    out = parse('id,prompt\n1,hi\n2,"unterminated\n3,ok\n', "csv")
+    assert [(e.line_no, type(e).__name__) for e in out] == [(2, "ParsedItem"), (3, "Rejection")]
+    assert "quoted field opened on this line is never closed (lines 3-4, the end of the file" in out[1].reason
+    stray = parse('id,prompt\n1,"say "hi" now"\n2,ok\n', "csv")  # a quote inside a quoted field not doubled
+    assert isinstance(stray[0], Rejection) and stray[0].line_no == 2 and '""' in stray[0].reason
+    assert isinstance(stray[1], ParsedItem) and stray[1].custom_id == "2"
+
+    path = tmp_path / "quote.csv"
+    path.write_text('id,prompt\n1,hi\n2,"unterminated\n3,ok\n')
+    code, out_json, err = doors["cli"]("submit", path, "--json")
+    assert code == 3, err
+    submitted = json.loads(out_json)
+    assert submitted["counts"] == {"succeeded": 1} and [r["line"] for r in submitted["rejected"]] == [3]
+
+
+def test_rejections_keep_the_lines_id_and_a_duplicate_is_named_by_its_forms_field():
+    plain = rejected(parse('{"id": "a", "prompt": "x"}\n{"id": "nop"}\n' + BOM + '{"id": "b", "prompt": "y"}\n'
+                           '{"id": "a", "prompt": "again"}\n'))
+    assert [(n, r.custom_id) for n, r in plain.items()] == [(2, "nop"), (3, "b"), (4, "a")]
+    assert plain[4].reason == "duplicate id 'a' (first on line 1)" and plain[4].param == "id"
+    batch = rejected(parse(line("c1") + "\n" + line("c1") + "\n"))
+    assert batch[2].reason == "duplicate custom_id 'c1' (first on line 1)" and batch[2].param == "custom_id"
+
+
+def test_router_score_exits_3_when_lines_were_rejected_and_scores_the_rest(doors, tmp_path):
+    cli = doors["cli"]
+    path, scores = tmp_path / "mixed.jsonl", tmp_path / "scores.jsonl"
+    bad_text = json.dumps({"custom_id": "t5", "method": "POST", "url": CHAT,
+                           "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}})
+    path.write_text("\n".join([line("a"), bad_text, "{oops", line("b")]) + "\n")
+    code, _, err = cli("router", "score", "--router", "random", "--input", path, "--output", scores)
+    assert code == 3, err
+    assert [json.loads(r)["id"] for r in scores.read_text().splitlines()] == ["a", "b"]
+    assert "line 2: field 'body.messages.0.content.0.text'" in err and "line 3: invalid JSON" in err
+    assert err.strip().splitlines()[-1].startswith("rejected: 2 input lines not scored")
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(line("c") + "\n")
+    code, _, err = cli("router", "score", "--router", "random", "--input", clean, "--output", scores)
+    assert code == 0 and "rejected" not in err
+
+
+def test_a_second_cancel_says_the_job_was_already_cancelled(doors, tmp_path):
+    cli = doors["cli"]
+    path = tmp_path / "two.jsonl"
+    path.write_text(line("a") + "\n" + line("b") + "\n")
+    code, out, _ = cli("submit", path, "--detach")
+    job_id = out.split()[1]
+    code, out, _ = cli("cancel", job_id)
+    assert code == 0 and f"job {job_id} cancelled; 2 items will not be called" in out
+    code, out, _ = cli("cancel", job_id)
+    assert code == 0 and out.strip() == f"job {job_id} was already cancelled; nothing to cancel"
+
+
+def test_a_text_part_that_is_no_string_and_a_max_tokens_below_1_are_refused_line_by_line():
+    def chat(cid: str, content: object, **body: object) -> str:
+        return json.dumps({"custom_id": cid, "method": "POST", "url": CHAT,
+                           "body": {"messages": [{"role": "system", "content": "be brief"},
+                                                 {"role": "user", "content": content}], **body}})
+    lines = [chat("n", [{"type": "text", "text": 5}]), chat("missing", [{"type": "text"}]),
+             chat("neg", "hi", max_tokens=-5), chat("zero", "hi", max_completion_tokens=0),
+             chat("str", "hi", max_tokens="5"), chat("ok", [{"type": "text", "text": "a"}], max_tokens=9)]
+    out = parse("\n".join(lines) + "\n")
+    bad = rejected(out)
+    assert [(n, r.custom_id, r.param) for n, r in bad.items()] == [
+        (1, "n", "body.messages.1.content.0.text"), (2, "missing", "body.messages.1.content.0.text"),
+        (3, "neg", "body.max_tokens"), (4, "zero", "body.max_completion_tokens"), (5, "str", "body.max_tokens")]
+    assert "got a number" in bad[1].reason and "missing" in bad[2].reason
+    assert isinstance(out[5], ParsedItem) and out[5].body["max_tokens"] == 9 and out[5].prompt == "a"

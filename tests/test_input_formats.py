@@ -59,7 +59,7 @@ def test_each_bad_line_is_rejected_with_its_line_number_and_field_and_the_rest_i
     assert set(rejected) == {2, 3, 4, 5, 6, 7, 8}
     assert "field 'url'" in rejected[2]
     assert rejected[3].startswith("invalid JSON")
-    assert "duplicate id 'ok1' (first on line 1)" in rejected[4]
+    assert "duplicate custom_id 'ok1' (first on line 1)" in rejected[4]
     assert "field 'body.messages.0.role'" in rejected[5]
     assert "field 'prompt'" in rejected[6]
     assert "expected a JSON object" in rejected[7]

@@ -218,6 +218,10 @@ def router_score(
         for item, score in zip(items, scores, strict=True):
             out.write(json.dumps({"id": item.custom_id, "prompt": item.prompt, "score": float(score)}) + "\n")
     console.print(f"scored {len(items)} prompts with {loaded.name} {loaded.version} -> {output}")
+    if n_rejected := len(entries) - len(items):  # as submit: a script reading only the output would miss them
+        err.print(f"[yellow]rejected:[/] {n_rejected} input line{'s' if n_rejected > 1 else ''} not scored (not in "
+                  f"{output}); each is named above")
+        raise typer.Exit(ExitCode.FAILED_ITEMS)
 
 
 @top.command()

@@ -126,7 +126,18 @@ def _read_line(line_no: int, raw: bytes | None, max_bytes: int, form: Shape | No
             return _Formless(line_no, fields_of(obj), custom_id_of(obj)), None
         return from_object(obj, line_no, "batch" if strict else shape or form or "batch"), shape
     except LineError as exc:
-        return Rejection(line_no, str(exc), exc.code, exc.param, custom_id_of(obj)), shape
+        return Rejection(line_no, str(exc), exc.code, exc.param, custom_id_of(obj) or _custom_id_past_bom(raw)), shape
+
+
+def _custom_id_past_bom(raw: bytes) -> str | None:
+    """The custom_id of a line refused for its byte-order mark alone, read past the mark, so its error record
+    names the request (None when the rest is no JSON object either)."""
+    if not raw.startswith(BOM.encode()):
+        return None
+    try:
+        return custom_id_of(json.loads(raw[3:].decode("utf-8"), parse_constant=NotJson))
+    except ValueError:  # not UTF-8 or not JSON: the line had no custom_id to tell
+        return None
 
 
 def _jsonl(stream: io.BufferedReader, max_bytes: int, line_form: LineForm = "auto"
@@ -170,7 +181,8 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
                 yield raw.decode("utf-8", errors="replace")
 
     csv.field_size_limit(max(max_bytes, csv.field_size_limit()))
-    reader = csv.reader(text_lines(), delimiter=delimiter)
+    # strict: a quote never closed is an error at the end of the file, not a prompt that swallows every row after it
+    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = [h.strip().lower() for h in next(reader)]
@@ -192,9 +204,9 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:  # a NUL byte, a field over the limit: this record only
+        except csv.Error as exc:  # a NUL byte, a field over the limit, a stray quote: this record only
             line_no, last_line = last_line + 1, reader.line_num
-            yield Rejection(line_no, f"{exc}", "invalid_request")
+            yield Rejection(line_no, _csv_error(exc, line_no, last_line), "invalid_request")
             continue
         line_no, last_line = last_line + 1, reader.line_num  # the line the record starts on
         why = next((bad[n] for n in range(line_no, last_line + 1) if n in bad), None)
@@ -216,6 +228,16 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
             yield Rejection(line_no, str(exc), exc.code, exc.param, custom_id_of(obj))
 
 
+def _csv_error(exc: csv.Error, first: int, last: int) -> str:
+    if str(exc) == "unexpected end of data":  # the only error the csv module raises at the end of the input
+        rows = f"lines {first}-{last}, the end of the file, were read as one field" if last > first \
+            else "it runs to the end of the file"
+        return (f"a quoted field opened on this line is never closed ({rows}; none of it is taken); "
+                "close the quote (a quote inside a quoted field is written twice: \"\")")
+    return f"{exc} (write a quote inside a quoted field twice: \"\")" if "expected after '\"'" in str(exc) \
+        else str(exc)
+
+
 def detect_format(path: Path, fmt: Format = "auto") -> FileFormat:
     """The format asked for, or the one the file's suffix names (.csv, .tsv; anything else is JSONL)."""
     if fmt != "auto":
@@ -234,7 +256,8 @@ def parse_stream(stream: io.BufferedReader, fmt: FileFormat, max_line_bytes: int
         if isinstance(entry, ParsedItem):
             first = seen.setdefault(entry.custom_id, entry.line_no)
             if first != entry.line_no:
-                yield Rejection(entry.line_no, f"duplicate id {entry.custom_id!r} (first on line {first})",
-                                "duplicate_custom_id", "custom_id", entry.custom_id)
+                field = "custom_id" if entry.form == "batch" else "id"
+                yield Rejection(entry.line_no, f"duplicate {field} {entry.custom_id!r} (first on line {first})",
+                                "duplicate_custom_id", field, entry.custom_id)
                 continue
         yield entry

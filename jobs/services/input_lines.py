@@ -34,9 +34,12 @@ class Message(BaseModel):
 
 
 class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="allow")  # temperature, max_tokens, ...: passed on to the model as given
+    model_config = ConfigDict(extra="allow")  # temperature, top_k, ...: passed on to the model as given
     messages: list[Message] = Field(min_length=1)
     model: str | None = None  # ignored: the router picks the model
+    # Checked here because every endpoint refuses them only after the call is queued (and billed for the prompt)
+    max_tokens: int | None = Field(default=None, gt=0, strict=True)
+    max_completion_tokens: int | None = Field(default=None, gt=0, strict=True)
 
 
 class BatchLine(BaseModel):
@@ -64,6 +67,7 @@ class ParsedItem:
     custom_id: str
     body: dict[str, Any]  # an OpenAI chat request body without `model`
     prompt: str  # what the router scores: the last user message
+    form: Shape = "batch"  # the form of its line, so a duplicate is named by its field (custom_id or id)
 
 
 @dataclass(frozen=True)
@@ -84,15 +88,37 @@ class LineError(ValueError):
 
 
 def prompt_of(messages: list[dict[str, Any]]) -> str:
-    """The last user message's text (what RouteLLM routes on)."""
+    """The last user message's text (what RouteLLM routes on); check_text_parts has refused a text part whose
+    text is not a string."""
     for message in reversed(messages):
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+                texts = (p.get("text") for p in content if p.get("type") == "text")
+                return "\n".join(t for t in texts if isinstance(t, str))
     return ""
+
+
+def check_text_parts(messages: list[dict[str, Any]]) -> None:
+    """A content part of type text must carry its text as a string, as OpenAI requires (a number or null would
+    otherwise reach the router, or the provider, which refuses the request)."""
+    for m, message in enumerate(messages):
+        content = message.get("content")
+        for n, part in enumerate(content if isinstance(content, list) else []):
+            if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                where = f"body.messages.{m}.content.{n}.text"
+                got = "missing" if "text" not in part else f"got {_json_type(part['text'])}"
+                raise LineError(f"field '{where}': a text part's text must be a string, {got}", "invalid_request",
+                                where)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__)
 
 
 def _explain(exc: ValidationError) -> LineError:
@@ -185,18 +211,19 @@ def from_object(obj: Any, line_no: int, form: Shape) -> ParsedItem:
             custom_id = str(plain.id) if plain.id is not None else f"line-{line_no}"
     except ValidationError as exc:
         raise _explain(exc) from None
+    check_text_parts(body["messages"])
     prompt = prompt_of(body["messages"])
     if not prompt.strip():
         raise LineError("field 'body.messages': no user message with text to route on", "invalid_request",
                         "body.messages")
-    return ParsedItem(line_no, custom_id, body, prompt)
+    return ParsedItem(line_no, custom_id, body, prompt, form)
 
 
 def custom_id_of(obj: Any) -> str | None:
     """The custom_id (a plain line's id) of a line that may be rejected, if it is one the database can store."""
     if not isinstance(obj, dict):
         return None
-    value = obj.get("custom_id", obj.get("id") if "custom_id" not in obj and "prompt" in obj else None)
+    value = obj["custom_id"] if "custom_id" in obj else obj.get("id")  # a plain line's id, its prompt missing too
     if isinstance(value, bool) or not isinstance(value, str | int) or "\x00" in str(value):
         return None
     return str(value)[:500]
