@@ -182,3 +182,11 @@ def put_back_unanswered(session: Session, job_id: str, me: str, cost_bounds: dic
                     unanswered_cost_usd=func.coalesce(Item.unanswered_cost_usd, 0.0) + bound))
         back += rowcount(res)
     return back
+
+
+def interrupted(session: Session, job: Job, dead_after_s: float) -> bool:
+    """An embedded job that was started (scoring or running) and that no live process holds: it stopped (Ctrl-C,
+    a kill, a crash) and waits for a resume. Not for distributed jobs: workers never hold them."""
+    if job.status not in (JobStatus.SCORING, JobStatus.RUNNING):
+        return False
+    return job.runner_id is None or not _alive(session.get(Runner, job.runner_id), dead_after_s, "")

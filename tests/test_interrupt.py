@@ -69,6 +69,9 @@ def test_ctrl_c_mid_calls_releases_the_job_and_counts_the_calls_cut_off(tmp_path
 
     status = json.loads(routeyard("status", job_id, "--json", env=env).stdout)
     assert status["counts"].get("in_flight", 0) == 0
+    assert status["status"] == "running" and status["interrupted"] is True  # stored state, and that it stopped
+    text = " ".join(routeyard("status", job_id, env=env).stdout.split())
+    assert f"interrupted while running: no process runs it now; `routeyard resume {job_id}` continues" in text
     spend = json.loads(routeyard("spend", job_id, "--json", env=env).stdout)
     assert spend["unanswered_requests"] == unanswered, spend
 
@@ -78,3 +81,4 @@ def test_ctrl_c_mid_calls_releases_the_job_and_counts_the_calls_cut_off(tmp_path
     with sf() as s:
         assert s.get(Job, job_id).status == JobStatus.COMPLETED
         assert s.scalar(select(func.count()).where(Item.status == ItemStatus.SUCCEEDED)) == len(prompts)
+    assert json.loads(routeyard("status", job_id, "--json", env=env).stdout)["interrupted"] is False

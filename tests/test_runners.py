@@ -137,3 +137,23 @@ def test_a_second_resume_is_refused_and_a_killed_runners_job_is_taken_up_by_the_
     assert all(calls[p] == 1 for p in done_before), "an item finished before the kill was called again"
     assert {p for p, n in calls.items() if n > 1} <= in_flight
     assert TEST_KEY not in stored.stdout + second.stderr
+
+
+
+def test_a_started_job_that_no_live_process_holds_reads_as_interrupted(database_url):
+    from jobs.services.results import job_status
+
+    sf = open_database(database_url)
+    job_id, _ = routed_job(sf, 2)
+    other_host_runner(sf, "beating", seen_s_ago=0.0)
+    other_host_runner(sf, "silent", seen_s_ago=600.0)
+    with sf() as s:
+        assert job_status(s, job_id, dead_after_s=30.0).interrupted  # running, held by no one
+        assert not job_status(s, job_id).interrupted  # distributed: workers never hold a job, nothing to say
+        for holder, stopped in (("beating", False), ("silent", True)):
+            s.get(Job, job_id).runner_id = holder
+            s.commit()
+            assert job_status(s, job_id, dead_after_s=30.0).interrupted is stopped, holder
+        s.get(Job, job_id).status = JobStatus.COMPLETED
+        s.commit()
+        assert not job_status(s, job_id, dead_after_s=30.0).interrupted  # ended: nothing to resume

@@ -100,6 +100,9 @@ def spend_periods(periods: Sequence[PeriodSpend], by: str, tag: str | None) -> N
 
 def job_status(view: JobStatusView) -> None:
     console.print(f"job [bold]{view.id}[/] {view.status} ({escape(view.source or '')})")
+    if view.interrupted:  # stored as scoring/running, but no process runs it: it stopped there
+        console.print(f"  [yellow]interrupted[/] while {view.status}: no process runs it now; `routeyard resume "
+                      f"{view.id}` continues where it stopped")
     if view.budget_usd is not None:
         asked = f"budget ${view.budget_usd:g}"
     elif view.target_pgr is not None:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from db import jobs as store
 from db import rejections as rejected_store
+from db import runners
 from db.models import Item, Job, RejectedLine
 from jobs.services.input_formats import Rejection
 from routeyard.states import ItemStatus
@@ -59,6 +60,7 @@ class JobStatusView:
     created_at: datetime
     finished_at: datetime | None
     rejected: list[Rejection]
+    interrupted: bool = False  # scoring or running, embedded, and no live process runs it: `resume` continues it
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -68,7 +70,10 @@ class JobStatusView:
         return d
 
 
-def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_id: str | None = None) -> JobStatusView:
+def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_id: str | None = None,
+               dead_after_s: float | None = None) -> JobStatusView:
+    """`dead_after_s`: embedded (jobs are held by the process that runs them), to tell a job that stopped from
+    one under way."""
     job: Job = store.get_job(session, job_id, tenant_id)
     counts = store.status_counts(session, job_id)
     tiers = store.tier_counts(session, job_id)
@@ -78,7 +83,8 @@ def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_
                          job.budget_usd, job.target_pgr, job.threshold,
                          job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts,
                          tiers.get("strong", 0), sum(tiers.values()), job.created_at,
-                         job.finished_at, rejected)
+                         job.finished_at, rejected,
+                         dead_after_s is not None and runners.interrupted(session, job, dead_after_s))
 
 
 def stored_rejection(row: RejectedLine) -> Rejection:
