@@ -21,6 +21,7 @@ from jobs.services import control
 from jobs.services.feedback import FeedbackIn, feedback_value, record_feedback
 from jobs.services.input_formats import Format as InputFormat
 from jobs.services.input_formats import detect_format
+from jobs.services.judge import JudgingView, judging_view
 from jobs.services.results import ResultFormat, export_results, job_status, rejection_dict
 from jobs.services.spend import spend_over_time, spend_report
 from jobs.services.submit import JobOptions, submit_job
@@ -51,9 +52,9 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     with Stages() as stages:
         done = dispatcher.run(job_id, retry_failed=retry_failed, progress=stages)
     if done.summary is not None:
-        _finish(done.summary, n_rejected, as_json)
+        _finish(done.summary, n_rejected, as_json, _judging(ctx, job_id))
     if wait:
-        _finish(_follow(ctx, job_id), n_rejected, as_json)
+        _finish(_follow(ctx, job_id), n_rejected, as_json, _judging(ctx, job_id))
     if as_json is not None:
         console.print_json(json.dumps({**as_json, "job_id": job_id, "status": JobStatus.QUEUED}))
     else:
@@ -61,14 +62,25 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
     render.rejected_summary(job_id, n_rejected)
 
 
-def _finish(summary: RunSummary, n_rejected: int, as_json: dict[str, object] | None = None) -> None:
+def _judging(ctx: typer.Context, job_id: str) -> JudgingView | None:
+    """How a --judge job's shadow pairs fared (None: it asked for no judge)."""
+    with cli_context(ctx).db() as session:
+        view = judging_view(session, job_id)
+    return view if view.mode is not None else None
+
+
+def _finish(summary: RunSummary, n_rejected: int, as_json: dict[str, object] | None = None,
+            judged: JudgingView | None = None) -> None:
     """Print how the job ended and exit with its code: 3 when a request of its file got no answer: an item
     failed or was cancelled, or a line was rejected at submit (its error file is not empty)."""
     if as_json is not None:
+        extra = {"judge": judged.to_dict()} if judged is not None else {}
         console.print_json(json.dumps({**as_json, "job_id": summary.job_id, "status": summary.status,
-                                       "counts": dict(summary.counts), "n_rejected": n_rejected}))
+                                       "counts": dict(summary.counts), "n_rejected": n_rejected, **extra}))
     else:
         render.run_summary(summary)
+        if judged is not None:
+            render.judging(judged)
     render.rejected_summary(summary.job_id, n_rejected)  # last, on stderr: after the progress lines, seen
     unfinished = summary.counts.get(ItemStatus.FAILED) or summary.counts.get(ItemStatus.CANCELLED)
     raise typer.Exit(ExitCode.FAILED_ITEMS if unfinished or n_rejected else ExitCode.OK)
@@ -136,6 +148,10 @@ def submit(
               "rejected": [rejection_dict(r) for r in result.rejections]}
     if not as_json:
         render.submitted(result)
+        if judge:  # which pairs exist is known once the job is routed: the end of the run says how many
+            console.print(f"judge ({judge_mode}, {state.settings.judge_model or 'ROUTEYARD_JUDGE_MODEL unset'}): "
+                          f"the shadow pairs (--shadow {shadow or 0:g} of the weak items) are judged once the job "
+                          f"completes; `routeyard judge {result.job_id}` says how many were and why any were not")
     if detach or (not result.created and state.dispatcher().mode is Mode.DISTRIBUTED):
         if as_json:
             console.print_json(json.dumps({**stored, "status": JobStatus.QUEUED}))
@@ -164,10 +180,14 @@ def resume(ctx: typer.Context, job_id: str, retry_failed: RetryFailed = False, a
 def cancel(ctx: typer.Context, job_id: str) -> None:
     """Cancel a job: items not yet called are not called."""
     sf = cli_context(ctx).db
+    with sf() as session:
+        before = store.get_job(session, job_id).status
     n = control.cancel(sf, job_id)
     with sf() as session:
         status = store.get_job(session, job_id).status
-    if status in (JobStatus.COMPLETED, JobStatus.FAILED):
+    if before == JobStatus.CANCELLED:  # a second cancel: saying "cancelled; 0 items" again would hide that
+        console.print(f"job {job_id} was already cancelled; nothing to cancel")
+    elif status in (JobStatus.COMPLETED, JobStatus.FAILED):
         console.print(f"job {job_id} had already {status}; nothing to cancel")
     else:
         with sf() as session:
