@@ -61,7 +61,12 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
         try:
             return _run(sf, settings, job_id, retry_failed, progress, loaded, heartbeat.id)
         except KeyboardInterrupt:
-            raise _interrupted(sf, settings, job_id, heartbeat.id) from None
+            try:
+                stopped = _interrupted(sf, settings, job_id, heartbeat.id)
+            except Exception:  # the database went too: resume puts the items in flight back all the same
+                stopped = JobInterrupted(job_id, f"interrupted: job {job_id} keeps what finished; "
+                                                 f"`routeyard resume {job_id}` continues")
+            raise stopped from None
         finally:
             with sf() as session:
                 runners.release_job(session, job_id, heartbeat.id)
