@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -119,6 +120,10 @@ class Item(Base):
         UniqueConstraint("job_id", "custom_id", name="uq_items_job_custom_id"),
         Index("ix_items_job_status", "job_id", "status"),
         Index("ix_items_job_line", "job_id", "line_no"),  # results and exports walk a job in input order
+        # Only the items still to score: "is any left?" after each scoring batch is one probe, not a walk past
+        # every item scored so far (quadratic in a million-item job's size).
+        Index("ix_items_unscored", "job_id", "id", sqlite_where=text("score IS NULL"),
+              postgresql_where=text("score IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
