@@ -122,11 +122,14 @@ def test_rate_limits_and_server_errors_are_retried_with_backoff(settings, loopba
 
 
 def test_timeouts_are_retried(settings, loopback, tmp_path):
-    loopback.config.hang_first, loopback.config.hang_s = 1, 3.0
-    fast_timeout = settings.model_copy(update={"request_timeout_s": 0.5})
+    loopback.config.hang_first, loopback.config.hang_s = 1, 5.0
+    fast_timeout = settings.model_copy(update={"request_timeout_s": 1.0})
     *_, summary = submit_and_run(fast_timeout, write_batch(tmp_path / "b.jsonl", PROMPTS[:4]))
     assert summary.counts == {"succeeded": 4}
-    assert set(calls_per_prompt(loopback.base_url).values()) == {2}
+    calls = calls_per_prompt(loopback.base_url).values()
+    # Every first call hung past the timeout and was retried. On a loaded CI machine a retry can itself
+    # exceed a short timeout, so a third call is allowed; more than the retry budget is not.
+    assert min(calls) >= 2 and max(calls) <= fast_timeout.max_retries + 1
 
 
 def test_a_failing_prompt_is_marked_failed_and_retried_later_without_redoing_the_others(settings, loopback, tmp_path):
