@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import LOCAL_TENANT, Item, Job, utcnow
@@ -302,13 +302,23 @@ def result_values(item_id: int, result: CallOutcome, cost: float, shadow: CallOu
     }
 
 
+_ACCUMULATED = ("unanswered_attempts", "unanswered_cost_usd")
+
+
 def record_results(session: Session, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
     """Store many results of one job in one statement (result_values rows); an item that already succeeded (a
     duplicate delivery) is left as it is. The job row's shared lock first, then the items in id order."""
-    if rows:
-        lock_job_for_items(session, job_id)
-        session.execute(update(Item).where(Item.status != ItemStatus.SUCCEEDED)
-                        .execution_options(synchronize_session=None), sorted(rows, key=lambda r: r["id"]))
+    if not rows:
+        return
+    lock_job_for_items(session, job_id)
+    table = cast(Table, Item.__table__)
+    # Requests cut off in an earlier run (Ctrl-C, a kill, a dead worker: worker/cut_off.py) were counted on the
+    # item when it went back to routed; this call's own are added to them, never written over them.
+    values = {key: func.coalesce(table.c[key], 0) + bindparam(f"new_{key}") if key in _ACCUMULATED
+              else bindparam(f"new_{key}") for key in rows[0] if key != "id"}
+    session.execute(update(table).where(table.c.id == bindparam("new_id"), table.c.status != ItemStatus.SUCCEEDED)
+                    .values(values), [{f"new_{k}": v for k, v in row.items()}
+                                      for row in sorted(rows, key=lambda r: r["id"])])
 
 
 def record_result(session: Session, item_id: int, result: CallOutcome, cost: float,

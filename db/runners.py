@@ -1,7 +1,8 @@
 """Runners: the processes that run jobs (Celery worker processes, embedded runners in the CLI or the API), each
 with a heartbeat. A runner that stops beating (killed, crashed, its machine gone) is dead after `dead_after_s`:
 
-- its items in flight go back to routed at once (release_items), instead of sitting out their lease;
+- its items in flight go back to routed at once (worker/cut_off.py, counted as unanswered), instead of
+  sitting out their lease;
 - the embedded job it held (jobs.runner_id) may be taken by another process (acquire_job). Until then a second
   `routeyard resume` of that job is refused with who holds it, so two processes never reset each other's items.
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, true, update
 from sqlalchemy.orm import Session
 
 from db.jobs import get_job, lock_job_for_items, rowcount
@@ -91,25 +93,16 @@ def dead_runners(session: Session, dead_after_s: float) -> list[str]:
     return list(session.scalars(select(Runner.id).where(Runner.heartbeat_at < cutoff)))
 
 
-def release_items(session: Session, runner_ids: list[str]) -> dict[str, int]:
-    """Put the items that dead runners had in flight back to routed, so live ones call them now; forget those
-    runners. Returns {job id: items released}."""
-    if not runner_ids:
-        return {}
-    job_ids = sorted(set(session.scalars(select(Item.job_id).where(Item.claimed_by.in_(runner_ids),
-                                                                   Item.status == ItemStatus.IN_FLIGHT))))
-    released: dict[str, int] = {}
-    for job_id in job_ids:
-        lock_job_for_items(session, job_id)
-        mine = (select(Item.id).where(Item.job_id == job_id, Item.claimed_by.in_(runner_ids),
-                                      Item.status == ItemStatus.IN_FLIGHT).order_by(Item.id).with_for_update())
-        res = session.execute(update(Item).where(Item.id.in_(mine.scalar_subquery()))
-                              .values(status=ItemStatus.ROUTED, claimed_by=None)
-                              .execution_options(synchronize_session=False))
-        released[job_id] = rowcount(res)
+def jobs_held_by(session: Session, runner_ids: Sequence[str]) -> list[str]:
+    """Jobs with items in flight under these runners."""
+    return sorted(set(session.scalars(select(Item.job_id).where(Item.claimed_by.in_(runner_ids),
+                                                                Item.status == ItemStatus.IN_FLIGHT))))
+
+
+def forget_runners(session: Session, runner_ids: Sequence[str]) -> None:
+    """Dead runners' rows go, and so does their hold on embedded jobs (once their items are put back)."""
     session.execute(update(Job).where(Job.runner_id.in_(runner_ids)).values(runner_id=None))
     session.execute(delete(Runner).where(Runner.id.in_(runner_ids)))
-    return released
 
 
 def running_jobs(session: Session) -> list[str]:
@@ -161,21 +154,27 @@ class HeldItem:
     shadow: bool
 
 
-def items_held(session: Session, job_id: str, me: str) -> list[HeldItem]:
+def _held_by(holders: Sequence[str] | None) -> ColumnElement[bool]:
+    return Item.claimed_by.in_(holders) if holders is not None else true()
+
+
+def items_held(session: Session, job_id: str, holders: Sequence[str] | None) -> list[HeldItem]:
+    """The job's items in flight under these runners (None: under any)."""
     return [HeldItem(i, b, m, s) for i, b, m, s in session.execute(
         select(Item.id, Item.body, Item.model, Item.shadow).where(
-            Item.job_id == job_id, Item.claimed_by == me, Item.status == ItemStatus.IN_FLIGHT))]
+            Item.job_id == job_id, _held_by(holders), Item.status == ItemStatus.IN_FLIGHT))]
 
 
-def put_back_unanswered(session: Session, job_id: str, me: str, cost_bounds: dict[int, tuple[int, float]]) -> int:
-    """Put the items this runner had in flight back to routed (they are called again on resume), counting their
+def put_back_unanswered(session: Session, job_id: str, holders: Sequence[str] | None,
+                        cost_bounds: dict[int, tuple[int, float]]) -> int:
+    """Put items these runners (None: any) had in flight back to routed (they are called again), counting their
     requests as unanswered ({item id: (requests, their cost bound)}): they may have reached the provider and be
     billed although no answer was kept. Returns how many went back."""
     lock_job_for_items(session, job_id)
     back = 0
     for item_id, (requests, bound) in sorted(cost_bounds.items()):  # items by id, after the job row
         res = session.execute(
-            update(Item).where(Item.id == item_id, Item.job_id == job_id, Item.claimed_by == me,
+            update(Item).where(Item.id == item_id, Item.job_id == job_id, _held_by(holders),
                                Item.status == ItemStatus.IN_FLIGHT)
             .values(status=ItemStatus.ROUTED, claimed_by=None,
                     unanswered_attempts=func.coalesce(Item.unanswered_attempts, 0) + requests,

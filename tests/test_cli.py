@@ -67,6 +67,8 @@ def test_a_killed_job_resumes_without_recalling_finished_items_or_double_countin
         job_id = session.scalar(select(Job.id))
         finished = set(session.scalars(select(Item.prompt).where(Item.status == "succeeded")))
         assert 12 <= len(finished) < 60
+        cut_off = set(session.scalars(select(Item.id).where(Item.status == "in_flight")))
+        assert cut_off, "nothing was in flight at the kill"
     calls_at_kill = calls_per_prompt(loopback.base_url)
 
     # Resubmitting with the same key finds the job; resume finishes it.
@@ -84,6 +86,9 @@ def test_a_killed_job_resumes_without_recalling_finished_items_or_double_countin
         assert {r.status for r in rows} == {"succeeded"}
         assert sum(r.tier == "strong" for r in rows) == 18
         item_cost = sum(r.cost_usd for r in rows)
+        # The calls the kill cut off may have been billed: the resume counted each once as unanswered, as a
+        # Ctrl-C would have, and no other item.
+        assert {r.id: r.unanswered_attempts for r in rows if r.unanswered_attempts} == dict.fromkeys(cut_off, 1)
     spend = json.loads(routeyard("spend", job_id, "--json", env=env).stdout)
     assert spend["calls"] == 60 and spend["cost_usd"] == pytest.approx(item_cost)
     assert sum(calls_at_kill.values()) < sum(calls.values())

@@ -72,6 +72,9 @@ def test_ctrl_c_mid_calls_releases_the_job_and_counts_the_calls_cut_off(tmp_path
     assert status["status"] == "running" and status["interrupted"] is True  # stored state, and that it stopped
     text = " ".join(routeyard("status", job_id, env=env).stdout.split())
     assert f"interrupted while running: no process runs it now; `routeyard resume {job_id}` continues" in text
+    listed = json.loads(routeyard("jobs", "--json", env=env).stdout)  # the list says so too, not just `running`
+    assert [(j["id"], j["status"], j["interrupted"]) for j in listed] == [(job_id, "running", True)]
+    assert "interrupted (running; resume)" in " ".join(routeyard("jobs", env=env).stdout.split())
     spend = json.loads(routeyard("spend", job_id, "--json", env=env).stdout)
     assert spend["unanswered_requests"] == unanswered, spend
 
@@ -82,3 +85,7 @@ def test_ctrl_c_mid_calls_releases_the_job_and_counts_the_calls_cut_off(tmp_path
         assert s.get(Job, job_id).status == JobStatus.COMPLETED
         assert s.scalar(select(func.count()).where(Item.status == ItemStatus.SUCCEEDED)) == len(prompts)
     assert json.loads(routeyard("status", job_id, "--json", env=env).stdout)["interrupted"] is False
+    assert json.loads(routeyard("jobs", "--json", env=env).stdout)[0]["interrupted"] is False
+    # The answers the resume got do not write over the requests the Ctrl-C cut off: they still count.
+    after = json.loads(routeyard("spend", job_id, "--json", env=env).stdout)
+    assert after["unanswered_requests"] == unanswered, after

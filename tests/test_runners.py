@@ -23,8 +23,10 @@ from db import runners
 from db.models import Item, Job, Runner, utcnow
 from db.session import open_database
 from jobs.api.app import create_app
+from routeyard.settings import Settings
 from routeyard.states import ItemStatus, JobStatus
 from routeyard.testing.inline import InlineExecutor
+from worker.cut_off import put_back_cut_off
 
 
 def other_host_runner(sf, runner_id: str, seen_s_ago: float = 0.0) -> None:
@@ -76,14 +78,23 @@ def test_a_dead_runners_items_in_flight_go_back_to_routed(database_url):
         store.claim_items(s, job_id, ids[2:3], 600, runner_id="elsewhere:1:live")
         s.commit()
     with sf() as s:
+        s.execute(update(Item).where(Item.job_id == job_id).values(model="mixtral-8x7b-instruct",
+                                                                   body={"messages": [], "max_tokens": 100}))
         dead = runners.dead_runners(s, 20)
         assert dead == ["elsewhere:1:dead"]
-        assert runners.release_items(s, dead) == {job_id: 2}
+        assert runners.jobs_held_by(s, dead) == [job_id]
+        assert put_back_cut_off(s, Settings(), job_id, dead) == 2
+        runners.forget_runners(s, dead)
         s.commit()
     with sf() as s:
-        states = dict(s.execute(select(Item.id, Item.status).where(Item.job_id == job_id)).all())
-        assert [states[i] for i in ids] == [ItemStatus.ROUTED, ItemStatus.ROUTED, ItemStatus.IN_FLIGHT,
-                                            ItemStatus.ROUTED]
+        rows = {i: (st, n, c) for i, st, n, c in s.execute(
+            select(Item.id, Item.status, Item.unanswered_attempts, Item.unanswered_cost_usd)
+            .where(Item.job_id == job_id)).all()}
+        assert [rows[i][0] for i in ids] == [ItemStatus.ROUTED, ItemStatus.ROUTED, ItemStatus.IN_FLIGHT,
+                                             ItemStatus.ROUTED]
+        # The dead runner's calls may have reached the provider: counted as unanswered, with a cost bound.
+        assert [rows[i][1] for i in ids[:2]] == [1, 1] and all(rows[i][2] > 0 for i in ids[:2])
+        assert not rows[ids[2]][1] and not rows[ids[3]][1]  # the live runner's item and one never claimed
         assert s.get(Runner, "elsewhere:1:dead") is None and s.get(Runner, "elsewhere:1:live") is not None
 
 

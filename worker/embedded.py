@@ -16,11 +16,11 @@ from db import provider_batches as provider_rows
 from db import runners
 from db.models import ProviderBatch, utcnow
 from routers.registry import LoadedRouter
-from routeyard.errors import Conflict, JobInterrupted, UnknownPrice
-from routeyard.pricing import Unbounded, cost_bound, price_for
-from routeyard.settings import Price, Settings
+from routeyard.errors import Conflict, JobInterrupted
+from routeyard.settings import Settings
 from routeyard.states import JOB_FINAL, ItemStatus, JobStatus
 from worker import pipeline, provider_batches
+from worker.cut_off import put_back_cut_off
 from worker.heartbeat import beating
 from worker.judge import judge_if_asked
 from worker.llm_client import CallResult
@@ -78,11 +78,7 @@ def _interrupted(sf: sessionmaker[Session], settings: Settings, job_id: str, me:
     makes; each of those requests counts as unanswered (with its cost bound), since it may have reached the
     provider and be billed, and will be sent again on resume (`routeyard spend` shows it)."""
     with sf() as session:
-        held = runners.items_held(session, job_id, me)
-        job = store.get_job(session, job_id)
-        prices, strong = pipeline.job_prices(job, settings), job.strong_model
-        bounds = {h.id: _sent_bound(h, prices, strong, settings) for h in held}
-        back = runners.put_back_unanswered(session, job_id, me, bounds)
+        back = put_back_cut_off(session, settings, job_id, [me])
         session.commit()
         done = store.status_counts(session, job_id)
     finished = sum(n for status, n in done.items() if status.finished)
@@ -90,19 +86,6 @@ def _interrupted(sf: sessionmaker[Session], settings: Settings, job_id: str, me:
              "`routeyard spend`: they may be billed)") if back else ""
     return JobInterrupted(job_id, f"interrupted: job {job_id} keeps its {finished} finished item"
                                   f"{'s' if finished != 1 else ''}{calls}; `routeyard resume {job_id}` continues")
-
-
-def _sent_bound(item: runners.HeldItem, prices: dict[str, Price], strong: str, settings: Settings
-                ) -> tuple[int, float]:
-    """The requests an item in flight may have sent (its shadow's too) and what they may cost at most."""
-    models = [m for m in (item.model, strong if item.shadow else None) if m]
-    total = 0.0
-    for model in models:
-        try:
-            total += cost_bound(item.body, price_for(model, prices), settings.default_max_tokens)
-        except (Unbounded, UnknownPrice):  # billed by duration or pages, or no price: counted, not priced
-            pass
-    return max(1, len(models)), total
 
 
 def _hold(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str, wait_s: float) -> None:
@@ -123,7 +106,9 @@ def _hold(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str, w
 def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_failed: bool, progress: Progress,
          loaded: LoadedRouter | None, me: str) -> RunSummary:
     with sf() as session:
-        # This process holds the job: anything in flight was cut off when a previous run died.
+        # This process holds the job: anything in flight was cut off when a previous run died (a kill -9 leaves
+        # no Ctrl-C handler to count those calls): count them as unanswered as Ctrl-C does, then call them again.
+        put_back_cut_off(session, settings, job_id, None)
         statuses = [ItemStatus.IN_FLIGHT] + ([ItemStatus.FAILED] if retry_failed else [])
         store.requeue(session, job_id, statuses)
         job = store.start_job(session, job_id)

@@ -30,6 +30,7 @@ from routeyard.redact import install_log_redaction
 from routeyard.settings import Settings
 from worker import judge, pipeline, provider_batches
 from worker.celery_app import app
+from worker.cut_off import put_back_cut_off
 from worker.heartbeat import process_heartbeat
 from worker.judge import wants_judging
 from worker.runtime import load_job_router, load_or_fail
@@ -293,7 +294,8 @@ def broker_lost_its_queues(settings: Settings) -> bool:
 
 
 def release_dead_runners(settings: Settings) -> list[str]:
-    """Workers that stopped beating (killed, their machine gone): their items in flight go back to routed and
+    """Workers that stopped beating (killed, their machine gone): their items in flight go back to routed (their
+    calls counted as unanswered: worker/cut_off.py) and
     every running job's remaining work is enqueued again, which also covers the tasks a dead worker had taken
     from the broker but not acknowledged (they would come back only after the visibility timeout). Only a
     reconciler whose own beats have reached the database for `dead_after_s` judges others (after an outage
@@ -304,7 +306,9 @@ def release_dead_runners(settings: Settings) -> list[str]:
         dead = runners.dead_runners(session, settings.dead_after_s)
         if not dead:
             return []
-        released = runners.release_items(session, dead)
+        released = {job_id: put_back_cut_off(session, settings, job_id, dead)
+                    for job_id in runners.jobs_held_by(session, dead)}
+        runners.forget_runners(session, dead)
         job_ids = runners.running_jobs(session)
         session.commit()
     log.warning("runners %s stopped beating; %d items they had in flight released; re-enqueueing %d running "

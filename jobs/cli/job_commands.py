@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from rich.table import Table
 
 from db import jobs as store
+from db import runners
 from db.catalog import list_versions
 from jobs.cli import render
 from jobs.cli.context import ExitCode, Stages, atomic_output, atomic_path, cli_context, console, err
@@ -213,20 +214,26 @@ def status(ctx: typer.Context, job_id: str, as_json: Annotated[bool, typer.Optio
 @app.command("jobs")
 def list_jobs(ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The most recent jobs."""
-    with cli_context(ctx).db() as session:
+    state = cli_context(ctx)
+    with state.db() as session:
         rows = store.list_jobs(session, limit)
+        # Embedded jobs are held by the process that runs them: one left scoring or running with no live
+        # holder stopped (Ctrl-C, a kill) and waits for `routeyard resume`, as `routeyard status` says.
+        stopped = {j.id for j in rows if state.settings.embedded
+                   and runners.interrupted(session, j, state.settings.dead_after_s)}
     if as_json:
-        console.print_json(json.dumps([{"id": j.id, "status": j.status, "n_items": j.n_items,
-                                        "n_rejected": j.n_rejected, "strong_fraction": j.strong_fraction,
-                                        "budget_usd": j.budget_usd, "tag": j.tag,
-                                        "created_at": j.created_at.isoformat()} for j in rows]))
+        console.print_json(json.dumps([{"id": j.id, "status": j.status, "interrupted": j.id in stopped,
+                                        "n_items": j.n_items, "n_rejected": j.n_rejected,
+                                        "strong_fraction": j.strong_fraction, "budget_usd": j.budget_usd,
+                                        "tag": j.tag, "created_at": j.created_at.isoformat()} for j in rows]))
         return
     table = Table()
     for col in ("job", "status", "items", "rejected", "routing", "tag", "created"):
         table.add_column(col)
     for job in rows:
         routing = f"budget ${job.budget_usd:g}" if job.budget_usd is not None else f"{job.strong_fraction:.2f}"
-        table.add_row(job.id, job.status, str(job.n_items), str(job.n_rejected), routing, job.tag or "",
+        status = f"[yellow]interrupted[/] ({job.status}; resume)" if job.id in stopped else str(job.status)
+        table.add_row(job.id, status, str(job.n_items), str(job.n_rejected), routing, job.tag or "",
                       job.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
