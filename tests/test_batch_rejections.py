@@ -241,8 +241,21 @@ def test_submit_with_rejected_lines_exits_3_and_says_so_last_even_detached(doors
 
 def test_a_csv_quote_never_closed_is_a_rejection_naming_its_line_not_a_prompt_that_swallows_rows(doors, tmp_path):
     out = parse('id,prompt\n1,hi\n2,"unterminated\n3,ok\n', "csv")
-    assert [(e.line_no, type(e).__name__) for e in out] == [(2, "ParsedItem"), (3, "Rejection")]
-    assert "quoted field opened on this line is never closed (lines 3-4, the end of the file" in out[1].reason
+    assert [(e.line_no, type(e).__name__) for e in out] == [(2, "ParsedItem"), (3, "Rejection"), (4, "ParsedItem")]
+    assert "not closed where it should be (it runs to the end of the file; line 4 was read again" in out[1].reason
+    assert out[2].custom_id == "3" and out[2].prompt == "ok"  # the row the quote swallowed, read as its own
+    # A stray quote that runs into a later field's quote: only its line is refused; the quoted prompt over two
+    # lines after it is read whole.
+    out = parse('id,prompt\n1,"stray\n2,ok\n3,"two\nlines"\n4,last\n', "csv")
+    assert [(e.line_no, type(e).__name__) for e in out] == [(2, "Rejection"), (3, "ParsedItem"), (4, "ParsedItem"),
+                                                            (6, "ParsedItem")]
+    assert [e.prompt for e in out[1:]] == ["ok", "two\nlines", "last"]
+    assert "lines 3-4 were read again as rows of their own" in out[0].reason
+    # A file of stray quotes: the first 100 are refused line by line, the rest record by record (each line read
+    # again at most a bounded number of times), and the good row at the end is still read.
+    many = parse("prompt\n" + '"x\n' * 300 + "ok\n", "csv")
+    assert [e.line_no for e in many[:101]] == list(range(2, 103)) and len(many) == 201
+    assert isinstance(many[-1], ParsedItem) and many[-1].prompt == "ok" and many[-1].line_no == 302
     stray = parse('id,prompt\n1,"say "hi" now"\n2,ok\n', "csv")  # a quote inside a quoted field not doubled
     assert isinstance(stray[0], Rejection) and stray[0].line_no == 2 and '""' in stray[0].reason
     assert isinstance(stray[1], ParsedItem) and stray[1].custom_id == "2"
@@ -252,7 +265,7 @@ def test_a_csv_quote_never_closed_is_a_rejection_naming_its_line_not_a_prompt_th
     code, out_json, err = doors["cli"]("submit", path, "--json")
     assert code == 3, err
     submitted = json.loads(out_json)
-    assert submitted["counts"] == {"succeeded": 1} and [r["line"] for r in submitted["rejected"]] == [3]
+    assert submitted["counts"] == {"succeeded": 2} and [r["line"] for r in submitted["rejected"]] == [3]
 
 
 def test_rejections_keep_the_lines_id_and_a_duplicate_is_named_by_its_forms_field():

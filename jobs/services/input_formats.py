@@ -165,24 +165,52 @@ def _jsonl(stream: io.BufferedReader, max_bytes: int, line_form: LineForm = "aut
     yield from settle(held)
 
 
+# Times one file's rows may be read again after a quote that never closed: each time drops one line, so a file
+# of stray quotes ends, but not in quadratic time.
+MAX_REREADS = 100
+
+
+class _Lines:
+    """The text lines a csv reader reads, with their physical line numbers: those of the record being read are
+    kept, so a record that swallowed the rows after it (a quote never closed) can give them back to be read
+    again. An iterator that may go on after it has once run dry (when lines are given back)."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]]) -> None:
+        self.source = lines
+        self.again: list[tuple[int, str]] = []  # lines given back, last first
+        self.record: list[tuple[int, str]] = []  # the lines of the record being read
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.again.pop() if self.again else next(self.source)
+        self.record.append(line)
+        return line[1]
+
+    def give_back(self, lines: list[tuple[int, str]]) -> None:
+        self.again.extend(reversed(lines))
+
+
 def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
     bad: dict[int, str] = {}  # physical line -> why it cannot be read (not UTF-8, too long)
 
-    def text_lines() -> Iterator[str]:
+    def text_lines() -> Iterator[tuple[int, str]]:
         for line_no, raw in _lines(stream, max_bytes):
             if raw is None:
                 bad[line_no] = _too_long(max_bytes)
-                yield "\n"  # an empty row in its place, so the rows after it keep their line numbers
+                yield line_no, "\n"  # an empty row in its place, so the rows after it keep their line numbers
                 continue
             try:
-                yield _decode(raw, line_no)
+                yield line_no, _decode(raw, line_no)
             except LineError as exc:
                 bad[line_no] = str(exc)
-                yield raw.decode("utf-8", errors="replace")
+                yield line_no, raw.decode("utf-8", errors="replace")
 
     csv.field_size_limit(max(max_bytes, csv.field_size_limit()))
+    lines = _Lines(text_lines())
     # strict: a quote never closed is an error at the end of the file, not a prompt that swallows every row after it
-    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = [h.strip().lower() for h in next(reader)]
@@ -198,17 +226,32 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
         yield Rejection(1, f"{kind} header needs a 'prompt' column; found {header}")
         return
     p_col, id_col = header.index("prompt"), header.index("id") if "id" in header else None
-    last_line = reader.line_num
+    rereads = 0
     while True:
+        lines.record.clear()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:  # a NUL byte, a field over the limit, a stray quote: this record only
-            line_no, last_line = last_line + 1, reader.line_num
-            yield Rejection(line_no, _csv_error(exc, line_no, last_line), "invalid_request")
+            first, last = lines.record[0][0], lines.record[-1][0]
+            if last > first and "field limit" not in str(exc) and rereads < MAX_REREADS:
+                # A quote opened on `first` ran over the rows after it, to the end of the file or to a later
+                # field's quote: most likely a stray quote, so only its line is refused and the rows after it
+                # are read again as rows of their own. (A field over the size limit is one long prompt: its
+                # lines are not rows.)
+                rereads += 1
+                lines.give_back(lines.record[1:])
+                reader = csv.reader(lines, delimiter=delimiter, strict=True)
+                why = "it runs to the end of the file" if str(exc) == "unexpected end of data" else str(exc)
+                after = f"line {last} was" if last == first + 1 else f"lines {first + 1}-{last} were"
+                yield Rejection(first, f"a quoted field opened on this line is not closed where it should be ({why}; "
+                                       f"{after} read again as rows of their own); close the quote (a quote "
+                                       "inside a quoted field is written twice: \"\")", "invalid_request")
+                continue
+            yield Rejection(first, _csv_error(exc, first, last), "invalid_request")
             continue
-        line_no, last_line = last_line + 1, reader.line_num  # the line the record starts on
+        line_no, last_line = lines.record[0][0], lines.record[-1][0]  # the lines the record spans
         why = next((bad[n] for n in range(line_no, last_line + 1) if n in bad), None)
         if why:
             yield Rejection(line_no, why, "invalid_request")
