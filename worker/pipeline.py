@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
+from db import planner
 from db.jobs import Claim
 from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
@@ -96,6 +97,11 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
     """Route the whole batch at its exact quantile: round(fraction * n) top-scoring items go strong.
     Returns the threshold if this call routed the job, None if it was routed already or cannot be yet."""
     with sf() as session:
+        # Every scoring task asks once it has committed (so the last one to commit sees none left). Asked first
+        # without the job row's lock: thousands of tasks of a large job would otherwise queue on that lock.
+        if store.unscored_items(session, job_id, 1):
+            return None
+    with sf() as session:
         job = store.get_job(session, job_id, lock=True)
         if job.threshold is not None or job.status.ended:  # never route twice, nor an ended job
             return None
@@ -113,7 +119,10 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
             store.mark_shadow(session, [weak[k] for k in chosen])
         store.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()
-        return routing.threshold
+    with sf() as session:
+        planner.refresh_item_statistics(session, len(ids))
+        session.commit()
+    return routing.threshold
 
 
 FLUSH_ROWS = 64  # results written per statement, at the latest...
@@ -185,13 +194,16 @@ def unanswered_cost_bound(body: dict[str, Any], result: CallResult, price: Price
         return 0.0
 
 
-def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings, before_routing: bool = False) -> None:
+def check_models(sf: sessionmaker[Session], job_id: str, settings: Settings, before_routing: bool = False,
+                 item_ids: Sequence[int] | None = None) -> None:
     """A job's models are fixed when it is submitted. A process whose endpoint for a tier the job uses serves
     another model must not call its items (results and spend would name a model that was not called): Conflict,
-    and the items are left for a process whose settings match. Before routing, both tiers count."""
+    and the items are left for a process whose settings match. Before routing, both tiers count. `item_ids`: a
+    task's own items, whose tiers are read by primary key (a completion task must not read the whole job)."""
     with sf() as session:
         job = store.get_job(session, job_id)
-        tiers = set(store.tier_counts(session, job_id)) | ({"strong"} if job.shadow_fraction else set())
+        used = store.tiers_of(session, item_ids) if item_ids is not None else store.tier_counts(session, job_id)
+        tiers = set(used) | ({"strong"} if job.shadow_fraction else set())
         if before_routing and job.threshold is None:
             tiers = {"strong", "weak"}
         pinned = {"strong": job.strong_model, "weak": job.weak_model}

@@ -162,7 +162,7 @@ def complete_batch(job_id: str, item_ids: list[int]) -> None:
     acknowledged) only once their results are written."""
     settings = worker_settings()
     try:
-        pipeline.check_models(worker_db(), job_id, settings)
+        pipeline.check_models(worker_db(), job_id, settings, item_ids=item_ids)
     except Conflict as exc:  # this worker serves other models: leave the items for one that matches
         log.error("%s; %d items left unclaimed", exc, len(item_ids))
         return
