@@ -250,7 +250,8 @@ def peak_rss_mb(pid: int) -> float:
 def run_distributed(n: int, base_url: str, concurrency: int, work: Path, window_s: float | None,
                     workers: int) -> dict[str, object]:
     """One size on PostgreSQL + Redis + `workers` Celery workers (threads pool, 2 task threads each) and beat,
-    as README's distributed set-up runs them; submit and export are `routeyard` processes as above."""
+    as README's distributed set-up runs them; submit (--detach), run and export are `routeyard` processes as
+    above."""
     from sqlalchemy import create_engine, text
 
     from db.session import open_database
@@ -284,6 +285,7 @@ def run_distributed(n: int, base_url: str, concurrency: int, work: Path, window_
                                               env)
         job_id = json.loads(out)["job_id"]
         started = time.perf_counter()
+        peak_of(["run", job_id], env)  # hands the stored job to the workers (and returns: distributed mode)
         done = calls_for(db_url, job_id, window_s)
         while not done():
             time.sleep(1.0)

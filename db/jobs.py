@@ -59,8 +59,6 @@ class Claim:
     shadow: bool = False
 
 
-# --- jobs -------------------------------------------------------------------------------------------------
-
 def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
     """The job; another tenant's job is reported as not found, exactly like a missing one."""
     query = select(Job).where(Job.id == job_id)
@@ -149,20 +147,20 @@ def finish_job_if_done(session: Session, job_id: str) -> bool:
     return False
 
 
-# --- items ------------------------------------------------------------------------------------------------
-
 def add_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         session.execute(insert(Item), [{"status": ItemStatus.PENDING, "attempts": 0, **r} for r in rows])
 
 
-def unscored_items(session: Session, job_id: str, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
+def unscored_items(session: Session, job_id: str, limit: int, after_id: int = 0,
+                   last_first: bool = False) -> list[tuple[int, str]]:
     """The next `limit` unscored items after `after_id`: a scorer walking the job passes its last id, so each
-    batch starts where the last one ended instead of skipping every scored item again (quadratic at 1M)."""
+    batch starts where the last one ended instead of skipping every scored item again (quadratic at 1M).
+    `last_first`: "any left?" asked from the end, which scoring reaches last: no scored item is stepped over."""
     rows = session.execute(select(Item.id, Item.prompt)
                            .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.score.is_(None),
                                   Item.id > after_id)
-                           .order_by(Item.id).limit(limit))
+                           .order_by(Item.id.desc() if last_first else Item.id).limit(limit))
     return [(r.id, r.prompt) for r in rows]
 
 

@@ -120,22 +120,27 @@ def interrupted_jobs(session: Session) -> list[str]:
                                 .order_by(Job.created_at)))
 
 
+# Jobs handed to the workers: a job only stored (`submit --detach`, or the broker down at submit) is queued with
+# no heartbeat, and waits for `routeyard run`; the reconciler must not start it on its own.
+_HANDED = Job.status.in_(JOB_ACTIVE) & ((Job.status != JobStatus.QUEUED) | Job.heartbeat_at.is_not(None))
+
+
 def active_jobs(session: Session) -> list[Job]:
-    """Jobs queued, scoring or running."""
-    return list(session.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE)).order_by(Job.created_at)))
+    """Jobs handed to the workers: queued, scoring or running."""
+    return list(session.scalars(select(Job).where(_HANDED).order_by(Job.created_at)))
 
 
 def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
-    """Unfinished jobs with no sign of life (scoring heartbeat, a call started or finished) for `stall_s`."""
+    """Jobs handed to the workers with no sign of life (scoring heartbeat, a call started or finished) for
+    `stall_s`."""
     cutoff = utcnow() - timedelta(seconds=stall_s)
-    active = select(Job.id).where(Job.status.in_(JOB_ACTIVE))
+    active = select(Job.id).where(_HANDED)
     # Only the active jobs' items (through their job_id index), never every item ever stored: beat asks often.
     last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
                         func.max(Item.finished_at).label("finished")).where(Item.job_id.in_(active))
                  .group_by(Item.job_id).subquery())
     rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
-                           .join(last_call, last_call.c.job_id == Job.id, isouter=True)
-                           .where(Job.status.in_(JOB_ACTIVE)))
+                           .join(last_call, last_call.c.job_id == Job.id, isouter=True).where(_HANDED))
     out = []
     for job, started, finished in rows:
         signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]

@@ -155,6 +155,21 @@ def test_a_job_with_no_sign_of_life_is_found_stalled(sf):
         assert [j.id for j in runners.stalled_jobs(s, 300)] == [quiet]
 
 
+def test_a_job_only_stored_waits_for_run_and_one_handed_to_the_workers_is_looked_after(sf):
+    """`submit --detach` stores a job for `routeyard run` later: the reconciler must not start it on its own,
+    however old. One that `run` handed to the workers (its heartbeat set) and whose task was lost is restarted."""
+    stored, handed = routed_job(sf)[0], routed_job(sf)[0]
+    with sf() as s:
+        old = utcnow() - timedelta(seconds=600)
+        s.execute(update(Job).where(Job.id.in_([stored, handed])).values(status=JobStatus.QUEUED, threshold=None,
+                                                                          created_at=old, heartbeat_at=None))
+        s.execute(update(Job).where(Job.id == handed).values(heartbeat_at=old))
+        s.commit()
+    with sf() as s:
+        assert [j.id for j in runners.stalled_jobs(s, 300)] == [handed]
+        assert [j.id for j in runners.active_jobs(s)] == [handed]  # after a broker restart, too
+
+
 def test_another_tenants_job_is_not_found(sf):
     job_id, _ = routed_job(sf)
     with sf() as s:

@@ -89,10 +89,13 @@ class Dispatcher:
                 return Dispatched(job_id, Mode.EMBEDDED, summary=summary)
             future = self.executor.submit(self._run_in_background, job_id, retry_failed, wait_s)
             return Dispatched(job_id, Mode.EMBEDDED, future=future)
-        if retry_failed:
-            with self.sf() as session:
+        with self.sf() as session:
+            if retry_failed:
                 store.requeue(session, job_id, [ItemStatus.FAILED])
-                session.commit()
+            # Handed to the workers: from now on beat's reconciler looks after it (a job only stored, with
+            # `submit --detach`, waits for `routeyard run` and is left alone).
+            store.touch_job(session, job_id)
+            session.commit()
         enqueue(job_id)
         return Dispatched(job_id, Mode.DISTRIBUTED)
 

@@ -99,13 +99,13 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
     with sf() as session:
         # Every scoring task asks once it has committed (so the last one to commit sees none left). Asked first
         # without the job row's lock: thousands of tasks of a large job would otherwise queue on that lock.
-        if store.unscored_items(session, job_id, 1):
+        if store.unscored_items(session, job_id, 1, last_first=True):
             return None
     with sf() as session:
         job = store.get_job(session, job_id, lock=True)
         if job.threshold is not None or job.status.ended:  # never route twice, nor an ended job
             return None
-        if store.unscored_items(session, job_id, 1):
+        if store.unscored_items(session, job_id, 1, last_first=True):
             return None
         ids, scores = store.item_scores(session, job_id)
         if job.budget_usd is None:
