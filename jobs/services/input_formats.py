@@ -243,9 +243,9 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
                 rereads += 1
                 lines.give_back(lines.record[1:])
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
-                why = "it runs to the end of the file" if str(exc) == "unexpected end of data" else str(exc)
+                cause = "it runs to the end of the file" if str(exc) == "unexpected end of data" else str(exc)
                 after = f"line {last} was" if last == first + 1 else f"lines {first + 1}-{last} were"
-                yield Rejection(first, f"a quoted field opened on this line is not closed where it should be ({why}; "
+                yield Rejection(first, f"a quoted field opened on this line is not closed where it should be ({cause}; "
                                        f"{after} read again as rows of their own); close the quote (a quote "
                                        "inside a quoted field is written twice: \"\")", "invalid_request")
                 continue
