@@ -120,8 +120,9 @@ def interrupted_jobs(session: Session) -> list[str]:
                                 .order_by(Job.created_at)))
 
 
-# Jobs handed to the workers: a job only stored (`submit --detach`, or the broker down at submit) is queued with
-# no heartbeat, and waits for `routeyard run`; the reconciler must not start it on its own.
+# Jobs handed to the workers (Dispatcher.run marks them, even when the broker was down: asked to run, they run
+# once it is back). A job only stored (`submit --detach`) is queued with no heartbeat and waits for
+# `routeyard run`; the reconciler must not start it on its own.
 _HANDED = Job.status.in_(JOB_ACTIVE) & ((Job.status != JobStatus.QUEUED) | Job.heartbeat_at.is_not(None))
 
 
