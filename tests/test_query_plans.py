@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
+from test_cancel_races import pending_job
 
 from db import jobs as store
 from db.models import Item, Job
@@ -21,15 +22,9 @@ N = 20_000
 
 def test_routing_a_large_job_keeps_its_claims_on_the_primary_key(postgres_url):
     sf = open_database(postgres_url)
-    job_id = f"job_{uuid.uuid4().hex}"
-    with sf() as s:
-        s.add(Job(id=job_id, request_hash="", input_format="jsonl", router="random", strong_fraction=0.3,
-                  strong_model="gpt-4-1106-preview", weak_model="mixtral-8x7b-instruct", n_items=N,
-                  status=JobStatus.SCORING))
-        s.flush()
-        store.add_items(s, [{"job_id": job_id, "line_no": i + 1, "custom_id": f"c{i}", "prompt": f"p{i}",
-                             "body": {"messages": []}, "score": (i * 7919 % N) / N, "status": ItemStatus.PENDING}
-                            for i in range(N)])
+    job_id = pending_job(sf, N, "p")
+    with sf() as s:  # scored, in an order unlike the ids
+        s.execute(update(Item).where(Item.job_id == job_id).values(score=(Item.id * 7919 % N) / float(N)))
         s.commit()
     with sf() as s:  # what autovacuum does after a large submit: the planner learns every item is pending
         s.execute(text("ANALYZE items"))
