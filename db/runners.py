@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, func, select, true, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from db.jobs import get_job, lock_job_for_items, rowcount
@@ -132,22 +132,21 @@ def active_jobs(session: Session) -> list[Job]:
 
 
 def stalled_jobs(session: Session, stall_s: float) -> list[Job]:
-    """Jobs handed to the workers with no sign of life (scoring heartbeat, a call started or finished) for
-    `stall_s`."""
+    """Jobs handed to the workers with no sign of life (handed, scoring, a claim or a result: sign_of_life) for
+    `stall_s`. One row per job: beat asks often, and a million-item job's items are not read for it."""
     cutoff = utcnow() - timedelta(seconds=stall_s)
-    active = select(Job.id).where(_HANDED)
-    # Only the active jobs' items (through their job_id index), never every item ever stored: beat asks often.
-    last_call = (select(Item.job_id, func.max(Item.started_at).label("started"),
-                        func.max(Item.finished_at).label("finished")).where(Item.job_id.in_(active))
-                 .group_by(Item.job_id).subquery())
-    rows = session.execute(select(Job, last_call.c.started, last_call.c.finished)
-                           .join(last_call, last_call.c.job_id == Job.id, isouter=True).where(_HANDED))
-    out = []
-    for job, started, finished in rows:
-        signs = [t for t in (job.created_at, job.heartbeat_at, started, finished) if t is not None]
-        if max(aware(t) for t in signs) < cutoff:
-            out.append(job)
-    return out
+    return list(session.scalars(select(Job).where(_HANDED, func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff)
+                                .order_by(Job.created_at)))
+
+
+def sign_of_life(session: Session, job_id: str, every_s: float) -> None:
+    """The job's calls progress: its heartbeat moves, at most once every `every_s` whichever runner comes
+    first. Call it in a transaction of its own, after the claim or the results it reports have committed: the
+    job row's update after item writes would invert the lock order (db/jobs.py)."""
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job_id, or_(Job.heartbeat_at.is_(None),
+                                                            Job.heartbeat_at < now - timedelta(seconds=every_s)))
+                    .values(heartbeat_at=now).execution_options(synchronize_session=False))
 
 
 @dataclass(frozen=True)

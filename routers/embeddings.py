@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from routers.onnx_encoder import RECIPE as ONNX_RECIPE
 from routeyard.errors import InvalidInput, UserError
 
 if TYPE_CHECKING:
@@ -153,8 +154,11 @@ class Embedder:
 
     def _key(self, text: str) -> bytes:
         # PyTorch's keys are those every earlier version wrote (existing caches stay valid); int8 vectors differ
-        # slightly from them, so they are stored under their own keys and never mixed into one batch's features.
-        backend = "#onnx-int8" if self.backend == "onnx" else ""
+        # slightly from them, so they are stored under their own keys and never mixed into one batch's features;
+        # nor are two export recipes' vectors (a cache filled before a recipe change misses, not mixes). The
+        # first recipe's vectors were stored as "#onnx-int8" before recipes were part of the key: still hits.
+        tag = "int8" if ONNX_RECIPE == "layers-mean-v1-int8-perchannel" else ONNX_RECIPE
+        backend = f"#onnx-{tag}" if self.backend == "onnx" else ""
         return hashlib.sha256(f"{self.encoder}{backend}{'#layers' if self.layers else ''}\x00{text}".encode()).digest()
 
     def _encode(self, texts: list[str]) -> np.ndarray:

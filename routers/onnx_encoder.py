@@ -85,15 +85,18 @@ def _export(model_dir: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quiet.setLevel(logging.ERROR)
-        fp32 = Path(tmp) / "fp32.onnx"
-        with torch.inference_mode():
-            torch.onnx.export(LayerMeans().eval(), inputs, str(fp32), input_names=names, output_names=["layers"],
-                              dynamic_axes={**{n: {0: "rows", 1: "tokens"} for n in names}, "layers": {0: "rows"}},
-                              opset_version=17, dynamo=False)
-        int8 = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        quiet.setLevel(level)
+        try:
+            traced = Path(tmp) / "traced.onnx"
+            with torch.inference_mode():
+                torch.onnx.export(LayerMeans().eval(), inputs, str(traced), input_names=names,
+                                  output_names=["layers"], opset_version=17, dynamo=False,
+                                  dynamic_axes={**{n: {0: "rows", 1: "tokens"} for n in names},
+                                                "layers": {0: "rows"}})
+            int8 = Path(tmp) / "int8.onnx"
+            quantize_dynamic(str(traced), str(int8), weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            quiet.setLevel(level)
         os.replace(int8, out)  # atomic: a concurrent process sees the old state or the whole file
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from routers import embeddings
 from routers.base import RouterRuntime
 from routers.data import read_routellm_evals
 from routers.embeddings import DEFAULT_ENCODER, Embedder, resolve_backend, resolve_encoder_path
@@ -48,7 +49,7 @@ def test_the_setting_reaches_the_routers_embedder(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow  # the first ONNX use in a session exports the model (seconds to a minute)
-def test_torch_keys_are_unchanged_and_onnx_vectors_have_their_own(embedding_cache):
+def test_torch_keys_are_unchanged_and_onnx_vectors_have_their_own(embedding_cache, monkeypatch):
     text = "What is the capital of France?"
     torch_layers = Embedder(layers=True, device="cpu", backend="torch")
     # The key every earlier version wrote: caches filled before the ONNX backend existed keep their hits.
@@ -56,6 +57,11 @@ def test_torch_keys_are_unchanged_and_onnx_vectors_have_their_own(embedding_cach
     onnx_layers = Embedder(layers=True, device="cpu", backend="onnx", cache_dir=embedding_cache,
                            export_dir=embedding_cache)
     assert onnx_layers._key(text) not in (torch_layers._key(text), Embedder(device="cpu", backend="onnx")._key(text))
+    # Vectors from another export recipe are never reused: a cache filled before a recipe change misses.
+    monkeypatch.setattr(embeddings, "ONNX_RECIPE", "layers-mean-v2-other")
+    assert onnx_layers._key(text) == hashlib.sha256(f"{DEFAULT_ENCODER}#onnx-layers-mean-v2-other#layers\x00{text}"
+                                                    .encode()).digest()
+    monkeypatch.undo()
     first = onnx_layers.embed([text, "Solve 3x + 5 = 20.", text])
     assert first.shape == (3, 7 * 384) and onnx_layers.dim == 7 * 384
     np.testing.assert_array_equal(first[0], first[2])

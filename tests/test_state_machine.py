@@ -4,6 +4,7 @@ ended job, and a stalled job is found. These are the guarantees the multi-proces
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from db import runners
 from db.models import Item, Job, utcnow
 from db.session import open_database
 from routeyard.errors import NotFound
-from routeyard.states import ItemStatus, JobStatus
+from routeyard.states import ITEM_UNFINISHED, ItemStatus, JobStatus
+from worker import pipeline
 
 
 @dataclass
@@ -149,10 +151,32 @@ def test_a_job_with_no_sign_of_life_is_found_stalled(sf):
     with sf() as s:
         old = utcnow() - timedelta(seconds=600)
         s.execute(update(Job).where(Job.id.in_([quiet, busy])).values(created_at=old, heartbeat_at=old))
-        store.claim_item(s, busy_ids[0])  # a call started just now
+        store.claim_item(s, busy_ids[0])  # a call started just now...
+        s.commit()
+        runners.sign_of_life(s, busy, every_s=10)  # ...and its runner said so
         s.commit()
     with sf() as s:
         assert [j.id for j in runners.stalled_jobs(s, 300)] == [quiet]
+        beat = s.get(Job, busy).heartbeat_at
+    with sf() as s:  # many runners report: the row moves at most once every every_s
+        runners.sign_of_life(s, busy, every_s=10)
+        s.commit()
+        assert s.get(Job, busy).heartbeat_at == beat
+
+
+def test_a_workers_calls_keep_their_job_alive(sf, settings):
+    """complete_items reports its claims and results (throttled), so beat's stall check can read the job row
+    alone: a job whose calls progress is never found stalled however long it runs."""
+    job_id, ids = routed_job(sf)
+    with sf() as s:
+        old = utcnow() - timedelta(seconds=600)
+        s.execute(update(Job).where(Job.id == job_id).values(created_at=old, heartbeat_at=old))
+        s.commit()
+        assert [j.id for j in runners.stalled_jobs(s, 300)] == [job_id]
+    asyncio.run(pipeline.complete_items(sf, job_id, ids, pipeline.make_clients(settings), settings, 4))
+    with sf() as s:
+        assert not set(store.status_counts(s, job_id)) & ITEM_UNFINISHED  # every item was called
+        assert runners.stalled_jobs(s, 300) == []
 
 
 def test_a_job_only_stored_waits_for_run_and_one_handed_to_the_workers_is_looked_after(sf):

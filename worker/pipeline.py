@@ -8,16 +8,18 @@ again and spend (the sum of item costs) is never counted twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
-from db import planner
+from db import planner, runners
 from db.jobs import Claim
 from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
@@ -127,6 +129,7 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
 
 FLUSH_ROWS = 64  # results written per statement, at the latest...
 FLUSH_EVERY_S = 1.0  # ...this long after the first of them landed
+SIGN_OF_LIFE_S = 10.0  # a job's heartbeat moves this often while its calls progress (a quarter of stall_s, if less)
 
 
 async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Sequence[int], clients: Clients,
@@ -145,13 +148,28 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     finished item is never called again."""
     with sf() as session:
         prices = job_prices(store.get_job(session, job_id), settings)
-    writer = ResultWriter(sf, job_id, settings.db_retry_s, FLUSH_ROWS, FLUSH_EVERY_S)
+    signed = [float("-inf")]
+    sign_every_s = min(SIGN_OF_LIFE_S, settings.stall_s / 4)
+
+    def sign_of_life(session: Session) -> None:
+        """After a claim or a group of results has committed: the job's heartbeat, for beat's stall check."""
+        if time.monotonic() - signed[0] < sign_every_s:
+            return
+        signed[0] = time.monotonic()
+        try:
+            runners.sign_of_life(session, job_id, sign_every_s)
+            session.commit()
+        except SQLAlchemyError:  # only a hint: the claim or results it follows are stored, and must not be redone
+            session.rollback()
+
+    writer = ResultWriter(sf, job_id, settings.db_retry_s, FLUSH_ROWS, FLUSH_EVERY_S, after_write=sign_of_life)
     strong_price = price_for(clients.strong.model, prices)
 
     def claim_now(chunk: list[int]) -> dict[int, Claim]:
         with sf() as session:
             got = store.claim_items(session, job_id, chunk, lease_s, runner_id)
             session.commit()
+            sign_of_life(session)
             return got
 
     async def claim(chunk: list[int]) -> dict[int, Claim]:

@@ -46,8 +46,9 @@ class ResultWriter:
     append, so they never wait on the database."""
 
     def __init__(self, sf: sessionmaker[Session], job_id: str, give_up_s: float, rows: int = 64,
-                 every_s: float = 1.0) -> None:
+                 every_s: float = 1.0, after_write: Callable[[Session], None] | None = None) -> None:
         self.sf, self.job_id, self.give_up_s, self.rows, self.every_s = sf, job_id, give_up_s, rows, every_s
+        self.after_write = after_write  # given the session once a group has committed; must not raise
         self.buffer: list[dict[str, Any]] = []
         self.dropped = 0  # results given up on after give_up_s of failed writes
         self._wake = asyncio.Event()
@@ -75,6 +76,8 @@ class ResultWriter:
         with self.sf() as session:
             store.record_results(session, self.job_id, rows)
             session.commit()
+            if self.after_write:
+                self.after_write(session)
 
     async def _run(self) -> None:
         failing_since: float | None = None
