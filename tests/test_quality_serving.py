@@ -52,3 +52,26 @@ def test_report_quality_json_marks_the_shipped_router_serving_before_any_promoti
     marked = [(v["tenant"], v["router"]) for v in report["versions"] if v["serving"]]
     assert len(served) == 1 and marked and {router for _, router in marked} == set(served)
     assert len({tenant for tenant, _ in marked}) == len(marked)  # one serving version per tenant
+
+
+def test_the_cost_panel_draws_all_strong_on_a_tenants_first_day():
+    """A trial found the dashed all-strong line missing on the first day: one point of a dashed line is not drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jobs.cli.quality_plot import draw_quality
+    from jobs.services.quality import QualityReport, Totals, VersionQuality
+
+    day = {"tenant": "acme", "day": "2026-11-26", "routers": ["linear@abc"],
+           **Totals(items=10, cost_usd=0.1, all_strong_cost_usd=0.5).view()}
+    serving = VersionQuality("acme", "linear@abc", None, None, True, None, None, None, "not trained here")
+    fig = draw_quality(QualityReport([serving], [day]))
+    try:
+        cost_ax = fig.axes[2]
+        (line,) = [ln for ln in cost_ax.get_lines() if ln.get_label() == "acme: all strong"]
+        assert list(line.get_ydata()) == [0.5]
+        assert line.get_marker() not in (None, "None", "", " ")  # a single point is visible only as a marker
+    finally:
+        plt.close(fig)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from jobs.services.quality import QualityReport, by_tenant
 
@@ -14,6 +15,17 @@ def plot_quality(report: QualityReport, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw_quality(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def draw_quality(report: QualityReport) -> Any:
+    """The report's figure (matplotlib's Agg backend must be chosen before)."""
     import matplotlib.pyplot as plt
 
     fig, (apgr_ax, share_ax, cost_ax) = plt.subplots(3, 1, figsize=(9, 9), dpi=120)
@@ -33,7 +45,8 @@ def plot_quality(report: QualityReport, out: Path) -> Path:
             share_ax.plot(x, [d["weak_as_good_share"] for d in days], marker="o", color=color, label=tenant)
             cost_ax.plot(x, [d["cost_usd"] + d["loop_cost_usd"] for d in days], marker="o", color=color,
                          label=f"{tenant}: realised (incl. shadow + judge)")
-            cost_ax.plot(x, [d["all_strong_cost_usd"] for d in days], "--", color=color,
+            # marked, not only dashed: a tenant's first day is one point, and a dashed line of one point is not drawn
+            cost_ax.plot(x, [d["all_strong_cost_usd"] for d in days], "--", marker="x", color=color,
                          label=f"{tenant}: all strong")
     apgr_ax.set_title("held-out APGR of each router version (star: promoted)")
     apgr_ax.set_ylabel("APGR")
@@ -49,7 +62,4 @@ def plot_quality(report: QualityReport, out: Path) -> Path:
             ax.text(0.5, 0.5, "nothing yet", ha="center", va="center", transform=ax.transAxes)
         ax.tick_params(axis="x", labelsize=7, rotation=20)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return fig
