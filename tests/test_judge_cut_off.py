@@ -23,6 +23,7 @@ from jobs.services.spend import spend_report
 from routeyard.settings import Price
 from routeyard.states import JudgmentStatus
 from routeyard.testing.loopback import ModelProfile
+from worker.embedded import run_embedded
 from worker.judge import judge_spec, run_judge
 
 JUDGE = "judge-model"
@@ -98,6 +99,23 @@ def test_a_dead_holders_pairs_come_back_at_once_counted_as_unanswered_and_a_live
     spend = json.loads(routeyard("spend", job_id, "--json", env=env).stdout)
     assert spend["unanswered_requests"] == 14
     assert [m["calls"] for m in spend["models"] if m["tier"] == "judge"] == [judge_calls(loopback.base_url)]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_resuming_a_judge_job_takes_back_the_pairs_its_dead_run_left_in_flight(settings, tmp_path, loopback):
+    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS[:6]), strong_fraction=0.0,
+                                   shadow_fraction=1.0, judge="pair")
+    with sf() as session:  # as a kill -9 mid-judging leaves them: in flight under a runner that is gone, just now
+        session.execute(update(Judgment).where(Judgment.item_id.in_(
+            select(Judgment.item_id).order_by(Judgment.item_id).limit(2).scalar_subquery())).values(
+            status=JudgmentStatus.IN_FLIGHT, claimed_by="gone:1:x", started_at=utcnow(), finished_at=None))
+        session.commit()
+    sent = judge_calls(loopback.base_url)
+    run_embedded(sf, settings, result.job_id)  # `routeyard resume JOB`: the job completed, its judging did not
+    assert judge_calls(loopback.base_url) == sent + 4
+    with sf() as session:
+        assert judging_view(session, result.job_id, settings=settings).unjudged == 0
+        assert spend_report(session, settings, result.job_id).unanswered_requests == 4
 
 
 @pytest.mark.slow

@@ -167,6 +167,12 @@ def wants_judging(sf: sessionmaker[Session], job_id: str) -> bool:
         return bool(judgeable_ids(session, job_id, lease_s=1e9))  # pairs with no judgment yet
 
 
-def judge_if_asked(sf: sessionmaker[Session], settings: Settings, job_id: str) -> JudgeSummary | None:
-    """The runners' hook once a job has completed: judge its shadow pairs when it asked for a judge."""
+def judge_if_asked(sf: sessionmaker[Session], settings: Settings, job_id: str, runner_id: str | None = None
+                   ) -> JudgeSummary | None:
+    """The runners' hook once a job has completed: judge its shadow pairs when it asked for a judge. A resumed
+    job's pairs that a dead runner (`runner_id`: this one's, alive) left in flight come back first."""
+    if runner_id is not None:
+        with sf() as session:
+            take_back_from_dead(session, settings, job_id, runner_id)
+            session.commit()
     return run_judge(sf, settings, job_id) if wants_judging(sf, job_id) else None
