@@ -1,9 +1,11 @@
 """The judge's rows: claiming shadow pairs to judge, recording verdicts (with their feedback row, in one
 transaction), and reading them back as a tenant's held-out outcomes.
 
-A pair is claimed by inserting its judgment row (one per item, a unique key), so two runners never judge it
-both; a row left in flight by a process that died is claimable again after its lease. A judged pair, or one
-whose reply had no verdict, is never claimed again unless errors are retried on purpose.
+A pair is claimed by inserting its judgment row (one per item, a unique key) under the claiming runner's id,
+so two runners never judge it both; a row left in flight by a runner known dead is put back at once (cut off,
+its calls counted as unanswered: worker/judge_cut_off.py), one whose holder is unknown after its lease. A
+judged pair, or one whose reply had no verdict, is never claimed again unless errors are retried on purpose.
+Every attempt's calls, tokens and cost are added to the row, never overwritten: all of them may be billed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, false, func, or_, select, update
@@ -58,7 +60,7 @@ def judgeable_ids(session: Session, job_id: str, lease_s: float, retry_errors: b
     whose reply could not be read."""
     stale = utcnow() - timedelta(seconds=lease_s)
     return list(session.scalars(_pairs_query(job_id).where(or_(
-        Judgment.id.is_(None),
+        Judgment.id.is_(None), Judgment.status == JudgmentStatus.CUT_OFF,
         and_(Judgment.status == JudgmentStatus.IN_FLIGHT, Judgment.started_at < stale),
         and_(Judgment.status == JudgmentStatus.ERROR) if retry_errors else false(),
     )).order_by(Item.id)))
@@ -74,7 +76,7 @@ def stalled_judging(session: Session, stall_s: float, lease_s: float) -> list[st
     pending = (select(Item.id).outerjoin(judged, judged.item_id == Item.id)
                .where(Item.job_id == Job.id, Item.shadow.is_(True), Item.status == ItemStatus.SUCCEEDED,
                       Item.answer.is_not(None), Item.shadow_answer.is_not(None),
-                      or_(judged.id.is_(None),
+                      or_(judged.id.is_(None), judged.status == JudgmentStatus.CUT_OFF,
                           and_(judged.status == JudgmentStatus.IN_FLIGHT, judged.started_at < stale))))
     recent = select(Judgment.id).where(Judgment.job_id == Job.id, or_(Judgment.started_at >= cutoff,
                                                                       Judgment.finished_at >= cutoff))
@@ -89,9 +91,9 @@ def pair_count(session: Session, job_id: str) -> int:
 
 
 def claim_pairs(session: Session, job: Job, item_ids: Sequence[int], spec: JudgeSpec, lease_s: float,
-                retry_errors: bool = False) -> list[Pair]:
-    """Claim these pairs for judging (one INSERT, then one UPDATE for abandoned or retried rows); those this
-    runner got, in order."""
+                retry_errors: bool = False, me: str | None = None) -> list[Pair]:
+    """Claim these pairs for runner `me` (one INSERT, then one UPDATE for abandoned, cut-off or retried rows);
+    those this runner got, in order."""
     if not item_ids:
         return []
     rows = session.execute(select(Item.id, Item.prompt, Item.answer, Item.shadow_answer)
@@ -100,27 +102,59 @@ def claim_pairs(session: Session, job: Job, item_ids: Sequence[int], spec: Judge
     values = [{"item_id": r.id, "job_id": job.id, "tenant_id": job.tenant_id, "status": JudgmentStatus.IN_FLIGHT,
                "mode": spec.mode, "judge_model": spec.judge_model, "prompt_version": spec.prompt_version,
                "heldout": is_heldout(job.tenant_id, r.prompt, spec.heldout_share), "attempts": 1,
-               "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "started_at": now} for r in rows]
+               "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "started_at": now, "claimed_by": me}
+              for r in rows]
     dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     got = set(session.scalars(dialect_insert(Judgment).values(values)
                               .on_conflict_do_nothing(index_elements=["item_id"]).returning(Judgment.item_id)))
     stale = now - timedelta(seconds=lease_s)
     again = or_(and_(Judgment.status == JudgmentStatus.IN_FLIGHT, Judgment.started_at < stale),
+                Judgment.status == JudgmentStatus.CUT_OFF,
                 Judgment.status == JudgmentStatus.ERROR if retry_errors else false())
     got |= set(session.scalars(
         update(Judgment).where(Judgment.item_id.in_([r.id for r in rows if r.id not in got]), again)
         .values(status=JudgmentStatus.IN_FLIGHT, attempts=Judgment.attempts + 1, started_at=now, error=None,
+                claimed_by=me,
                 mode=spec.mode, judge_model=spec.judge_model, prompt_version=spec.prompt_version)
         .returning(Judgment.item_id).execution_options(synchronize_session=False)))
     return [Pair(r.id, r.prompt, r.answer, r.shadow_answer) for r in rows if r.id in got]
 
 
-def record_judgment(session: Session, item_id: int, values: dict[str, Any], feedback: dict[str, Any] | None) -> bool:
-    """Store a pair's verdict (or error) and, for a verdict, its feedback row, unless the pair was judged
-    meanwhile (a runner whose lease ran out); True if stored."""
+@dataclass(frozen=True)
+class JudgeSpend:
+    """One attempt's judge calls: those answered (billed) with their tokens and cost, and those sent that got
+    no answer (timed out) with what they may cost at most."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    unanswered: int = 0
+    unanswered_cost_bound_usd: float = 0.0
+
+
+def add_spend(session: Session, item_id: int, spend: JudgeSpend) -> None:
+    """Add an attempt's calls to the pair's row, whoever holds it now: money spent is never erased."""
+    session.execute(update(Judgment).where(Judgment.item_id == item_id).values(
+        calls=Judgment.calls + spend.calls, prompt_tokens=Judgment.prompt_tokens + spend.prompt_tokens,
+        completion_tokens=Judgment.completion_tokens + spend.completion_tokens,
+        cost_usd=Judgment.cost_usd + spend.cost_usd,
+        unanswered_attempts=Judgment.unanswered_attempts + spend.unanswered,
+        unanswered_cost_usd=Judgment.unanswered_cost_usd + spend.unanswered_cost_bound_usd)
+        .execution_options(synchronize_session=False))
+
+
+def record_judgment(session: Session, item_id: int, values: dict[str, Any], feedback: dict[str, Any] | None,
+                    spend: JudgeSpend, me: str | None = None) -> bool:
+    """Add the attempt's spend, then store the pair's verdict (or error) and, for a verdict, its feedback row,
+    unless this runner no longer holds the pair (its lease ran out, or it was found dead and the pair put
+    back); True if stored."""
+    add_spend(session, item_id, spend)
+    mine = Judgment.claimed_by.is_(None) if me is None else Judgment.claimed_by == me
     res = session.execute(update(Judgment).where(Judgment.item_id == item_id,
-                                                 Judgment.status == JudgmentStatus.IN_FLIGHT)
-                          .values(**values, finished_at=utcnow()).execution_options(synchronize_session=False))
+                                                 Judgment.status == JudgmentStatus.IN_FLIGHT, mine)
+                          .values(**values, claimed_by=None, finished_at=utcnow())
+                          .execution_options(synchronize_session=False))
     if rowcount(res) != 1:
         return False
     if feedback is not None:
@@ -184,3 +218,56 @@ def judged_pairs(session: Session, tenant_id: str, heldout: bool | None = None) 
 def tenants_with_judgments(session: Session) -> list[str]:
     return list(session.scalars(select(Judgment.tenant_id).where(Judgment.status == JudgmentStatus.JUDGED)
                                 .distinct().order_by(Judgment.tenant_id)))
+
+
+def judge_holders(session: Session, job_id: str | None = None) -> list[str]:
+    """The runners holding pairs in flight (of one job, or of any)."""
+    query = select(Judgment.claimed_by).where(Judgment.status == JudgmentStatus.IN_FLIGHT,
+                                              Judgment.claimed_by.is_not(None))
+    if job_id is not None:
+        query = query.where(Judgment.job_id == job_id)
+    return sorted({h for h in session.scalars(query.distinct()) if h})
+
+
+def jobs_judged_by(session: Session, runner_ids: Sequence[str]) -> list[str]:
+    """Jobs with pairs in flight under these runners."""
+    return sorted(set(session.scalars(select(Judgment.job_id).where(Judgment.claimed_by.in_(runner_ids),
+                                                                    Judgment.status == JudgmentStatus.IN_FLIGHT))))
+
+
+@dataclass(frozen=True)
+class HeldPair:
+    pair: Pair
+    mode: str
+    judge_model: str
+
+
+def pairs_held(session: Session, job_id: str, holders: Sequence[str]) -> list[HeldPair]:
+    """The job's pairs in flight under these runners: what their calls sent is rebuilt from these."""
+    return [HeldPair(Pair(i, p, a or "", s or ""), m, jm) for i, p, a, s, m, jm in session.execute(
+        select(Item.id, Item.prompt, Item.answer, Item.shadow_answer, Judgment.mode, Judgment.judge_model)
+        .join(Judgment, Judgment.item_id == Item.id)
+        .where(Judgment.job_id == job_id, Judgment.claimed_by.in_(holders),
+               Judgment.status == JudgmentStatus.IN_FLIGHT).order_by(Item.id))]
+
+
+def put_back_pairs(session: Session, job_id: str, holders: Sequence[str], bounds: dict[int, tuple[int, float]]
+                   ) -> int:
+    """Pairs these (dead) runners had in flight become claimable again (cut off), their calls counted as
+    unanswered ({item id: (requests, their cost bound)}): the judge may have answered and billed them."""
+    back = 0
+    for item_id, (requests, bound) in sorted(bounds.items()):
+        res = session.execute(update(Judgment).where(
+            Judgment.item_id == item_id, Judgment.job_id == job_id, Judgment.claimed_by.in_(holders),
+            Judgment.status == JudgmentStatus.IN_FLIGHT).values(
+            status=JudgmentStatus.CUT_OFF, claimed_by=None, error="cut off: its runner stopped with its calls out",
+            unanswered_attempts=Judgment.unanswered_attempts + requests,
+            unanswered_cost_usd=Judgment.unanswered_cost_usd + bound).execution_options(synchronize_session=False))
+        back += rowcount(res)
+    return back
+
+
+def pairs_in_flight(session: Session, job_id: str) -> list[tuple[str | None, datetime]]:
+    """(holder, started) of each of the job's pairs in flight."""
+    return [(h, s) for h, s in session.execute(select(Judgment.claimed_by, Judgment.started_at).where(
+        Judgment.job_id == job_id, Judgment.status == JudgmentStatus.IN_FLIGHT))]

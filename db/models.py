@@ -244,7 +244,13 @@ class Judgment(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # every attempt's answered calls, tokens and cost, added up (a retry never erases what was billed)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # calls sent that got no answer (timed out, or cut off with their runner) and what they may cost at most
+    unanswered_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    unanswered_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    claimed_by: Mapped[str | None] = mapped_column(String(120))  # the runner whose calls are in flight
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
 

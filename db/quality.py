@@ -69,7 +69,7 @@ def judged_rows(session: Session, tenant_id: str | None = None) -> list[JudgedRo
                     func.sum(case((Judgment.status == JudgmentStatus.ERROR, 1), else_=0)),
                     func.coalesce(func.sum(Judgment.cost_usd), 0.0))
              .join(Item, Item.id == Judgment.item_id)
-             .where(Judgment.status != JudgmentStatus.IN_FLIGHT).group_by(*keys).order_by(day))
+             .where(Judgment.finished_at.is_not(None)).group_by(*keys).order_by(day))  # a retry keeps its cost
     if tenant_id is not None:
         query = query.where(Judgment.tenant_id == tenant_id)
     return [JudgedRow(t, v or "-", str(d), int(j or 0), int(w or 0), int(e or 0), float(c))

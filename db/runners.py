@@ -72,6 +72,17 @@ def _alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
     return True
 
 
+def dead_among(session: Session, runner_ids: Sequence[str], dead_after_s: float, me: str) -> list[str]:
+    """Those of these runners known dead: no row (a clean exit forgets it), no beat within `dead_after_s`, or,
+    on this host, no such process."""
+    return [r for r in runner_ids if r != me and not _alive(session.get(Runner, r), dead_after_s, me)]
+
+
+def holder(session: Session, runner_id: str) -> Holder | None:
+    found = session.get(Runner, runner_id)
+    return None if found is None else Holder(found.id, found.kind, found.host, found.pid, found.heartbeat_at)
+
+
 def acquire_job(session: Session, job_id: str, me: str, dead_after_s: float) -> Holder | None:
     """Hold the job for runner `me` (the job row is locked until the caller commits); None if it is ours now,
     else the live runner that holds it."""

@@ -3,7 +3,8 @@
 `spend_rows` groups by tier and model, optionally by period (day or ISO week) and job tag; shadow calls (weak
 items also sent to the strong model) come back as their own tier, "shadow", and the judge's calls on shadow
 pairs (`--judge`) as "judge". Failed calls are not billed by
-the providers, so only succeeded items count.
+the providers, so only succeeded items count. A judge row counts its HTTP calls answered (two per pair, in
+either mode) over every attempt, with their tokens and cost added up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import ColumnElement, func, literal, select
 from sqlalchemy.orm import Session
 
 from db.models import Item, Job, Judgment
-from routeyard.states import ItemStatus, JudgmentStatus
+from routeyard.states import ItemStatus
 
 Period = Literal["day", "week"]
 
@@ -58,18 +59,19 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
         raise ValueError(f"period must be day or week, got {period!r}")
     start = (_period_start(session.get_bind().dialect.name, period) if period else literal(None)).label("period")
     tag = (Job.tag if period else literal(None)).label("tag")
-    routed = select(Item.tier.label("tier"), Item.model.label("model"), Job.strong_model, start, tag,
+    one = literal(1).label("n")
+    routed = select(Item.tier.label("tier"), Item.model.label("model"), Job.strong_model, start, tag, one,
                     Item.prompt_tokens.label("p"), Item.completion_tokens.label("c"), Item.cost_usd.label("d"))
     shadow = (select(literal("shadow").label("tier"), Job.strong_model.label("model"), Job.strong_model, start, tag,
-                     Item.shadow_prompt_tokens.label("p"), Item.shadow_completion_tokens.label("c"),
+                     one, Item.shadow_prompt_tokens.label("p"), Item.shadow_completion_tokens.label("c"),
                      Item.shadow_cost_usd.label("d"))
               .where(Item.shadow.is_(True), Item.shadow_answer.is_not(None)))
-    # a judge's calls are billed even when its reply had no verdict; tokens are zero when nothing came back
+    # a judge's calls are billed even when its reply had no verdict, and a pair judged again (in flight again
+    # now, say) keeps what its earlier attempts cost
     judge = (select(literal("judge").label("tier"), Judgment.judge_model.label("model"), Job.strong_model, start,
-                    tag, Judgment.prompt_tokens.label("p"), Judgment.completion_tokens.label("c"),
-                    Judgment.cost_usd.label("d"))
-             .select_from(Judgment).join(Item, Item.id == Judgment.item_id)
-             .where(Judgment.status != JudgmentStatus.IN_FLIGHT, Judgment.prompt_tokens > 0))
+                    tag, Judgment.calls.label("n"), Judgment.prompt_tokens.label("p"),
+                    Judgment.completion_tokens.label("c"), Judgment.cost_usd.label("d"))
+             .select_from(Judgment).join(Item, Item.id == Judgment.item_id).where(Judgment.calls > 0))
     parts = []
     for part in (routed, shadow, judge):
         part = part.join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
@@ -84,8 +86,8 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
         parts.append(part)
     u = parts[0].union_all(*parts[1:]).subquery()
     keys = (u.c.period, u.c.tag, u.c.tier, u.c.model, u.c.strong_model)
-    query = (select(*keys, func.count(), func.coalesce(func.sum(u.c.p), 0), func.coalesce(func.sum(u.c.c), 0),
-                    func.coalesce(func.sum(u.c.d), 0.0))
+    query = (select(*keys, func.coalesce(func.sum(u.c.n), 0), func.coalesce(func.sum(u.c.p), 0),
+                    func.coalesce(func.sum(u.c.c), 0), func.coalesce(func.sum(u.c.d), 0.0))
              .group_by(*keys).order_by(u.c.period, u.c.tier, u.c.model))
     return [SpendRow(tier, model, strong, int(n), int(p), int(c), float(d), None if per is None else str(per), t)
             for per, t, tier, model, strong, n, p, c, d in session.execute(query)]
@@ -103,17 +105,24 @@ class UnansweredSpend:
 
 def unanswered_spend(session: Session, where: SpendFilter = SpendFilter()) -> UnansweredSpend:
     """Unanswered requests of the items `where` selects, succeeded or failed (a call that succeeded on a retry
-    may have timed out before)."""
-    query = (select(func.coalesce(func.sum(Item.unanswered_attempts), 0),
+    may have timed out before), and of the judge's calls on their shadow pairs (cut off or timed out)."""
+    items = (select(func.coalesce(func.sum(Item.unanswered_attempts), 0),
                     func.coalesce(func.sum(Item.unanswered_cost_usd), 0.0))
              .join(Job, Job.id == Item.job_id).where(Item.unanswered_attempts > 0))
-    if where.job_id is not None:
-        query = query.where(Item.job_id == where.job_id)
-    if where.tenant_id is not None:
-        query = query.where(Job.tenant_id == where.tenant_id)
-    if where.tag is not None:
-        query = query.where(Job.tag == where.tag)
-    if where.since is not None:
-        query = query.where(Item.finished_at >= where.since)
-    requests, bound = session.execute(query).one()
-    return UnansweredSpend(int(requests or 0), float(bound or 0.0))
+    judge = (select(func.coalesce(func.sum(Judgment.unanswered_attempts), 0),
+                    func.coalesce(func.sum(Judgment.unanswered_cost_usd), 0.0))
+             .select_from(Judgment).join(Item, Item.id == Judgment.item_id).join(Job, Job.id == Item.job_id)
+             .where(Judgment.unanswered_attempts > 0))
+    requests, bound = 0, 0.0
+    for query in (items, judge):
+        if where.job_id is not None:
+            query = query.where(Item.job_id == where.job_id)
+        if where.tenant_id is not None:
+            query = query.where(Job.tenant_id == where.tenant_id)
+        if where.tag is not None:
+            query = query.where(Job.tag == where.tag)
+        if where.since is not None:
+            query = query.where(Item.finished_at >= where.since)
+        n, d = session.execute(query).one()
+        requests, bound = requests + int(n or 0), bound + float(d or 0.0)
+    return UnansweredSpend(requests, bound)

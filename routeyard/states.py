@@ -51,6 +51,7 @@ class JudgmentStatus(StrEnum):
     IN_FLIGHT = "in_flight"
     JUDGED = "judged"  # a verdict, stored as a feedback row
     ERROR = "error"  # a call failed or the reply had no verdict: stored, never a label
+    CUT_OFF = "cut_off"  # its runner died with the calls in flight (counted as unanswered): judged again next run
 
 
 class ProviderBatchStatus(StrEnum):

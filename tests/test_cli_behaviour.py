@@ -170,6 +170,27 @@ def test_check_names_what_is_wrong_before_any_job(cli):
     assert "sk-wrong-key" not in out
 
 
+def test_check_checks_the_judge_endpoint_and_price_when_one_is_configured(cli, loopback):
+    code, out, _ = cli("check", "--skip-router", "--json")
+    (judge,) = [c for c in json.loads(out) if c["name"].startswith("judge")]
+    assert code == 0 and judge["ok"] and "not configured" in judge["detail"]
+    judge_env = {"ROUTEYARD_JUDGE_BASE_URL": loopback.base_url, "ROUTEYARD_JUDGE_MODEL": "my-judge",
+                 "ROUTEYARD_JUDGE_API_KEY": TEST_KEY}
+    code, out, _ = cli("check", "--skip-router", "--json", env=judge_env)
+    failed = {c["name"]: c["detail"] for c in json.loads(out) if not c["ok"]}
+    assert code == 1 and set(failed) == {"judge endpoint", "judge price"}  # not served there, and no price
+    assert "does not serve 'my-judge' (ROUTEYARD_JUDGE_MODEL)" in failed["judge endpoint"]
+    assert "my-judge" in failed["judge price"]
+    loopback.config.models["my-judge"] = loopback.config.default_profile
+    code, out, _ = cli("check", "--skip-router", "--json", env={
+        **judge_env, "ROUTEYARD_PRICING": json.dumps({"my-judge": {"input": 5, "output": 15}})})
+    checks = {c["name"]: c for c in json.loads(out)}
+    assert code == 0 and checks["judge endpoint"]["ok"] and checks["judge price"]["detail"].startswith("$5 in")
+    code, out, _ = cli("check", "--skip-router", "--json", env={**judge_env, "ROUTEYARD_JUDGE_API_KEY": "sk-bad-1234"})
+    failed = {c["name"]: c["detail"] for c in json.loads(out) if not c["ok"]}
+    assert code == 1 and "refused the key (ROUTEYARD_JUDGE_API_KEY)" in failed["judge endpoint"]
+
+
 def test_a_job_is_billed_at_the_prices_of_its_submission(cli, tmp_path):
     batch = write_batch(tmp_path / "b.jsonl", [f"p{i}" for i in range(4)])
     cheap = json.dumps({STRONG: {"input": 0, "output": 0}, WEAK: {"input": 0, "output": 0}})

@@ -70,7 +70,8 @@ def test_verdicts_in_both_orders_become_judge_feedback_and_spend_their_own_line(
     with sf() as session:
         report = spend_report(session, settings, result.job_id)
     judge_line = next(m for m in report.models if m.tier == "judge")
-    assert judge_line.model == JUDGE and judge_line.calls == len(PROMPTS)  # a pair: one row, both calls billed
+    # every HTTP call the judge answered: a pair is asked twice (both orders), as the server counted
+    assert judge_line.model == JUDGE and judge_line.calls == 2 * len(PROMPTS) == judge_calls(loopback.base_url)
     assert judge_line.cost_usd == pytest.approx(sum(j.cost_usd for j in judgments)) and judge_line.cost_usd > 0
     assert report.calls == len(PROMPTS)  # routed calls only: shadow and judge calls are extra spend
 
@@ -88,11 +89,21 @@ def test_unparseable_replies_are_errors_never_labels_and_can_be_retried(settings
     assert {j.status for j in judgments} == {JudgmentStatus.ERROR} and len(judgments) == 6
     assert all(j.label is None and j.error.startswith("unparseable: no verdict") for j in judgments)
     assert judge_job_pairs(sf, settings, result.job_id).judged_now == 0  # errors stay errors unless asked
+    with sf() as session:
+        first = next(m for m in spend_report(session, settings, result.job_id).models if m.tier == "judge")
+    assert first.calls == 12 and first.cost_usd > 0  # replies without a verdict are billed all the same
     loopback.config.judge_unparseable_rate = 0.0
-    retried = judge_job_pairs(sf, settings, result.job_id, retry_errors=True)
+    retried = judge_job_pairs(sf, settings, result.job_id, retry_errors=True, mode="grade")
     assert retried.judged_now == 6 and retried.counts == {JudgmentStatus.JUDGED: 6}
     with sf() as session:
         assert len(list(session.scalars(select(Feedback).where(Feedback.source == "judge")))) == 6
+        after = next(m for m in spend_report(session, settings, result.job_id).models if m.tier == "judge")
+        rows = list(session.scalars(select(Judgment)))
+    # the retry adds to what the first attempt spent, never replaces it: every call of both attempts is billed
+    assert after.calls == 24 == judge_calls(loopback.base_url)
+    retry_cost = sum(j.cost_usd for j in rows) - first.cost_usd
+    assert retry_cost > 0 and after.cost_usd == pytest.approx(first.cost_usd + retry_cost)
+    assert after.prompt_tokens > first.prompt_tokens and all(j.calls == 4 and j.attempts == 2 for j in rows)
 
 
 @pytest.mark.slow
@@ -132,6 +143,9 @@ def test_grade_mode_grades_each_answer_and_the_higher_wins(settings, tmp_path, l
                for j in session.scalars(select(Judgment))}
     assert got == {PROMPTS[0]: (1.0, 0.9, 0.4, "mtbench-single-v1"), PROMPTS[1]: (0.0, 0.6, 0.8, "mtbench-single-v1"),
                    PROMPTS[2]: (0.5, 0.7, 0.7, "mtbench-single-v1")}
+    with sf() as session:
+        judge_line = next(m for m in spend_report(session, settings, result.job_id).models if m.tier == "judge")
+    assert judge_line.calls == 6 == judge_calls(loopback.base_url)  # grade mode: one call per answer
 
 
 @BOTH
@@ -198,4 +212,4 @@ def test_cli_judges_a_job_later(settings, tmp_path, loopback, database_url):
     out = routeyard("judge", result.job_id, "--json", env=env)
     assert json.loads(out.stdout)["judged_now"] == 4
     spend = json.loads(routeyard("spend", result.job_id, "--json", env=env).stdout)
-    assert [m["calls"] for m in spend["models"] if m["tier"] == "judge"] == [4]
+    assert [m["calls"] for m in spend["models"] if m["tier"] == "judge"] == [8]  # both orders of 4 pairs

@@ -19,8 +19,10 @@ from test_distributed import (
 )
 
 from db import jobs as store
+from db import runners
 from db.judging import judgment_counts, stalled_judging
-from db.models import Feedback, Item, Job, Judgment, utcnow
+from db.models import Feedback, Item, Job, Judgment, Runner, utcnow
+from jobs.services.spend import spend_report
 from routeyard.settings import Price
 from routeyard.states import JudgmentStatus
 from worker import pipeline
@@ -79,7 +81,7 @@ def test_the_reconciler_enqueues_a_lost_judge_job_again(request, loopback, tmp_p
     assert judge_calls_per_question(loopback.base_url) == dict.fromkeys(PROMPTS, 2)
 
     # Then the judging is undone as lost work leaves it: three pairs never claimed (their task vanished with the
-    # broker), two claimed by a worker that died (in flight long past their lease); the other five stay judged.
+    # broker), two claimed by a worker that died (in flight, its runner gone); the other five stay judged.
     # Everything happened an hour ago.
     never, died = [by_prompt[p] for p in PROMPTS[:3]], [by_prompt[p] for p in PROMPTS[3:5]]
     hour_ago = utcnow() - timedelta(hours=1)
@@ -87,7 +89,11 @@ def test_the_reconciler_enqueues_a_lost_judge_job_again(request, loopback, tmp_p
         session.execute(delete(Feedback).where(Feedback.item_id.in_(never + died)))
         session.execute(delete(Judgment).where(Judgment.item_id.in_(never)))
         session.execute(update(Judgment).where(Judgment.item_id.in_(died)).values(
-            status=JudgmentStatus.IN_FLIGHT, label=None, finished_at=None))
+            status=JudgmentStatus.IN_FLIGHT, label=None, finished_at=None, claimed_by="gone-host:1:dead"))
+        runners.beat(session, "gone-host:1:dead", "worker")  # the dead worker: its last beat an hour ago
+        session.flush()
+        session.execute(update(Runner).where(Runner.id == "gone-host:1:dead").values(host="gone-host",
+                                                                              heartbeat_at=hour_ago))
         session.execute(update(Judgment).where(Judgment.job_id == job_id).values(started_at=hour_ago))
         session.execute(update(Judgment).where(Judgment.finished_at.is_not(None)).values(finished_at=hour_ago))
         session.execute(update(Job).where(Job.id == job_id).values(finished_at=hour_ago, heartbeat_at=hour_ago))
@@ -109,5 +115,9 @@ def test_the_reconciler_enqueues_a_lost_judge_job_again(request, loopback, tmp_p
     with sf() as session:
         assert len(list(session.scalars(select(Feedback).where(Feedback.source == "judge")))) == len(PROMPTS)
         assert stalled_judging(session, stall_s=6, lease_s=8) == []
+        # the dead worker's calls may have been billed: both orders of its two pairs count as unanswered
+        assert {j.item_id: j.unanswered_attempts for j in session.scalars(select(Judgment))
+                if j.unanswered_attempts} == dict.fromkeys(died, 2)
+        assert spend_report(session, settings, job_id).unanswered_requests == 4
     log = (tmp_path / "logs" / "worker.log").read_text()
     assert f"job {job_id}: judging shows no progress" in log

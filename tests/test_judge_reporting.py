@@ -80,6 +80,30 @@ def test_judge_errors_are_reported_by_reason_and_exit_3_until_judged(settings, t
     assert body["judged_now"] == len(PROMPTS) and body["error_reasons"] == []
 
 
+def test_the_loopback_judge_gives_the_same_verdict_in_both_orders_and_mostly_a_clear_one(loopback):
+    """Asked as worker/judge.py asks, through the real client: an unrecorded pair's verdict names the same answer
+    whichever comes first (a judge that picked a position would make every pair a tie)."""
+    import openai
+
+    from worker.judge import pair_body, pair_verdict, parse_pair
+
+    loopback.config.judge_models = {JUDGE}
+    client = openai.OpenAI(base_url=loopback.base_url, api_key=TEST_KEY, max_retries=0)
+
+    def verdict(question: str, a: str, b: str) -> str:
+        reply = client.chat.completions.create(model=JUDGE, **pair_body(question, a, b))
+        return parse_pair(reply.choices[0].message.content)
+
+    winners = []
+    for i in range(30):
+        question, strong, weak = f"Question {i}: name a prime above {i * 7}.", f"[s] {i} long", f"[w] {i} short"
+        first, second = verdict(question, strong, weak), verdict(question, weak, strong)
+        assert {first, second} in ({"C"}, {"A", "B"}), (question, first, second)  # the same answer wins
+        winners.append(pair_verdict(first, second).verdicts["winner"])
+    assert winners.count("tie") < 10 and {"strong", "weak"} <= set(winners)  # mostly a clear verdict, both ways
+    client.close()
+
+
 def test_the_loopback_server_started_with_judge_model_answers_that_model_as_a_judge(tmp_path):
     import socket
     import subprocess
@@ -88,13 +112,18 @@ def test_the_loopback_server_started_with_judge_model_answers_that_model_as_a_ju
     import httpx
 
     from routeyard.testing.services import wait_for
-    from worker.judge import pair_body, parse_pair
+    from worker.judge import parse_pair
+    from worker.judge_prompts import grade_body, pair_body, parse_grade
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    recorded = tmp_path / "verdicts.jsonl"
+    recorded.write_text(json.dumps({"question": "What is 2 + 2?", "winner": "weak-m"}) + "\n"
+                        + json.dumps({"question": "Rate me", "model": "weak-m", "grade": 3}) + "\n")
     server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port),
-                               "--latency-ms", "1", "--judge-model", "my-judge"])
+                               "--latency-ms", "1", "--judge-model", "my-judge", "--judge-file", str(recorded),
+                               "--judge-unparseable-rate", "0.5"])
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         def up() -> bool:
@@ -104,10 +133,16 @@ def test_the_loopback_server_started_with_judge_model_answers_that_model_as_a_ju
                 return False
 
         wait_for(up, 60, "the loopback server")
-        body = pair_body("What is 2 + 2?", "4", "5")
-        judged = httpx.post(url, json={**body, "model": "my-judge"}).json()["choices"][0]["message"]["content"]
-        assert parse_pair(judged) in ("A", "B", "C")
-        plain = httpx.post(url, json={**body, "model": "other"}).json()["choices"][0]["message"]["content"]
+        def ask(body: dict, model: str = "my-judge") -> str:
+            return httpx.post(url, json={**body, "model": model}).json()["choices"][0]["message"]["content"]
+
+        replies = [ask(pair_body("What is 2 + 2?", "[strong-m] 4", "[weak-m] 5")) for _ in range(40)]
+        read = [r for r in replies if "[[" in r]
+        assert 5 < len(read) < 35  # --judge-unparseable-rate 0.5: about half carry no verdict
+        assert {parse_pair(r) for r in read} == {"B"}  # --judge-file: the recorded winner, weak-m's answer
+        graded = [ask(grade_body("Rate me", "[weak-m] 5")) for _ in range(20)]
+        assert {parse_grade(r) for r in graded if "[[" in r} == {3.0}
+        plain = ask(pair_body("What is 2 + 2?", "4", "5"), "other")
         assert "[[" not in plain  # any other model answers as a model, with no verdict
     finally:
         server.terminate()

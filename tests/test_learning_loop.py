@@ -1,6 +1,8 @@
 """The learning loop end to end: a tenant's jobs with --shadow 0.2 --judge on a domain the base router never saw
--> the judge's verdicts become that tenant's feedback -> a stored retrain schedule, fired by a real beat process
-and run by a real worker -> that tenant's candidate is promoted; the other tenant's router is unchanged."""
+(run and judged in this process, against PostgreSQL) -> the judge's verdicts become that tenant's feedback -> a
+stored retrain schedule, fired by a real beat process and run by a real worker -> that tenant's candidate is
+promoted. The other tenant has judged feedback of its own: its candidate learns from that alone, never from the
+first tenant's rows, and the first tenant's promotion never serves it."""
 
 import json
 
@@ -12,7 +14,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from test_distributed import cluster, fire_due_schedule  # noqa: F401  (the fixture: Redis, worker and beat processes)
 
-from db.models import Feedback, RouterVersion
+from db.models import Feedback, Judgment, RouterVersion
 from db.session import open_database
 from jobs.services.schedules import add_schedule
 from jobs.services.tenants import create_tenant
@@ -49,8 +51,13 @@ def test_judged_shadow_pairs_train_the_tenants_router_on_a_schedule_fired_by_bea
               [stem[i].prompt for i in rng.permutation(len(stem))[:500]]
     traffic = [traffic[i] for i in rng.permutation(len(traffic))]
     social_prompts = {o.prompt for o in social}
+    # the other tenant's own traffic: GSM8K questions neither the base router nor the first tenant saw, the strong
+    # answer better on two in three (so its gate has a quality gap to measure)
+    seen = {o.prompt for o in base}
+    globex_prompts = [o.prompt for o in rows if o.group == "gsm8k" and o.prompt not in seen][:200]
     loopback.config.judge_models = {JUDGE}
     loopback.config.judge_verdicts = {p: STRONG if p in social_prompts else "tie" for p in traffic}
+    loopback.config.judge_verdicts |= {p: "tie" if i % 3 == 2 else STRONG for i, p in enumerate(globex_prompts)}
 
     home = tmp_path / "home"
     runtime = RouterRuntime(device="cpu", cache_dir=home / "cache")
@@ -83,21 +90,32 @@ def test_judged_shadow_pairs_train_the_tenants_router_on_a_schedule_fired_by_bea
         _, job, _ = submit_and_run(settings, batch, tenant_id=acme, strong_fraction=0.0, shadow_fraction=0.2,
                                    judge="pair", router=None)
         assert {i.router_version for i in items(sf, job.job_id)} == {f"{DEFAULT_ROUTER}@{version}"}
-    globex_job = write_batch(tmp_path / "globex.jsonl", [o.prompt for o in base[:30]])
-    submit_and_run(settings, globex_job, tenant_id=globex, strong_fraction=0.3, router=None)
+    globex_job = write_batch(tmp_path / "globex.jsonl", globex_prompts)
+    submit_and_run(settings, globex_job, tenant_id=globex, strong_fraction=0.0, shadow_fraction=1.0, judge="pair",
+                   router=None)
     with sf() as session:
         judged = list(session.scalars(select(Feedback).where(Feedback.source == "judge")))
-    assert {f.tenant_id for f in judged} == {acme} and 160 <= len(judged) <= 240  # 20% of 1,000 weak items
+        trainable = {t: len(list(session.scalars(select(Judgment.id).where(  # judged, not held out: trained on
+            Judgment.tenant_id == t, Judgment.status == "judged", Judgment.heldout.is_(False)))))
+            for t in (acme, globex)}
+    acme_judged = [f for f in judged if f.tenant_id == acme]
+    assert 160 <= len(acme_judged) <= 240  # 20% of 1,000 weak items
+    assert len(judged) - len(acme_judged) == len(globex_prompts)  # every globex item had its pair judged
 
     add_schedule(sf, "retrain", {"router": DEFAULT_ROUTER, "tenant": "all", "data": [str(base_file)],
                                  "margin": 0.0}, every_s=3600)
-    result = fire_due_schedule(cluster, sf, 420)
+    result = fire_due_schedule(cluster, sf, 600)
     assert result.startswith(f"{acme}: ") and f"promoted for tenant {acme}" in result, result
-    assert globex not in result  # no feedback: nothing to learn, nothing retrained
+    assert f"{globex}: " in result and "failed" not in result, result  # its own feedback: retrained too
     with sf() as session:
-        [candidate] = session.scalars(select(RouterVersion))
-    assert candidate.tenant_id == acme and candidate.serving and candidate.apgr > candidate.baseline_apgr
-    assert candidate.data["feedback_rows"] > 100 and candidate.data["heldout_judged"] >= 40
+        versions = {v.tenant_id: v for v in session.scalars(select(RouterVersion))}
+    candidate, other = versions[acme], versions[globex]
+    assert len(versions) == 2 and candidate.serving and candidate.apgr > candidate.baseline_apgr
+    assert candidate.data["feedback_rows"] == trainable[acme] > 100 and candidate.data["heldout_judged"] >= 40
+    # each tenant's candidate trained on its own judged rows only, gated on its own held-out pairs
+    assert other.data["feedback_rows"] == trainable[globex] > 0
+    assert other.data["heldout_judged"] == len(globex_prompts) - trainable[globex]
     assert resolve_router_spec(sf, SERVING, settings, acme) == candidate.path
-    assert resolve_router_spec(sf, SERVING, settings, globex) == str(base_dir)  # unchanged
-    print(f"acme: held-out APGR {candidate.baseline_apgr:.3f} -> {candidate.apgr:.3f}")
+    globex_serves = resolve_router_spec(sf, SERVING, settings, globex)  # its own candidate or the base: never acme's
+    assert globex_serves == (other.path if other.serving else str(base_dir)) != candidate.path
+    print(f"acme: held-out APGR {candidate.baseline_apgr:.3f} -> {candidate.apgr:.3f}; globex: {other.decision}")

@@ -129,7 +129,7 @@ def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_faile
 
     asyncio.run(_calls(sf, settings, job_id, progress, me))
     pipeline.finish_if_done(sf, job_id)
-    judge_if_asked(sf, settings, job_id)  # a job submitted with --judge: its shadow pairs, now
+    judge_if_asked(sf, settings, job_id, me)  # a job submitted with --judge: its shadow pairs, now
     return summary(sf, job_id)
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db import provider_batches as provider_rows
 from db import runners
-from db.judging import stalled_judging
+from db.judging import jobs_judged_by, stalled_judging
 from db.session import open_database
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
@@ -33,6 +33,7 @@ from worker.celery_app import app
 from worker.cut_off import put_back_cut_off
 from worker.heartbeat import process_heartbeat
 from worker.judge import wants_judging
+from worker.judge_cut_off import put_back_judging
 from worker.runtime import load_job_router, load_or_fail
 from worker.slots import Slots
 
@@ -179,7 +180,9 @@ def complete_batch(job_id: str, item_ids: list[int]) -> None:
 def judge_job(job_id: str) -> None:
     """A completed job's shadow pairs, judged (`--judge`); a pair already judged is never judged again."""
     loop, _clients = _thread_loop()
-    loop.run_until_complete(judge.judge_job(worker_db(), worker_settings(), job_id))
+    settings = worker_settings()
+    me = process_heartbeat(worker_db(), settings, "worker").id  # its pairs are held by this live worker
+    loop.run_until_complete(judge.judge_job(worker_db(), settings, job_id, runner_id=me))
 
 
 _THREAD = threading.local()
@@ -308,13 +311,20 @@ def release_dead_runners(settings: Settings) -> list[str]:
             return []
         released = {job_id: put_back_cut_off(session, settings, job_id, dead)
                     for job_id in runners.jobs_held_by(session, dead)}
+        # their pairs in flight too: judged again, their judge calls counted as unanswered
+        judging = {job_id: put_back_judging(session, settings, job_id, dead)
+                   for job_id in jobs_judged_by(session, dead)}
         runners.forget_runners(session, dead)
         job_ids = runners.running_jobs(session)
         session.commit()
-    log.warning("runners %s stopped beating; %d items they had in flight released; re-enqueueing %d running "
-                "job(s)", ", ".join(dead), sum(released.values()), len(job_ids))
+    log.warning("runners %s stopped beating; %d items and %d judged pairs they had in flight released; "
+                "re-enqueueing %d running job(s)", ", ".join(dead), sum(released.values()), sum(judging.values()),
+                len(job_ids))
     for job_id in job_ids:
         enqueue_completion(job_id)
+    for job_id in judging:
+        if wants_judging(worker_db(), job_id):
+            judge_job.delay(job_id)
     return job_ids
 
 

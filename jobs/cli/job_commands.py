@@ -65,8 +65,9 @@ def _run(ctx: typer.Context, job_id: str, retry_failed: bool = False, settings: 
 
 def _judging(ctx: typer.Context, job_id: str) -> JudgingView | None:
     """How a --judge job's shadow pairs fared (None: it asked for no judge)."""
-    with cli_context(ctx).db() as session:
-        view = judging_view(session, job_id)
+    state = cli_context(ctx)
+    with state.db() as session:
+        view = judging_view(session, job_id, settings=state.settings)
     return view if view.mode is not None else None
 
 

@@ -26,19 +26,24 @@ def judge(
 ) -> None:
     """Judge a job's shadow pairs with the judge model (ROUTEYARD_JUDGE_*): each verdict is a feedback row
     (source judge). Pairs already judged are not judged again. Exits 3 while pairs of the job are left without
-    a verdict (each reason is listed; --retry-errors judges them again)."""
+    a verdict: errors (each reason is listed; --retry-errors judges them again), or pairs another process holds
+    in flight (who holds them, and when they can be taken back, is listed)."""
     state = cli_context(ctx)
     done = judge_job_pairs(state.db, state.settings, job_id, mode=mode, retry_errors=retry_errors)
     counts = {str(k): v for k, v in done.counts.items()}
     with state.db() as session:
-        view = judging_view(session, job_id)
+        view = judging_view(session, job_id, settings=state.settings)
     if as_json:
+        shown = view.to_dict()
         console.print_json(json.dumps({"job_id": job_id, "judged_now": done.judged_now,
-                                       "errors_now": done.errors_now, "counts": counts,
-                                       "error_reasons": view.to_dict()["error_reasons"]}))
+                                       "errors_now": done.errors_now, "counts": counts, "pairs": view.pairs,
+                                       "unjudged": view.unjudged, "in_flight": view.in_flight,
+                                       "in_flight_notes": view.in_flight_notes,
+                                       "error_reasons": shown["error_reasons"]}))
     else:
         console.print(f"job {job_id}: {done.judged_now} pairs judged now, {done.errors_now} without a verdict "
-                      f"(stored as errors); in all {counts.get('judged', 0)} judged, {counts.get('error', 0)} errors")
+                      f"(stored as errors); in all {view.judged} of {view.pairs} judged, {view.errors} errors"
+                      + (f", {view.in_flight} in flight elsewhere" if view.in_flight else ""))
         render.judge_errors(view)
     # pairs with no verdict are requests that got no answer a script can use: exit 3, as for a job's failed items
-    raise typer.Exit(ExitCode.FAILED_ITEMS if view.errors else ExitCode.OK)
+    raise typer.Exit(ExitCode.FAILED_ITEMS if view.unjudged else ExitCode.OK)

@@ -63,8 +63,9 @@ def check(
     skip_router: Annotated[bool, typer.Option("--skip-router", help="Do not load the router.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check the database, the broker, both models' endpoints, keys, models and prices, and the router;
-    exit 1 if anything is wrong. Nothing is stored and no completion is bought."""
+    """Check the database, the broker, both models' endpoints, keys, models and prices (the judge's too when
+    ROUTEYARD_JUDGE_* is set), and the router; exit 1 if anything is wrong. Nothing is stored and no completion
+    is bought."""
     checks = run_checks(cli_context(ctx).settings, None if skip_router else router)
     if as_json:
         console.print_json(json.dumps([c.__dict__ for c in checks]))

@@ -144,6 +144,8 @@ def judge_errors(view: JudgingView) -> None:
         sample = f"; e.g. {escape(group.sample_custom_id[:80])}" + (
             f", reply {escape(repr(group.sample_reply[:120]))}" if group.sample_reply is not None else "")
         err.print(f"  [yellow]{group.count} without a verdict:[/] {escape(group.reason[:300])}{sample}")
+    for note in view.in_flight_notes:
+        err.print(f"  [yellow]{escape(note)}[/]")
     if view.errors:
         err.print(f"  the judge must answer [[A]], [[B]] or [[C]] (grade mode: [[1]]..[[10]]); after fixing it: "
                   f"routeyard judge {view.job_id} --retry-errors")

@@ -11,7 +11,7 @@ from jobs.services.versions import SERVING, check_router_spec, resolve_router_sp
 from routeyard.errors import RouteyardError
 from routeyard.pricing import price_for
 from routeyard.redact import redact, safe_url
-from routeyard.settings import Settings
+from routeyard.settings import Endpoint, Settings
 from worker.llm_client import probe
 from worker.runtime import load_job_router
 
@@ -24,8 +24,8 @@ class Check:
 
 
 def run_checks(settings: Settings, router: str | None = SERVING) -> list[Check]:
-    """Database, broker (when configured), each tier's endpoint, key, model and price, and the router jobs
-    will use (None: skip loading it)."""
+    """Database, broker (when configured), each tier's endpoint, key, model and price, the judge's too (when
+    ROUTEYARD_JUDGE_* is configured), and the router jobs will use (None: skip loading it)."""
     checks: list[Check] = []
     url = settings.resolved_database_url
     try:
@@ -40,20 +40,38 @@ def run_checks(settings: Settings, router: str | None = SERVING) -> list[Check]:
     else:
         checks.append(Check("broker", True, "none configured: jobs run in this process (embedded)"))
     for tier in ("strong", "weak"):
-        endpoint = settings.endpoint(tier)
         problems = [p for p in settings.endpoint_problems() if p.startswith(f"the {tier} ")]
-        if problems:
-            checks.append(Check(f"{tier} endpoint", False, problems[0]))
-        else:
-            ok, detail = probe(endpoint, timeout_s=min(settings.request_timeout_s, 15.0))
-            checks.append(Check(f"{tier} endpoint", ok, redact(detail, settings.secrets())))
-        try:
-            price = price_for(endpoint.model, settings.price_table)
-            checks.append(Check(f"{tier} price", True, f"${price.input:g} in / ${price.output:g} out per 1M tokens"))
-        except RouteyardError as exc:
-            checks.append(Check(f"{tier} price", False, str(exc)))
+        checks += _endpoint(settings, settings.endpoint(tier), problems)
+    if judge_configured(settings):  # a --judge job calls it, and its spend must be priced before it is bought
+        checks += _endpoint(settings, settings.judge_endpoint(), settings.judge_problems())
+    else:
+        checks.append(Check("judge endpoint", True, "not configured (ROUTEYARD_JUDGE_*): needed only for --judge "
+                                                    "and `routeyard judge`"))
     if router is not None:
         checks.append(_router(settings, router, sf))
+    return checks
+
+
+def judge_configured(settings: Settings) -> bool:
+    """Any of ROUTEYARD_JUDGE_BASE_URL, _API_KEY or _MODEL set away from its default."""
+    default_model = Settings.model_fields["judge_model"].default
+    return bool(settings.judge_base_url or settings.judge_api_key.get_secret_value()
+                or settings.judge_model != default_model)
+
+
+def _endpoint(settings: Settings, endpoint: Endpoint, problems: list[str]) -> list[Check]:
+    """A model endpoint: reachable with its key and serving its model (no completion bought), and priced."""
+    tier = endpoint.tier
+    if problems:
+        checks = [Check(f"{tier} endpoint", False, problems[0])]
+    else:
+        ok, detail = probe(endpoint, timeout_s=min(settings.request_timeout_s, 15.0))
+        checks = [Check(f"{tier} endpoint", ok, redact(detail, settings.secrets()))]
+    try:
+        price = price_for(endpoint.model, settings.price_table)
+        checks.append(Check(f"{tier} price", True, f"${price.input:g} in / ${price.output:g} out per 1M tokens"))
+    except RouteyardError as exc:
+        checks.append(Check(f"{tier} price", False, str(exc)))
     return checks
 
 

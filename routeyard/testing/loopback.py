@@ -7,11 +7,9 @@ of random 429/5xx, calls that hang past the client's timeout, a prompt marker th
 says how often each prompt was called (how tests prove nothing was called twice) and its last request body.
 
 Judge mode: requests to a model in `judge_models` (`--judge-model NAME` on the command line) are answered as an LLM
-judge (the MT-Bench prompts of worker/judge.py). Verdicts are recorded per pair: `judge_verdicts[question]` names
-the model whose answer wins (or "tie"), and the server tells which answer is whose because it remembers what it
-served. `judge_grades` holds a 1-10 grade per (question, model) for the single-answer mode. Unrecorded pairs get a
-verdict drawn from the question's hash. A settable share of judge replies carries no verdict at all
-(`judge_unparseable_rate`), and another always says [[A]] (`judge_position_bias`), as a position-biased judge does.
+judge (routeyard/testing/loopback_judge.py): recorded verdicts (`judge_verdicts`, `judge_grades`; `--judge-file`),
+else a verdict fixed by the pair (the same in both orders), a share with no verdict (`--judge-unparseable-rate`)
+and a share always [[A]] (`--judge-position-bias`).
 
 As a provider does, every response carries an `x-request-id` header (`req_` + the completion id's hex), and a
 request with tools and `tool_choice` "required" (or a named function) is answered with a tool call (content null).
@@ -23,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import random
-import re
 import socket
 import threading
 import time
@@ -38,6 +35,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from routeyard.testing.loopback_batches import BatchBehaviour, add_batch_routes
+from routeyard.testing.loopback_judge import JudgeBehaviour, judge_reply, load_judge_file
 
 
 @dataclass(frozen=True)
@@ -123,45 +121,6 @@ def _tool_call(body: dict[str, Any], prompt: str, seed: str) -> dict[str, Any] |
             "function": {"name": name, "arguments": json.dumps({"query": prompt[:80]})}}
 
 
-_PAIR = re.compile(r"\[User Question\]\n(.*)\n\n\[The Start of Assistant A's Answer\]\n(.*)\n\[The End of "
-                   r"Assistant A's Answer\]\n\n\[The Start of Assistant B's Answer\]\n(.*)\n\[The End of "
-                   r"Assistant B's Answer\]", re.S)
-_SINGLE = re.compile(r"\[Question\]\n(.*)\n\n\[The Start of Assistant's Answer\]\n(.*)\n\[The End of "
-                     r"Assistant's Answer\]", re.S)
-
-
-def judge_reply(config: LoopbackConfig, prompt: str, served: dict[str, str], draw: float) -> str:
-    """What the judge model says: a short explanation and the verdict (or, for a share, no verdict at all)."""
-    if draw < config.judge_unparseable_rate:
-        return "Both answers have merits and flaws; it is hard to say which one is better overall."
-    single = _SINGLE.search(prompt)
-    if single:
-        question, answer = single.group(1), single.group(2)
-        model = _model_of(answer, served)
-        grade = config.judge_grades.get((question, model))
-        if grade is None:
-            grade = 1 + int.from_bytes(hashlib.sha256(f"{question}\x00{model}".encode()).digest()[:4], "big") % 10
-        return f"The response addresses the question. Rating: [[{grade:g}]]"
-    pair = _PAIR.search(prompt)
-    if not pair:
-        return "I can only judge a question with two answers."
-    if draw < config.judge_unparseable_rate + config.judge_position_bias:
-        return "Assistant A's answer comes first and is better. [[A]]"
-    question, first, second = pair.group(1), _model_of(pair.group(2), served), _model_of(pair.group(3), served)
-    winner = config.judge_verdicts.get(question)
-    if winner is None:
-        winner = random.Random(question).choice((first, second, "tie"))
-    verdict = "A" if winner == first else "B" if winner == second else "C"
-    return f"Having compared both answers, my final verdict is [[{verdict}]]"
-
-
-def _model_of(answer: str, served: dict[str, str]) -> str:
-    """Which model gave an answer this server served (composed answers also name it: "[model] ...")."""
-    if answer in served:
-        return served[answer]
-    return answer[1:].split("]", 1)[0] if answer.startswith("[") else ""
-
-
 def _prompt_of(messages: list[dict[str, Any]]) -> str:
     prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
     return prompt if isinstance(prompt, str) else json.dumps(prompt)
@@ -181,7 +140,9 @@ def create_app(config: LoopbackConfig) -> FastAPI:
         """A completion for one accepted request: (body, request id, seconds it takes to answer)."""
         profile = config.models.get(model, config.default_profile)
         if model in config.judge_models:
-            answer = judge_reply(config, prompt, served, rng.random())
+            judge = JudgeBehaviour(config.judge_verdicts, config.judge_grades, config.judge_unparseable_rate,
+                                   config.judge_position_bias)
+            answer = judge_reply(judge, prompt, served, rng.random())
         else:
             answer = (config.recordings.get((model, prompt)) or config.recordings.get(("*", prompt))
                       or compose_answer(model, prompt, profile.answer_words))
@@ -380,6 +341,12 @@ def main() -> None:
     parser.add_argument("--batch-failed-line-rate", type=float, default=0.0, help="share of batch lines answered 500")
     parser.add_argument("--batch-expire-share", type=float, default=0.0, help="> 0: that share of lines never run")
     parser.add_argument("--judge-model", action="append", default=[], help="answer this model as an LLM judge")
+    parser.add_argument("--judge-file", type=Path, default=None, help="JSONL of recorded verdicts: "
+                        '{"question", "winner": MODEL or "tie"} or {"question", "model", "grade": 1-10}')
+    parser.add_argument("--judge-unparseable-rate", type=float, default=0.0,
+                        help="share of judge replies with no verdict")
+    parser.add_argument("--judge-position-bias", type=float, default=0.0,
+                        help="share of pairwise judge replies that say [[A]] whatever the answers")
     args = parser.parse_args()
     config = LoopbackConfig(models=dict(DEMO_MODELS), list_models=args.models is not None,
                             judge_models=set(args.judge_model), batches=BatchBehaviour(delay_s=args.batch_delay_s,
@@ -391,6 +358,10 @@ def main() -> None:
         config.jitter = False
     if args.recordings:
         config.recordings = load_recordings(args.recordings)
+    config.judge_unparseable_rate, config.judge_position_bias = args.judge_unparseable_rate, args.judge_position_bias
+    if args.judge_file:
+        recorded = load_judge_file(args.judge_file, JudgeBehaviour())
+        config.judge_verdicts, config.judge_grades = recorded.verdicts, recorded.grades
     if args.models:
         config.models = {**config.models, **{m: config.default_profile for m in args.models.split(",") if m}}
     uvicorn.run(create_app(config), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
