@@ -102,6 +102,14 @@ def test_router_typos_on_the_cli_store_nothing(monkeypatch, capsys, tmp_path, lo
                           (str(tmp_path / "nowhere"), "no such directory"), ("models", "without config.json")):
         code, out = cli("submit", batch, "--router", typo, "--detach")
         assert code == 2 and message in out.err and "Traceback" not in out.err, (typo, out)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the trial's machine: no hub
+    for hub_id in ("my-routr/v1", "someorg/nonexistent-router-xyz"):  # a mistyped directory reads as a hub id
+        for detach in ("--detach", "--no-detach"):
+            code, out = cli("submit", batch, "--router", hub_id, detach)
+            assert code == 1 and "cannot fetch this hub id" in out.err, (hub_id, out)
+            assert len(out.err.strip().splitlines()) == 1 and "submitted" not in out.out, out
     code, out = cli("jobs", "--json")
     assert json.loads(out.out) == []
     code, out = cli("submit", batch, "--router", "models/mine", "--json")  # the operator may name a directory
