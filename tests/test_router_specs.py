@@ -71,7 +71,11 @@ def test_a_tenant_may_name_only_published_routers(settings, tmp_path):
         assert r.status_code == 400 and "set by the operator" in r.json()["error"]["message"], r.text
         assert n_jobs(sf) == 0
 
-        for spec, expected in (("random", "random"), (promoted, promoted), ("serving", promoted)):  # never a path
+        shipped = next(v for v in client.get("/v1/router/versions", headers=auth).json() if v["owner"] == "shipped")
+        shipped_label = f"{shipped['router']}@{shipped['version']}"  # the operator published it: a tenant may name it
+        assert post(f"{shipped['router']}@{'0' * 12}").status_code == 422  # a version nobody published
+        for spec, expected in (("random", "random"), (promoted, promoted), ("serving", promoted),  # never a path
+                               (shipped_label, shipped_label), (shipped["version"], shipped_label)):
             r = post(spec)
             assert r.status_code == 201, (spec, r.text)
             assert client.get(f"/v1/jobs/{r.json()['job_id']}", headers=auth).json()["router"] == expected
