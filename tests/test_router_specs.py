@@ -19,7 +19,8 @@ from db.models import Item, Job, RouterVersion
 from db.session import open_database
 from jobs.api import create_app
 from jobs.cli import app as cli_app
-from jobs.cli.context import run_app
+from jobs.cli.context import Stages, run_app
+from jobs.cli.job_commands import follow
 from jobs.services.tenants import create_tenant
 from routers.base import version_of
 from routeyard.states import ItemStatus, JobStatus
@@ -135,6 +136,23 @@ def test_a_router_that_does_not_load_fails_its_job_once(settings, tmp_path, loop
         session.commit()
     assert run_embedded(sf, settings, result.job_id).status == JobStatus.FAILED
     assert server_stats(loopback.base_url)["calls"] == []
+
+
+def test_following_a_job_whose_router_failed_draws_no_calls(settings, tmp_path, capsys):
+    """`submit --wait` follows a job on the workers: one whose router failed to load made no call, so no
+    `calling models` stage is drawn for it (its items are failed, not called); a routed job's calls are."""
+    broken = saved_router(tmp_path / "broken", router="linear")
+    sf, failed = submit(settings, write_batch(tmp_path / "b.jsonl", ["one", "two", "three"]), router=str(broken))
+    run_embedded(sf, settings, failed.job_id)
+    _, done = submit(settings, write_batch(tmp_path / "c.jsonl", ["one", "two"]), router="random")
+    run_embedded(sf, settings, done.job_id)
+    capsys.readouterr()
+    with Stages() as stages:
+        assert follow(sf, failed.job_id, stages, every_s=0.01).status == JobStatus.FAILED
+    assert "calling models" not in capsys.readouterr().err
+    with Stages() as stages:
+        assert follow(sf, done.job_id, stages, every_s=0.01).status == JobStatus.COMPLETED
+    assert "calling models: 2/2" in capsys.readouterr().err
 
 
 def test_a_worker_fails_a_job_whose_router_does_not_load(settings, tmp_path, monkeypatch):
