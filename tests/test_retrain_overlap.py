@@ -2,8 +2,12 @@
 does nothing and says why; a version already stored is never stored twice; a holder that died frees its
 claim. On SQLite and PostgreSQL (the `settings` fixture runs each test on both)."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -15,6 +19,8 @@ from jobs.services import retrain as service
 from jobs.services.retrain import RetrainRunning, one_retrain_at_a_time, retrain
 from jobs.services.schedules import add_schedule
 from routers.data import outcome_to_preference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -90,3 +96,42 @@ def test_a_schedule_firing_while_its_retrain_runs_is_skipped_not_failed(setup, c
     assert message.startswith("global: skipped: a retrain of the global default is already running"), message
     assert "failed" not in message and "skipped" in caplog.text
     assert versions(sf) == []
+
+
+def _env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
+    return {**env, "ROUTEYARD_DATABASE_URL": settings.resolved_database_url, "ROUTEYARD_HOME": str(settings.home),
+            "ROUTEYARD_DEFAULT_ROUTER": "random", "PYTHONPATH": str(ROOT)}
+
+
+HOLD = """
+import sys, time
+from db.session import open_database
+from jobs.services.retrain import one_retrain_at_a_time
+from routeyard.settings import Settings
+settings = Settings()
+sf = open_database(settings.resolved_database_url)
+with one_retrain_at_a_time(sf, settings, None):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow  # two Python processes start (a few seconds each)
+def test_across_processes_a_live_retrain_refuses_the_next_and_a_killed_one_frees_it(setup):
+    sf, settings, heldout, rows = setup
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], env=_env(settings), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cli = subprocess.run([sys.executable, "-m", "jobs.cli", "retrain", "--tenant", "global", "--router",
+                              "random"], env=_env(settings), capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 2, cli
+        assert "a retrain of the global default is already running" in cli.stderr and "Traceback" not in cli.stderr
+        assert f"pid {holder.pid}" in cli.stderr
+        with pytest.raises(RetrainRunning):
+            retrain(sf, settings, "random", [], heldout, extra=rows, tenant_id=None)
+    finally:
+        holder.kill()  # kill -9: no clean release; its runner's pid is gone
+        holder.wait()
+    retrain(sf, settings, "random", [], heldout, extra=rows, tenant_id=None)
+    assert len(versions(sf)) == 1
