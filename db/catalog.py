@@ -104,7 +104,16 @@ def version_named(session: Session, version: str, tenant_id: str | None = ANY_TE
 
 def add_version(session: Session, row: RouterVersion, *, serve: bool) -> RouterVersion:
     """Store a trained version; with `serve`, it becomes the one serving its owner's jobs (and no other of that
-    owner's does; other tenants' are untouched)."""
+    owner's does; other tenants' are untouched). A version its owner already has (the same weights trained
+    again) is not stored twice: the stored row is returned, its decision extended, and served if `serve`."""
+    existing = version_named(session, row.version, row.tenant_id)
+    if existing is not None:
+        if serve:
+            serve_version(session, existing, f"trained again at {utcnow().isoformat(timespec='seconds')}, "
+                                             f"the same weights: {row.decision}")
+        else:
+            existing.decision += f"; trained again at {utcnow().isoformat(timespec='seconds')}, the same weights"
+        return existing
     if serve:
         session.execute(update(RouterVersion).where(_owned_by(row.tenant_id)).values(serving=False))
         row.serving, row.promoted_at = True, utcnow()

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -259,6 +260,10 @@ class RouterVersion(Base):
     """A trained router: where it lies, what it was trained on, how it evaluated, and whether it serves."""
 
     __tablename__ = "router_versions"
+    # One row per version per owner (NULL, the global default, compared as ''): a retrain that derives a version
+    # already stored updates that row instead of listing it twice (rollback names a version: it must be one).
+    __table_args__ = (Index("uq_router_versions_owner_version", func.coalesce(text("tenant_id"), ""), "version",
+                            unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # whose router it is: a tenant's, trained on its feedback and serving only its jobs; None: the global default
@@ -274,6 +279,19 @@ class RouterVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column()
     serving: Mapped[bool] = mapped_column(default=False, index=True)
+
+
+class RetrainLock(Base):
+    """The retrain running now for an owner (a tenant, or '' for the global default): one at a time, so a
+    schedule firing again while a long retrain runs skips instead of training a second candidate. Held by a
+    runner (db/runners.py): a holder that died stops counting once its heartbeat is old."""
+
+    __tablename__ = "retrain_locks"
+
+    owner: Mapped[str] = mapped_column(String(40), primary_key=True)
+    token: Mapped[str] = mapped_column(String(40))  # this claim's: threads of one process share a runner id
+    runner_id: Mapped[str] = mapped_column(String(120))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Schedule(Base):

@@ -55,7 +55,7 @@ class Holder:
                 f"process: the job is free {dead_after_s:.0f} s after its last heartbeat")
 
 
-def _alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
+def runner_alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
     """Beat within `dead_after_s`, and, on this host, its process still exists (a killed CLI is known dead at
     once; a restarted container has the same pid as its previous life, but not the same runner id)."""
     if runner is None or aware(runner.heartbeat_at) < utcnow() - timedelta(seconds=dead_after_s):
@@ -89,7 +89,7 @@ def acquire_job(session: Session, job_id: str, me: str, dead_after_s: float) -> 
     job = get_job(session, job_id, lock=True)
     if job.runner_id is not None and job.runner_id != me:
         holder = session.get(Runner, job.runner_id)
-        if holder is not None and _alive(holder, dead_after_s, me):
+        if holder is not None and runner_alive(holder, dead_after_s, me):
             return Holder(holder.id, holder.kind, holder.host, holder.pid, holder.heartbeat_at)
     job.runner_id = me
     return None
@@ -204,4 +204,4 @@ def interrupted(session: Session, job: Job, dead_after_s: float) -> bool:
     a kill, a crash) and waits for a resume. Not for distributed jobs: workers never hold them."""
     if job.status not in (JobStatus.SCORING, JobStatus.RUNNING):
         return False
-    return job.runner_id is None or not _alive(session.get(Runner, job.runner_id), dead_after_s, "")
+    return job.runner_id is None or not runner_alive(session.get(Runner, job.runner_id), dead_after_s, "")

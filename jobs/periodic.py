@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import LOCAL_TENANT
-from jobs.services.retrain import retrain, tenants_to_retrain
+from jobs.services.retrain import RetrainRunning, retrain, tenants_to_retrain
 from jobs.services.schedules import claim_due, record_result
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, read_data
 from routers.registry import DEFAULT_ROUTER
@@ -47,6 +47,9 @@ def run_scheduled_retrain(sf: sessionmaker[Session], settings: Settings, schedul
             result = retrain(sf, settings, args.get("router", DEFAULT_ROUTER), [Path(p) for p in args.get("data", [])],
                              heldout, float(args.get("margin", 0.0)), tenant_id=tenant, **columns)
             parts.append(f"{whose}: {result.version}: {result.decision}")
+        except RetrainRunning as exc:  # a firing that came round while the last one still runs: not a failure
+            log.warning("schedule %s: retrain of %s skipped: %s", schedule_id, whose, exc)
+            parts.append(f"{whose}: skipped: {exc}")
         except (UserError, OSError) as exc:  # a gate that refuses: recorded, not raised
             failed += 1
             parts.append(f"{whose}: failed: {exc}")

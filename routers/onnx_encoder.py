@@ -23,12 +23,20 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: threads are still serialised; processes may each export, renamed atomically
+    fcntl = None  # type: ignore[assignment]
 
 # Bump when the export or the quantisation changes: a cached model from another recipe is not reused.
 RECIPE = "layers-mean-v1-int8-perchannel"
@@ -100,11 +108,31 @@ def _export(model_dir: Path, out: Path) -> None:
         os.replace(int8, out)  # atomic: a concurrent process sees the old state or the whole file
 
 
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): two exports at once in one process, as
+# Celery's threads pool runs tasks, fail each other's assertions. One export at a time per process.
+_EXPORT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """Held by one process at a time among those sharing the cache dir, so a model is exported once, not once
+    per worker (the rename in `_export` already keeps a reader from seeing half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, even if the export raised
+
+
 def exported_model(model_dir: Path, cache_dir: Path) -> Path:
-    """The cached int8 model for these weights, exported now if there is none."""
+    """The cached int8 model for these weights, exported now if there is none (once, however many threads and
+    processes ask at the same moment: the others wait for it)."""
     path = cache_dir / "onnx" / f"minilm-{fingerprint(model_dir)}.onnx"
-    if not path.is_file():
-        _export(model_dir, path)
+    if path.is_file():
+        return path
+    with _EXPORT_LOCK, _cache_lock(path.with_name(f"{path.name}.lock")):
+        if not path.is_file():  # another thread or process may have exported it while this one waited
+            _export(model_dir, path)
     return path
 
 

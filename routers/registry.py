@@ -89,16 +89,44 @@ def _resolve(spec: str) -> Path | None:
         raise NotFound(f"router {spec!r} ships no checkpoint (only {DEFAULT_ROUTER!r} does): train one with "
                        f"`routeyard router train --router {spec} --data ... --out DIR` and pass DIR")
     if spec.count("/") == 1 and not path.exists():
-        # Imported here: only hub ids need it (an ML-extra package, and slow to import).
-        with _needs_ml(f"router {spec!r} (a hub id)"):
-            from huggingface_hub import snapshot_download
+        config_only = _hub_config(spec)
+        from huggingface_hub import snapshot_download  # importable: _hub_config imported it
 
         with _hub_errors(spec):
-            config_only = Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE]))
             published = "router" not in _read_config(config_only) and routellm.detect(_read_config(config_only))
             patterns = routellm.HUB_PATTERNS if published else [CONFIG_FILE, WEIGHTS_FILE]
             return Path(snapshot_download(repo_id=spec, allow_patterns=patterns))
     raise InvalidInput(f"unknown router {spec!r}: not a directory, not one of {sorted(ROUTERS)}, not a hub id")
+
+
+def _hub_config(spec: str) -> Path:
+    """The hub id's config.json alone, fetched (or read from the hub cache): what tells whether the repository
+    exists, can be reached and holds a router, before any weights are downloaded."""
+    # Imported here: only hub ids need it (an ML-extra package, and slow to import).
+    with _needs_ml(f"router {spec!r} (a hub id)"):
+        from huggingface_hub import snapshot_download
+
+    with _hub_errors(spec):
+        return Path(snapshot_download(repo_id=spec, allow_patterns=[CONFIG_FILE]))
+
+
+# Hub ids whose config this process fetched and found a router's: a long-lived front door (the API) asks the
+# hub once per id, not once per job.
+_HUB_CHECKED: set[str] = set()
+
+
+def _check_hub_id(spec: str) -> None:
+    """Refuse a hub id that cannot be fetched (Unavailable: offline, no connection, gated), that names no
+    repository (NotFound), or whose config.json is not a router's (InvalidInput), before a job is stored. On a
+    core install (no huggingface_hub) the id is taken on its shape: the workers that load it may have the ML
+    extra, and a front door that would load it itself refuses such a job anyway (`missing_ml_for`)."""
+    if spec in _HUB_CHECKED or importlib.util.find_spec("huggingface_hub") is None:
+        return
+    folder = _hub_config(spec)
+    saved = _read_config(folder)
+    if "router" in saved or not routellm.detect(saved):
+        _registry_name(saved, folder)
+    _HUB_CHECKED.add(spec)
 
 
 @contextmanager
@@ -125,7 +153,8 @@ def _hub_errors(spec: str) -> Iterator[None]:
 def check_spec(spec: str) -> None:
     """Refuse, without loading anything, a spec `load_router` could not load: a registry name that ships no
     checkpoint and needs one, a directory that is not a saved router (no config.json, or one naming no known
-    router), a missing path. A hub id (`owner/name`) is taken on its shape: only loading it can tell more."""
+    router), a missing path. A hub id (`owner/name`) must be fetchable and hold a router's config.json
+    (`_check_hub_id`): a job naming one that is not would be stored only to fail when its router loads."""
     if spec in ROUTERS:
         if (PRETRAINED_DIR / spec).is_dir():
             return
@@ -152,6 +181,7 @@ def check_spec(spec: str) -> None:
     if looks_like_path or not HUB_ID.match(spec):
         raise InvalidInput(f"unknown router {spec!r}: not one of {sorted(ROUTERS)}, not a router directory"
                            f"{' (no such directory)' if looks_like_path else ''}, not a hub id (owner/name)")
+    _check_hub_id(spec)
 
 
 def _registry_name(saved: dict, path: Path) -> str:

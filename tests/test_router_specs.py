@@ -19,7 +19,8 @@ from db.models import Item, Job, RouterVersion
 from db.session import open_database
 from jobs.api import create_app
 from jobs.cli import app as cli_app
-from jobs.cli.context import run_app
+from jobs.cli.context import Stages, run_app
+from jobs.cli.job_commands import follow
 from jobs.services.tenants import create_tenant
 from routers.base import version_of
 from routeyard.states import ItemStatus, JobStatus
@@ -71,7 +72,11 @@ def test_a_tenant_may_name_only_published_routers(settings, tmp_path):
         assert r.status_code == 400 and "set by the operator" in r.json()["error"]["message"], r.text
         assert n_jobs(sf) == 0
 
-        for spec, expected in (("random", "random"), (promoted, promoted), ("serving", promoted)):  # never a path
+        shipped = next(v for v in client.get("/v1/router/versions", headers=auth).json() if v["owner"] == "shipped")
+        shipped_label = f"{shipped['router']}@{shipped['version']}"  # the operator published it: a tenant may name it
+        assert post(f"{shipped['router']}@{'0' * 12}").status_code == 422  # a version nobody published
+        for spec, expected in (("random", "random"), (promoted, promoted), ("serving", promoted),  # never a path
+                               (shipped_label, shipped_label), (shipped["version"], shipped_label)):
             r = post(spec)
             assert r.status_code == 201, (spec, r.text)
             assert client.get(f"/v1/jobs/{r.json()['job_id']}", headers=auth).json()["router"] == expected
@@ -102,6 +107,14 @@ def test_router_typos_on_the_cli_store_nothing(monkeypatch, capsys, tmp_path, lo
                           (str(tmp_path / "nowhere"), "no such directory"), ("models", "without config.json")):
         code, out = cli("submit", batch, "--router", typo, "--detach")
         assert code == 2 and message in out.err and "Traceback" not in out.err, (typo, out)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the trial's machine: no hub
+    for hub_id in ("my-routr/v1", "someorg/nonexistent-router-xyz"):  # a mistyped directory reads as a hub id
+        for detach in ("--detach", "--no-detach"):
+            code, out = cli("submit", batch, "--router", hub_id, detach)
+            assert code == 1 and "cannot fetch this hub id" in out.err, (hub_id, out)
+            assert len(out.err.strip().splitlines()) == 1 and "submitted" not in out.out, out
     code, out = cli("jobs", "--json")
     assert json.loads(out.out) == []
     code, out = cli("submit", batch, "--router", "models/mine", "--json")  # the operator may name a directory
@@ -123,6 +136,23 @@ def test_a_router_that_does_not_load_fails_its_job_once(settings, tmp_path, loop
         session.commit()
     assert run_embedded(sf, settings, result.job_id).status == JobStatus.FAILED
     assert server_stats(loopback.base_url)["calls"] == []
+
+
+def test_following_a_job_whose_router_failed_draws_no_calls(settings, tmp_path, capsys):
+    """`submit --wait` follows a job on the workers: one whose router failed to load made no call, so no
+    `calling models` stage is drawn for it (its items are failed, not called); a routed job's calls are."""
+    broken = saved_router(tmp_path / "broken", router="linear")
+    sf, failed = submit(settings, write_batch(tmp_path / "b.jsonl", ["one", "two", "three"]), router=str(broken))
+    run_embedded(sf, settings, failed.job_id)
+    _, done = submit(settings, write_batch(tmp_path / "c.jsonl", ["one", "two"]), router="random")
+    run_embedded(sf, settings, done.job_id)
+    capsys.readouterr()
+    with Stages() as stages:
+        assert follow(sf, failed.job_id, stages, every_s=0.01).status == JobStatus.FAILED
+    assert "calling models" not in capsys.readouterr().err
+    with Stages() as stages:
+        assert follow(sf, done.job_id, stages, every_s=0.01).status == JobStatus.COMPLETED
+    assert "calling models: 2/2" in capsys.readouterr().err
 
 
 def test_a_worker_fails_a_job_whose_router_does_not_load(settings, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from typing import Annotated, cast
 import typer
 from pydantic import SecretStr
 from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
 from db import runners
@@ -90,16 +91,22 @@ def _finish(summary: RunSummary, n_rejected: int, as_json: dict[str, object] | N
 
 def _follow(ctx: typer.Context, job_id: str) -> RunSummary:
     """Poll a job run by workers, with a progress bar, until it ends."""
-    sf = cli_context(ctx).db
     with Stages() as stages:
-        while True:
-            with sf() as session:
-                job = store.get_job(session, job_id)
-                counts = store.status_counts(session, job_id)
+        return follow(cli_context(ctx).db, job_id, stages)
+
+
+def follow(sf: sessionmaker[Session], job_id: str, stages: Stages, every_s: float = 0.5) -> RunSummary:
+    """Draw a job's calls until it ends. The calls stage starts once the job is routed: a job that fails before
+    (its router did not load) made no call, and a bar filling with its failed items would say it had."""
+    while True:
+        with sf() as session:
+            job = store.get_job(session, job_id)
+            counts = store.status_counts(session, job_id)
+        if job.status in (JobStatus.RUNNING, JobStatus.COMPLETED) or "calling models" in stages.tasks:
             stages.set("calling models", sum(n for s, n in counts.items() if s in ITEM_FINISHED), job.n_items)
-            if job.status.ended:
-                return RunSummary(job_id, job.status, counts)
-            time.sleep(0.5)
+        if job.status.ended:
+            return RunSummary(job_id, job.status, counts)
+        time.sleep(every_s)
 
 
 @app.command()

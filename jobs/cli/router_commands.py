@@ -24,7 +24,7 @@ from jobs.cli.options import (
     warn_small_training,
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
-from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
+from jobs.services.retrain import ALL_TENANTS, RetrainRunning, tenants_to_retrain
 from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import (
     SERVING,
@@ -248,7 +248,7 @@ def retrain(
         try:
             result = run_retrain(state.db, state.settings, router, data or [], rows, margin,
                                  strong_column=strong_column, weak_column=weak_column, tenant_id=tenant_id)
-        except InvalidInput as exc:
+        except (InvalidInput, RetrainRunning) as exc:  # with --tenant all, one tenant's refusal stops no other
             if tenant not in (ALL_TENANTS,):
                 raise
             failed = True

@@ -25,14 +25,19 @@ prompts fall in its fixed held-out share, `ROUTEYARD_JUDGE_HELDOUT_SHARE`, never
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import catalog
+from db import catalog, retrain_locks
 from db.judging import judged_pairs
 from db.models import LOCAL_TENANT, RouterVersion
 from jobs.services.feedback import FEEDBACK_GROUP, feedback_preferences
@@ -53,8 +58,9 @@ from routers.data import (
 )
 from routers.evaluate import curve, metrics
 from routers.registry import load_router, train_router
-from routeyard.errors import InvalidInput, NotFound
+from routeyard.errors import Conflict, InvalidInput, NotFound
 from routeyard.settings import Settings
+from worker.heartbeat import beating
 from worker.runtime import router_runtime
 
 log = logging.getLogger(__name__)
@@ -117,10 +123,53 @@ def tenant_heldout(sf: sessionmaker[Session], tenant_id: str | None) -> list[Out
         return [Outcome(p.prompt, p.strong, p.weak, JUDGED_GROUP) for p in judged_pairs(session, tenant_id, True)]
 
 
+class RetrainRunning(Conflict):
+    """A retrain of the same owner is running now: this one did nothing (a schedule's firing is skipped)."""
+
+
+@contextmanager
+def one_retrain_at_a_time(sf: sessionmaker[Session], settings: Settings, tenant_id: str | None) -> Iterator[None]:
+    """Hold the owner's retrain claim while the block runs (db/retrain_locks.py); RetrainRunning when another
+    live process or thread holds it. Two retrains at once would train twice and store the same version twice."""
+    owner = retrain_locks.GLOBAL_OWNER if tenant_id is None else tenant_id
+    token = uuid.uuid4().hex
+    with beating(sf, settings, "retrain") as heartbeat:  # keeps the claim alive; a dead process's lapses
+        for first in (True, False):
+            try:
+                with sf() as session:
+                    holder = retrain_locks.claim(session, owner, token, heartbeat.id, settings.dead_after_s)
+                    session.commit()
+                break
+            except IntegrityError:  # another retrain made the first claim at the same moment: read it
+                if not first:
+                    raise
+        if holder is not None:
+            whose = f"tenant {tenant_id}" if tenant_id is not None else "the global default"
+            raise RetrainRunning(f"a retrain of {whose} is already running (started {holder.seen:%Y-%m-%d %H:%M:%S} "
+                                 f"UTC, pid {holder.pid} on {holder.host}); one runs at a time, so this one did "
+                                 "nothing")
+        try:
+            yield
+        finally:
+            with sf() as session:
+                retrain_locks.release(session, owner, token)
+                session.commit()
+
+
 def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_data: list[Path],
             heldout: list[Outcome], margin: float = 0.0, seed: int = 0,
             extra: list[Preference] | None = None, strong_column: str = ROUTELLM_STRONG,
             weak_column: str = ROUTELLM_WEAK, tenant_id: str | None = LOCAL_TENANT) -> RetrainResult:
+    """Train a candidate for the tenant and gate it against the version serving it; one at a time per tenant
+    (RetrainRunning while another runs)."""
+    with one_retrain_at_a_time(sf, settings, tenant_id):
+        return _retrain(sf, settings, router, base_data, heldout, margin, seed, extra, strong_column, weak_column,
+                        tenant_id)
+
+
+def _retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_data: list[Path],
+             heldout: list[Outcome], margin: float, seed: int, extra: list[Preference] | None, strong_column: str,
+             weak_column: str, tenant_id: str | None) -> RetrainResult:
     judged_heldout = tenant_heldout(sf, tenant_id)
     heldout = list(heldout) + judged_heldout
     whose = f"tenant {tenant_id}" if tenant_id is not None else "the global default"
@@ -164,7 +213,7 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
                 f"({'met' if promoted else 'not met'}: {candidate_m.apgr - serving_m.apgr:+.4f}); trained on "
                 f"{len(rows)} rows ({len(base)} base, {used_feedback} feedback of {whose}); {note}")
     with sf() as session:
-        catalog.add_version(session, RouterVersion(
+        stored = catalog.add_version(session, RouterVersion(
             tenant_id=tenant_id, router=router, version=version, path=str(out), apgr=candidate_m.apgr,
             baseline_apgr=serving_m.apgr, metrics=candidate_m.to_dict(), decision=decision, serving=False,
             data={"rows": len(rows), "base_rows": len(base), "feedback_rows": used_feedback,
@@ -172,9 +221,13 @@ def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_dat
                   "heldout_judged": len(judged_heldout), "judged_on": len(judged),
                   "heldout_excluded": len(heldout) - len(judged), "serving": serving_router.label,
                   "margin": margin, "tenant": tenant_id}), serve=promoted)
+        if not Path(stored.path).is_dir():  # a version stored before whose directory is gone: this copy serves it
+            stored.path = str(out)
         session.commit()
+    if stored.path != str(out):  # the same weights, already saved where the stored row points
+        shutil.rmtree(out, ignore_errors=True)
     log.warning("retrain %s %s for %s: %s", router, version, whose, decision)
-    return RetrainResult(version, str(out), promoted, candidate_m.apgr, serving_m.apgr, decision)
+    return RetrainResult(version, stored.path, promoted, candidate_m.apgr, serving_m.apgr, decision)
 
 
 def tenants_to_retrain(sf: sessionmaker[Session], spec: str | None) -> list[str | None]:

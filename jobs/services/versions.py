@@ -103,24 +103,36 @@ def _named_version(session: Session, spec: str, tenant_id: str | None) -> Router
     return None
 
 
+def _shipped_named(spec: str, settings: Settings) -> str | None:
+    """The shipped router's spec when `spec` names its version (`linear@c77cc1f0ccf5` or the version alone), as
+    `router versions` lists it: the operator published it, so any tenant may name it. None otherwise."""
+    shipped = shipped_router(settings)
+    if shipped.version in ("-", "default"):  # a hub id or a router with nothing saved: no version to name
+        return None
+    return shipped.spec if spec in (shipped.label, shipped.version) else None
+
+
 def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, tenant_id: str | None) -> str:
     """The router a job records, checked before anything is stored. `spec` None: the operator's default
     (ROUTEYARD_DEFAULT_ROUTER). `tenant_id` None: the operator (the CLI), who may name anything that loads. A
     tenant (an API key) may name only what was published: `serving`, a registry name, a promoted version
-    (`routeyard router versions`), the operator's or its own. Directories and hub ids are the operator's to
-    choose: the shared workers load them, so a tenant naming one could make them read any path on the host or
-    download from the internet."""
+    (`routeyard router versions`), the operator's or its own, or the shipped router's version. Directories and
+    hub ids are the operator's to choose: the shared workers load them, so a tenant naming one could make them
+    read any path on the host or download from the internet."""
     if spec is None:
         spec = settings.default_router
     elif spec != SERVING and spec not in ROUTERS and (tenant_id or not Path(spec).expanduser().is_dir()):
         with sf() as session:
             row = _named_version(session, spec, tenant_id)
+        shipped = _shipped_named(spec, settings) if row is None else None
         if row is not None:
             spec = row.path
+        elif shipped is not None:
+            spec = shipped
         elif tenant_id is not None:
-            raise InvalidInput(f"unknown router {spec[:200]!r}: name {SERVING!r}, one of {sorted(ROUTERS)}, or a "
-                               "promoted version; router directories and hub ids are set by the operator "
-                               "(ROUTEYARD_DEFAULT_ROUTER)")
+            raise InvalidInput(f"unknown router {spec[:200]!r}: name {SERVING!r}, one of {sorted(ROUTERS)}, a "
+                               "promoted version or the shipped one (`router versions`); router directories and "
+                               "hub ids are set by the operator (ROUTEYARD_DEFAULT_ROUTER)")
     resolved = resolve_router_spec(sf, spec, settings, tenant_id or LOCAL_TENANT)  # the CLI's jobs are local's
     check_router_spec(resolved)
     missing = missing_ml_for(resolved) if settings.embedded else None  # the job would run in this process
