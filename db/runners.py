@@ -75,7 +75,7 @@ def runner_alive(runner: Runner | None, dead_after_s: float, me: str) -> bool:
 def dead_among(session: Session, runner_ids: Sequence[str], dead_after_s: float, me: str) -> list[str]:
     """Those of these runners known dead: no row (a clean exit forgets it), no beat within `dead_after_s`, or,
     on this host, no such process."""
-    return [r for r in runner_ids if r != me and not _alive(session.get(Runner, r), dead_after_s, me)]
+    return [r for r in runner_ids if r != me and not runner_alive(session.get(Runner, r), dead_after_s, me)]
 
 
 def holder(session: Session, runner_id: str) -> Holder | None:

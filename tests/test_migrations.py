@@ -37,7 +37,7 @@ def test_workers_starting_together_migrate_a_fresh_database_once(empty_database_
 
 
 def test_duplicate_router_versions_are_merged_before_the_unique_index(empty_database_url):
-    """0016: versions stored twice by overlapping retrains (the same owner and version) keep one row: the serving
+    """0017: versions stored twice by overlapping retrains (the same owner and version) keep one row: the serving
     one, else the oldest; other owners' rows with the same version stay."""
     from alembic import command
     from alembic.config import Config

@@ -5,14 +5,14 @@ by version was then ambiguous. retrain_locks holds the running retrain of each o
 global default); router versions get a unique (owner, version) index, after removing the duplicates already
 stored (the serving row is kept, else the oldest).
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
