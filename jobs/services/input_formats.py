@@ -4,10 +4,11 @@ Parsing streams: each line yields an accepted item or a rejection naming the lin
 line never sinks the batch and a file of a million lines is never held in memory.
 
 Text is UTF-8 (a byte-order mark, as Excel writes one, is skipped); a line that is not UTF-8, that is longer
-than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON) or a NUL character (no
-database stores one in text), or that starts with a byte-order mark below the first line (two files joined)
-is rejected with its line number and field, and the rest of the file is read. Every rejection carries the
-line's custom_id when it had one and an error code, so every front door writes the same error file.
+than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON), a NUL character or a
+lone surrogate in a key or value (no database stores one in text), that is nested past MAX_DEPTH, or that starts
+with a byte-order mark below the first line (two files joined) is rejected with its line number and field, and
+the rest of the file is read. Every rejection carries the line's custom_id when it had one and an error code, so
+every front door writes the same error file.
 
 A JSONL file is in one of two forms, Batch API lines or plain lines. A JSON object that has the keys of
 neither is told what its file's form needs: the Batch form for a Batch API input file (/v1/files, purpose
@@ -33,7 +34,6 @@ from typing import Any, Literal
 
 from jobs.services.input_lines import (
     LineError,
-    NotJson,
     ParsedItem,
     Rejection,
     Shape,
@@ -42,6 +42,7 @@ from jobs.services.input_lines import (
     fields_of,
     formless,
     from_object,
+    load_line,
     shape_of,
 )
 
@@ -117,7 +118,7 @@ def _read_line(line_no: int, raw: bytes | None, max_bytes: int, form: Shape | No
         if not text.strip():
             return None, None
         try:
-            obj = json.loads(text.rstrip("\r\n"), parse_constant=NotJson)
+            obj = load_line(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line") from None
         shape = shape_of(obj) if isinstance(obj, dict) else None
@@ -135,8 +136,8 @@ def _custom_id_past_bom(raw: bytes) -> str | None:
     if not raw.startswith(BOM.encode()):
         return None
     try:
-        return custom_id_of(json.loads(raw[3:].decode("utf-8"), parse_constant=NotJson))
-    except ValueError:  # not UTF-8 or not JSON: the line had no custom_id to tell
+        return custom_id_of(load_line(raw[3:].decode("utf-8")))
+    except ValueError:  # not UTF-8, not JSON or too deep: the line had no custom_id to tell
         return None
 
 

@@ -7,11 +7,15 @@ what the line's form needs. input_formats.py reads files into lines and calls th
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from routeyard.text import shown, unstorable
 
 Shape = Literal["batch", "plain"]  # the form a line is in: an OpenAI Batch API line, or plain
 CHAT_URL = "/v1/chat/completions"
@@ -224,7 +228,7 @@ def custom_id_of(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return None
     value = obj["custom_id"] if "custom_id" in obj else obj.get("id")  # a plain line's id, its prompt missing too
-    if isinstance(value, bool) or not isinstance(value, str | int) or "\x00" in str(value):
+    if isinstance(value, bool) or not isinstance(value, str | int) or unstorable(str(value)):
         return None
     return str(value)[:500]
 
@@ -236,23 +240,62 @@ class NotJson:
         self.text = text
 
 
-def check_values(value: Any, where: str = "") -> None:
-    """Refuse what JSON or the database cannot hold: NaN/Infinity, and NUL characters (PostgreSQL text and
-    jsonb refuse \\u0000, so the whole batch would fail to store)."""
-    if isinstance(value, NotJson) or (isinstance(value, float) and not math.isfinite(value)):
-        text = value.text if isinstance(value, NotJson) else repr(value)
-        raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
-                        "invalid_json_line", where or None)
-    if isinstance(value, str) and "\x00" in value:
-        raise LineError(f"field '{where or 'line'}': contains a NUL character (\\u0000), which cannot be stored; "
-                        "remove it", "invalid_request", where or None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            if "\x00" in str(key):
-                raise LineError(f"field '{path}': a key contains a NUL character (\\u0000), which cannot be stored",
-                                "invalid_request", path)
-            check_values(item, path)
-    elif isinstance(value, list):
-        for n, item in enumerate(value):
-            check_values(item, f"{where}.{n}" if where else str(n))
+MAX_DEPTH = 64  # arrays and objects inside each other, at most: a chat body needs a handful
+
+
+def too_deep(field: str | None) -> LineError:
+    where = field or "line"
+    return LineError(f"field '{where}': nested more than {MAX_DEPTH} levels deep (arrays and objects inside each "
+                     "other), the most a line may have", "invalid_json_line", field)
+
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def load_line(text: str) -> Any:
+    """A line's JSON (NaN and Infinity as NotJson, for check_values to name). One nested deeper than Python's
+    parser recurses is refused like any line past MAX_DEPTH, naming the top-level field that holds it."""
+    try:
+        return json.loads(text, parse_constant=NotJson)
+    except RecursionError:
+        depth, last, field = 0, None, None
+        for token in _TOKENS.finditer(text):  # the field is the last key at depth 1 before it passes MAX_DEPTH
+            mark = token.group()
+            if mark.startswith('"'):
+                last = mark
+            elif mark == ":" and depth == 1:
+                field = last
+            elif mark in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    break
+            elif mark in "]}":
+                depth -= 1
+        name = shown(str(json.loads(field))) if field else None
+        raise too_deep(name) from None
+
+
+def check_values(value: Any) -> None:
+    """Refuse what JSON or the database cannot hold, naming the field: NaN/Infinity, a NUL character or a lone
+    surrogate in any key or string (PostgreSQL text and jsonb refuse \\u0000, and no driver encodes a lone
+    surrogate, so the whole batch would fail to store), and nesting past MAX_DEPTH. Iterative, in document
+    order: a line nested thousands deep is refused, not a RecursionError."""
+    stack: list[tuple[Any, str, int, str | None]] = [(value, "", 0, None)]  # value, path, depth, key's fault
+    while stack:
+        item, where, depth, bad_key = stack.pop()
+        if bad_key:
+            raise LineError(f"field '{where}': its name {bad_key}", "invalid_request", where)
+        if isinstance(item, NotJson) or (isinstance(item, float) and not math.isfinite(item)):
+            text = item.text if isinstance(item, NotJson) else repr(item)
+            raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
+                            "invalid_json_line", where or None)
+        if isinstance(item, str) and (why := unstorable(item)):
+            raise LineError(f"field '{where or 'line'}': {why}", "invalid_request", where or None)
+        if not isinstance(item, dict | list):
+            continue
+        if depth >= MAX_DEPTH:
+            raise too_deep(where.split(".")[0] or None)
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        children = [(child, f"{where}.{shown(str(key))}" if where else shown(str(key)), depth + 1,
+                     unstorable(key) if isinstance(key, str) else None) for key, child in pairs]
+        stack.extend(reversed(children))
