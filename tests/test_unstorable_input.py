@@ -9,6 +9,7 @@ import json
 
 from fastapi.testclient import TestClient
 from jobs_helpers import items, submit
+from pydantic import SecretStr
 
 from db.rejections import rejected_lines
 from db.session import open_database
@@ -121,3 +122,14 @@ def test_the_api_refuses_unstorable_fields_ids_and_feedback_and_stores_the_rest_
                                                           "endpoint": "/v1/chat/completions"})
         assert r.status_code == 200, r.text
         assert r.json()["request_counts"] == {"total": 10, "completed": 0, "failed": 9}  # ok1 taken; others refused
+
+
+def test_an_admin_request_with_a_lone_surrogate_in_a_tenant_name_is_a_422(settings):
+    admin_key = "a" * 40
+    body = b'{"name": "ac\\ud800me"}'  # a NUL is refused as a control character already
+    with TestClient(create_app(settings.model_copy(update={"admin_key": SecretStr(admin_key)}))) as client:
+        r = client.post("/v1/admin/tenants", headers={"Authorization": f"Bearer {admin_key}",
+                                                      "Content-Type": "application/json"}, content=body)
+        assert r.status_code == 422 and "name" in r.text and "surrogate" in r.text, r.text
+        r = client.post("/v1/admin/tenants", headers={"Content-Type": "application/json"}, content=body)
+        assert r.status_code == 401  # the admin key is checked first
