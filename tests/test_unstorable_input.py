@@ -107,6 +107,8 @@ def test_the_api_refuses_unstorable_fields_ids_and_feedback_and_stores_the_rest_
                              ("GET", "/v1/jobs/job_%00x/results"), ("GET", "/v1/files/file-%00")):
             r = client.request(method, path, headers=auth)
             assert r.status_code == 404, (path, r.text)
+            message = r.json().get("detail") or r.json()["error"]["message"]
+            assert "'job_\\u0000x'" in message or "'file-\\u0000'" in message, message  # escaped once, readable
 
         r = client.get("/v1/files?after=x%00", headers=auth)
         assert r.status_code == 400 and "after" in r.text, r.text  # the Files API's envelope: 400

@@ -22,7 +22,7 @@ async def check_request_text(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and unstorable(value):
             noun = name.removesuffix("_id").replace("_", " ")
-            raise NotFound(f"no {noun} {shown(value)!r}: no id holds a NUL character or a lone surrogate")
+            raise NotFound(f"no {noun} '{shown(value)}': no id holds a NUL character or a lone surrogate")
     for name, value in request.query_params.multi_items():
         if why := unstorable(name) or unstorable(value):
             raise InvalidInput(f"query parameter {shown(name)!r}: {why}")
