@@ -278,24 +278,51 @@ def load_line(text: str) -> Any:
 def check_values(value: Any) -> None:
     """Refuse what JSON or the database cannot hold, naming the field: NaN/Infinity, a NUL character or a lone
     surrogate in any key or string (PostgreSQL text and jsonb refuse \\u0000, and no driver encodes a lone
-    surrogate, so the whole batch would fail to store), and nesting past MAX_DEPTH. Iterative, in document
-    order: a line nested thousands deep is refused, not a RecursionError."""
-    stack: list[tuple[Any, str, int, str | None]] = [(value, "", 0, None)]  # value, path, depth, key's fault
+    surrogate, so the whole batch would fail to store), and nesting past MAX_DEPTH. Iterative: a line nested
+    thousands deep is refused, not a RecursionError."""
+    # (container, its depth, its key, its parent's entry): a path is spelled out only for the field refused.
+    # Leaves are checked as their container is read, so only containers go on the stack.
+    if not isinstance(value, dict | list):
+        _check_leaf(value, (value, 0, None, None))
+        return
+    stack: list[tuple[Any, int, Any, tuple | None]] = [(value, 0, None, None)]
     while stack:
-        item, where, depth, bad_key = stack.pop()
-        if bad_key:
-            raise LineError(f"field '{where}': its name {bad_key}", "invalid_request", where)
-        if isinstance(item, NotJson) or (isinstance(item, float) and not math.isfinite(item)):
-            text = item.text if isinstance(item, NotJson) else repr(item)
-            raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
-                            "invalid_json_line", where or None)
-        if isinstance(item, str) and (why := unstorable(item)):
-            raise LineError(f"field '{where or 'line'}': {why}", "invalid_request", where or None)
-        if not isinstance(item, dict | list):
-            continue
+        entry = stack.pop()
+        item, depth = entry[0], entry[1]
         if depth >= MAX_DEPTH:
-            raise too_deep(where.split(".")[0] or None)
-        pairs = item.items() if isinstance(item, dict) else enumerate(item)
-        children = [(child, f"{where}.{shown(str(key))}" if where else shown(str(key)), depth + 1,
-                     unstorable(key) if isinstance(key, str) else None) for key, child in pairs]
-        stack.extend(reversed(children))
+            raise too_deep(_path(entry).split(".")[0] or None)
+        nested = []
+        for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+            if isinstance(key, str) and not _plain(key) and (why := unstorable(key)):
+                where = _path((child, depth + 1, key, entry))
+                raise LineError(f"field '{where}': its name {why}", "invalid_request", where)
+            if isinstance(child, dict | list):
+                nested.append((child, depth + 1, key, entry))
+            elif not (isinstance(child, str) and _plain(child)) and not isinstance(child, int):
+                _check_leaf(child, (child, depth + 1, key, entry))
+        stack.extend(reversed(nested))
+
+
+def _check_leaf(item: Any, entry: tuple) -> None:
+    if isinstance(item, str) and (why := unstorable(item)):
+        where = _path(entry)
+        raise LineError(f"field '{where or 'line'}': {why}", "invalid_request", where or None)
+    if isinstance(item, NotJson) or (isinstance(item, float) and not math.isfinite(item)):
+        where = _path(entry)
+        text = item.text if isinstance(item, NotJson) else repr(item)
+        raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
+                        "invalid_json_line", where or None)
+
+
+def _plain(text: str) -> bool:
+    """Surely storable, cheaply: ASCII (a flag CPython keeps) and no NUL."""
+    return text.isascii() and "\x00" not in text
+
+
+def _path(entry: tuple) -> str:
+    """The dotted path of a check_values entry ("body.messages.0.content"), its keys escaped (routeyard/text.py)."""
+    keys = []
+    while entry[3] is not None:
+        keys.append(shown(str(entry[2])))
+        entry = entry[3]
+    return ".".join(reversed(keys))
