@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from db.models import LOCAL_TENANT, Item, Job, utcnow
 from routeyard.errors import NotFound
 from routeyard.states import ITEM_UNFINISHED, JOB_ENDED, JOB_FINAL, ItemStatus, JobStatus
+from routeyard.text import shown, unstorable
 
 
 class CallOutcome(Protocol):
@@ -61,6 +62,8 @@ class Claim:
 
 def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
     """The job; another tenant's job is reported as not found, exactly like a missing one."""
+    if unstorable(job_id):  # no job has such an id, and the database would refuse the query (a CLI argument)
+        raise NotFound(f"no job '{shown(job_id)}'")
     query = select(Job).where(Job.id == job_id)
     if lock:  # serialise concurrent workers on this job's row (PostgreSQL; SQLite has one writer anyway)
         # and read it afresh: a copy this session loaded earlier may predate a cancel

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.api.schemas import ErrorResponse, TenantCreateBody, TenantKeyResponse, TenantResponse
+from jobs.api.text_check import check_request_text
 from jobs.services import tenants
 from routeyard.errors import InvalidInput
 from routeyard.settings import Settings
@@ -44,7 +45,9 @@ def admin_routes(sf: sessionmaker[Session], settings: Settings) -> APIRouter:
         if not hmac.compare_digest(_digest(authorization[7:].strip()), expected):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "this key is not the admin key")
 
-    router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(admin)], responses=RESPONSES)
+    # the request's text is checked once the admin key is (jobs/api/text_check.py): a tenant name with a NUL is a 422
+    router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(admin), Depends(check_request_text)],
+                       responses=RESPONSES)
 
     def out(view: tenants.TenantView) -> TenantResponse:
         return TenantResponse.model_validate(view.__dict__)

@@ -51,6 +51,7 @@ from jobs.api.schemas import (
     SpendResponse,
     SubmitResponse,
 )
+from jobs.api.text_check import check_request_text
 from jobs.services import control
 from jobs.services.feedback import FeedbackIn, record_feedback
 from jobs.services.input_formats import detect_format
@@ -140,12 +141,17 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key")
         return found.id
 
-    Tenant = Annotated[str, Depends(tenant)]
+    async def checked_tenant(request: Request, tenant_id: str = Depends(tenant)) -> str:
+        """The tenant, once the request's text is known to be storable (jobs/api/text_check.py)."""
+        await check_request_text(request)
+        return tenant_id
+
+    Tenant = Annotated[str, Depends(checked_tenant)]
     Db = Annotated[Session, Depends(session)]
     # the OpenAI Files and Batches API (/v1/files, /v1/batches)
-    app.include_router(file_routes(sf, tenant, settings.max_upload_bytes))
-    app.include_router(batch_routes(sf, settings, tenant))
-    app.include_router(router_routes(sf, settings, tenant))
+    app.include_router(file_routes(sf, checked_tenant, settings.max_upload_bytes))
+    app.include_router(batch_routes(sf, settings, checked_tenant))
+    app.include_router(router_routes(sf, settings, checked_tenant))
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:

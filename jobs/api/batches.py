@@ -4,7 +4,7 @@ calls it: create, retrieve, list (cursor paging), cancel. A batch is a Routeyard
 answers 404. Errors in OpenAI's envelope (jobs/api/openai_compat.py). The service: jobs/services/batches.py.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -18,7 +18,7 @@ from routeyard.settings import Settings
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIError} for code in (400, 401, 404, 409)}
 
 
-def batch_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callable[..., str]) -> APIRouter:
+def batch_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callable[..., Awaitable[str]]) -> APIRouter:
     """The routes; `tenant` is the app's dependency that turns the bearer key into a tenant id (401 if none)."""
     router = APIRouter(prefix="/v1/batches", tags=["batches (OpenAI)"], route_class=OpenAIRoute, responses=ERRORS)
     Tenant = Annotated[str, Depends(tenant)]

@@ -3,7 +3,7 @@ calls it: create (purpose `batch`), retrieve, content, list (cursor paging), del
 tenant's file answers 404, exactly like a missing one. Errors in OpenAI's envelope (jobs/api/openai_compat.py).
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Response, UploadFile
@@ -16,8 +16,8 @@ from jobs.services import files as service
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIError} for code in (400, 401, 404)}
 
 
-def file_routes(sf: sessionmaker[Session], tenant: Callable[..., str], max_bytes: int = service.MAX_FILE_BYTES
-                ) -> APIRouter:
+def file_routes(sf: sessionmaker[Session], tenant: Callable[..., Awaitable[str]],
+                max_bytes: int = service.MAX_FILE_BYTES) -> APIRouter:
     """The routes; `tenant` is the app's dependency that turns the bearer key into a tenant id (401 if none);
     an upload over `max_bytes` (ROUTEYARD_MAX_UPLOAD_BYTES) answers 413."""
     router = APIRouter(prefix="/v1/files", tags=["files (OpenAI)"], route_class=OpenAIRoute, responses=ERRORS)

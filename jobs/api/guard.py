@@ -6,7 +6,8 @@ full before its key was checked, and a body of any size would be taken. This ASG
 - a request that carries a body to a tenant path (POST to /v1/jobs, /v1/files, /v1/batches, ...) without a
   valid key answers 401 before one byte of the body is read;
 - a body over ROUTEYARD_MAX_UPLOAD_BYTES (plus room for the multipart form's own headers) answers 413: at once
-  when Content-Length says so, else as soon as the bytes read pass the limit.
+  when Content-Length says so, else as soon as the bytes read pass the limit; and a file in a multipart form
+  answers 413 as soon as the file itself passes the limit (jobs/api/upload_limit.py), whatever path takes it.
 
 The routes still resolve the tenant themselves (jobs/api/app.py:tenant): this only makes the refusals come
 first. Errors answer in each path's shape: OpenAI's envelope on /v1/files and /v1/batches, `{"detail"}` else.
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from db.session import DATABASE_DOWN, database_unavailable
+from jobs.api.upload_limit import FileParts
 from jobs.services.tenants import tenant_for_key
 
 Scope = MutableMapping[str, Any]
@@ -33,6 +35,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 FORM_OVERHEAD = 1024 * 1024  # a multipart body's boundaries, part headers and small form fields
+MULTIPART = "multipart/form-data"
 OPENAI_PATHS = ("/v1/files", "/v1/batches")
 
 
@@ -81,13 +84,17 @@ class RequestGuard:
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app, counting the body's bytes; past the limit, 413 instead of whatever the app answers."""
         read, over, started = 0, False, False
+        content_type = Headers(scope=scope).get("content-type", "")
+        files = FileParts(content_type, self.max_upload_bytes) if content_type.startswith(MULTIPART) else None
 
         async def counting_receive() -> Message:
             nonlocal read, over
             message = await receive()
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
-                if read > self.max_body:
+                if files is not None:  # the file itself is held to the limit, not the limit and the form's room
+                    files.feed(message.get("body", b""))
+                if read > self.max_body or (files is not None and files.over):
                     over = True
                     raise BodyTooLarge
             return message
@@ -104,11 +111,11 @@ class RequestGuard:
         except BodyTooLarge:
             pass
         if over and not started:
-            await self._too_large(send, scope["path"])
+            await self._too_large(send, scope["path"], "the file" if files is not None and files.over else None)
 
-    async def _too_large(self, send: Send, path: str) -> None:
-        await _reply(send, path, 413, f"the request is larger than the limit: an upload may have at most "
-                                      f"{self.max_upload_bytes:,} bytes (ROUTEYARD_MAX_UPLOAD_BYTES)",
+    async def _too_large(self, send: Send, path: str, what: str | None = None) -> None:
+        await _reply(send, path, 413, f"{what or 'the request'} is larger than the limit: an upload may have at "
+                                      f"most {self.max_upload_bytes:,} bytes (ROUTEYARD_MAX_UPLOAD_BYTES)",
                      "file_too_large")
 
 

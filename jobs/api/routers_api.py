@@ -1,7 +1,7 @@
 """A tenant's routers over HTTP: its versions (its own, then the global default's and the shipped one) and
 the quality report (GET /v1/reports/quality). Router names and versions only: never a server file path."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -26,7 +26,7 @@ class RouterVersionOut(BaseModel):
     decision: str
 
 
-def router_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callable[..., str]) -> APIRouter:
+def router_routes(sf: sessionmaker[Session], settings: Settings, tenant: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(tags=["routers"])
     Tenant = Annotated[str, Depends(tenant)]
 

@@ -22,6 +22,7 @@ from db import jobs as store
 from routers.data import Preference
 from routeyard.errors import InvalidInput
 from routeyard.states import ItemStatus
+from routeyard.text import unstorable
 
 Kind = Literal["prefer", "rating", "thumbs"]
 PREFER = {"strong": 1.0, "tie": 0.5, "weak": 0.0}
@@ -57,6 +58,8 @@ def record_feedback(sf: sessionmaker[Session], fb: FeedbackIn, tenant_id: str | 
     allowed = {"prefer": (0.0, 0.5, 1.0), "thumbs": (0.0, 1.0)}.get(fb.kind)
     if (allowed and fb.value not in allowed) or not 0.0 <= fb.value <= 1.0:
         raise InvalidInput(f"field 'value' for {fb.kind} must be {allowed or 'between 0 and 1'}, got {fb.value}")
+    if why := unstorable(fb.custom_id):  # no item's custom_id holds one, and the query would fail
+        raise InvalidInput(f"field 'custom_id': {why}")
     with sf() as session:
         job = store.get_job(session, fb.job_id, tenant_id)
         item = store.item_by_custom_id(session, fb.job_id, fb.custom_id)

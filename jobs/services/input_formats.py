@@ -4,10 +4,12 @@ Parsing streams: each line yields an accepted item or a rejection naming the lin
 line never sinks the batch and a file of a million lines is never held in memory.
 
 Text is UTF-8 (a byte-order mark, as Excel writes one, is skipped); a line that is not UTF-8, that is longer
-than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON) or a NUL character (no
-database stores one in text), or that starts with a byte-order mark below the first line (two files joined)
-is rejected with its line number and field, and the rest of the file is read. Every rejection carries the
-line's custom_id when it had one and an error code, so every front door writes the same error file.
+than the line limit (ROUTEYARD_MAX_LINE_BYTES), that holds NaN or Infinity (not JSON), a NUL character or a
+lone surrogate in a key or value (no database stores one in text), that is nested past MAX_DEPTH, or that starts
+with a byte-order mark below the first line (two files joined) is rejected with its line number and field, and
+the rest of the file is read. A CSV record is held to the line limit however many lines its quoted fields span.
+Every rejection carries the line's custom_id when it had one and an error code, so every front door writes the
+same error file.
 
 A JSONL file is in one of two forms, Batch API lines or plain lines. A JSON object that has the keys of
 neither is told what its file's form needs: the Batch form for a Batch API input file (/v1/files, purpose
@@ -33,7 +35,6 @@ from typing import Any, Literal
 
 from jobs.services.input_lines import (
     LineError,
-    NotJson,
     ParsedItem,
     Rejection,
     Shape,
@@ -42,6 +43,7 @@ from jobs.services.input_lines import (
     fields_of,
     formless,
     from_object,
+    load_line,
     shape_of,
 )
 
@@ -71,8 +73,11 @@ def _lines(stream: io.BufferedReader, max_bytes: int) -> Iterator[tuple[int, byt
         yield line_no, raw
 
 
-def _too_long(max_bytes: int) -> str:
-    return f"the line is longer than {max_bytes:,} bytes, the most a line may have (ROUTEYARD_MAX_LINE_BYTES)"
+def _too_long(max_bytes: int, lines: int = 1) -> str:
+    what = "the line"
+    if lines != 1:  # 0: a field the reader gave up on, its end not yet read
+        what = f"the record (a quoted field spans {lines or 'several'} lines from this one)"
+    return f"{what} is longer than {max_bytes:,} bytes, the most a line may have (ROUTEYARD_MAX_LINE_BYTES)"
 
 
 def _decode(raw: bytes, line_no: int) -> str:
@@ -117,7 +122,7 @@ def _read_line(line_no: int, raw: bytes | None, max_bytes: int, form: Shape | No
         if not text.strip():
             return None, None
         try:
-            obj = json.loads(text.rstrip("\r\n"), parse_constant=NotJson)
+            obj = load_line(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             raise LineError(f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json_line") from None
         shape = shape_of(obj) if isinstance(obj, dict) else None
@@ -135,8 +140,8 @@ def _custom_id_past_bom(raw: bytes) -> str | None:
     if not raw.startswith(BOM.encode()):
         return None
     try:
-        return custom_id_of(json.loads(raw[3:].decode("utf-8"), parse_constant=NotJson))
-    except ValueError:  # not UTF-8 or not JSON: the line had no custom_id to tell
+        return custom_id_of(load_line(raw[3:].decode("utf-8")))
+    except ValueError:  # not UTF-8, not JSON or too deep: the line had no custom_id to tell
         return None
 
 
@@ -175,10 +180,10 @@ class _Lines:
     kept, so a record that swallowed the rows after it (a quote never closed) can give them back to be read
     again. An iterator that may go on after it has once run dry (when lines are given back)."""
 
-    def __init__(self, lines: Iterator[tuple[int, str]]) -> None:
-        self.source = lines
-        self.again: list[tuple[int, str]] = []  # lines given back, last first
-        self.record: list[tuple[int, str]] = []  # the lines of the record being read
+    def __init__(self, lines: Iterator[tuple[int, str, int]]) -> None:
+        self.source = lines  # (line number, text, its size in bytes)
+        self.again: list[tuple[int, str, int]] = []  # lines given back, last first
+        self.record: list[tuple[int, str, int]] = []  # the lines of the record being read
 
     def __iter__(self) -> _Lines:
         return self
@@ -188,24 +193,31 @@ class _Lines:
         self.record.append(line)
         return line[1]
 
-    def give_back(self, lines: list[tuple[int, str]]) -> None:
+    def give_back(self, lines: list[tuple[int, str, int]]) -> None:
         self.again.extend(reversed(lines))
+
+    def reopen_quote(self) -> None:
+        """The next line starts inside a quoted field (the reader gave up on one over the field limit): a quote
+        put before it makes a fresh reader read it so, and the field's end, where it ends, is read as such."""
+        line = self.again.pop() if self.again else next(self.source, None)
+        if line is not None:
+            self.again.append((line[0], '"' + line[1], line[2]))
 
 
 def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Iterator[ParsedItem | Rejection]:
     bad: dict[int, str] = {}  # physical line -> why it cannot be read (not UTF-8, too long)
 
-    def text_lines() -> Iterator[tuple[int, str]]:
+    def text_lines() -> Iterator[tuple[int, str, int]]:
         for line_no, raw in _lines(stream, max_bytes):
             if raw is None:
                 bad[line_no] = _too_long(max_bytes)
-                yield line_no, "\n"  # an empty row in its place, so the rows after it keep their line numbers
+                yield line_no, "\n", 0  # an empty row in its place, so the rows after it keep their line numbers
                 continue
             try:
-                yield line_no, _decode(raw, line_no)
+                yield line_no, _decode(raw, line_no), len(raw)
             except LineError as exc:
                 bad[line_no] = str(exc)
-                yield line_no, raw.decode("utf-8", errors="replace")
+                yield line_no, raw.decode("utf-8", errors="replace"), len(raw)
 
     csv.field_size_limit(max(max_bytes, csv.field_size_limit()))
     lines = _Lines(text_lines())
@@ -226,7 +238,7 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
         yield Rejection(1, f"{kind} header needs a 'prompt' column; found {header}")
         return
     p_col, id_col = header.index("prompt"), header.index("id") if "id" in header else None
-    rereads = 0
+    rereads, skipping = 0, False  # skipping: the rest of a field over the limit, its record refused already
     while True:
         lines.record.clear()
         try:
@@ -235,11 +247,19 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
             return
         except csv.Error as exc:  # a NUL byte, a field over the limit, a stray quote: this record only
             first, last = lines.record[0][0], lines.record[-1][0]
-            if last > first and "field limit" not in str(exc) and rereads < MAX_REREADS:
+            if "field limit" in str(exc):  # one long prompt: its lines are not rows; the rest is skipped
+                if not skipping:
+                    yield Rejection(first, _too_long(max_bytes, 0), "invalid_request")
+                lines.reopen_quote()
+                reader, skipping = csv.reader(lines, delimiter=delimiter, strict=True), True
+                continue
+            if skipping:
+                skipping = False
+                continue
+            if last > first and rereads < MAX_REREADS:
                 # A quote opened on `first` ran over the rows after it, to the end of the file or to a later
                 # field's quote: most likely a stray quote, so only its line is refused and the rows after it
-                # are read again as rows of their own. (A field over the size limit is one long prompt: its
-                # lines are not rows.)
+                # are read again as rows of their own.
                 rereads += 1
                 lines.give_back(lines.record[1:])
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
@@ -251,8 +271,13 @@ def _csv(stream: io.BufferedReader, max_bytes: int, delimiter: str = ",") -> Ite
                 continue
             yield Rejection(first, _csv_error(exc, first, last), "invalid_request")
             continue
+        if skipping:  # the end of a field over the limit
+            skipping = False
+            continue
         line_no, last_line = lines.record[0][0], lines.record[-1][0]  # the lines the record spans
         why = next((bad[n] for n in range(line_no, last_line + 1) if n in bad), None)
+        if why is None and last_line > line_no and sum(size for _, _, size in lines.record) > max_bytes:
+            why = _too_long(max_bytes, last_line - line_no + 1)  # each line fits, the record they make does not
         if why:
             yield Rejection(line_no, why, "invalid_request")
             continue

@@ -7,11 +7,15 @@ what the line's form needs. input_formats.py reads files into lines and calls th
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from routeyard.text import shown, unstorable
 
 Shape = Literal["batch", "plain"]  # the form a line is in: an OpenAI Batch API line, or plain
 CHAT_URL = "/v1/chat/completions"
@@ -224,7 +228,7 @@ def custom_id_of(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return None
     value = obj["custom_id"] if "custom_id" in obj else obj.get("id")  # a plain line's id, its prompt missing too
-    if isinstance(value, bool) or not isinstance(value, str | int) or "\x00" in str(value):
+    if isinstance(value, bool) or not isinstance(value, str | int) or unstorable(str(value)):
         return None
     return str(value)[:500]
 
@@ -236,23 +240,89 @@ class NotJson:
         self.text = text
 
 
-def check_values(value: Any, where: str = "") -> None:
-    """Refuse what JSON or the database cannot hold: NaN/Infinity, and NUL characters (PostgreSQL text and
-    jsonb refuse \\u0000, so the whole batch would fail to store)."""
-    if isinstance(value, NotJson) or (isinstance(value, float) and not math.isfinite(value)):
-        text = value.text if isinstance(value, NotJson) else repr(value)
+MAX_DEPTH = 64  # arrays and objects inside each other, at most: a chat body needs a handful
+
+
+def too_deep(field: str | None) -> LineError:
+    where = field or "line"
+    return LineError(f"field '{where}': nested more than {MAX_DEPTH} levels deep (arrays and objects inside each "
+                     "other), the most a line may have", "invalid_json_line", field)
+
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def load_line(text: str) -> Any:
+    """A line's JSON (NaN and Infinity as NotJson, for check_values to name). One nested deeper than Python's
+    parser recurses is refused like any line past MAX_DEPTH, naming the top-level field that holds it."""
+    try:
+        return json.loads(text, parse_constant=NotJson)
+    except RecursionError:
+        depth, last, field = 0, None, None
+        for token in _TOKENS.finditer(text):  # the field is the last key at depth 1 before it passes MAX_DEPTH
+            mark = token.group()
+            if mark.startswith('"'):
+                last = mark
+            elif mark == ":" and depth == 1:
+                field = last
+            elif mark in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    break
+            elif mark in "]}":
+                depth -= 1
+        name = shown(str(json.loads(field))) if field else None
+        raise too_deep(name) from None
+
+
+def check_values(value: Any) -> None:
+    """Refuse what JSON or the database cannot hold, naming the field: NaN/Infinity, a NUL character or a lone
+    surrogate in any key or string (PostgreSQL text and jsonb refuse \\u0000, and no driver encodes a lone
+    surrogate, so the whole batch would fail to store), and nesting past MAX_DEPTH. Iterative: a line nested
+    thousands deep is refused, not a RecursionError."""
+    # (container, its depth, its key, its parent's entry): a path is spelled out only for the field refused.
+    # Leaves are checked as their container is read, so only containers go on the stack.
+    if not isinstance(value, dict | list):
+        _check_leaf(value, (value, 0, None, None))
+        return
+    stack: list[tuple[Any, int, Any, tuple | None]] = [(value, 0, None, None)]
+    while stack:
+        entry = stack.pop()
+        item, depth = entry[0], entry[1]
+        if depth >= MAX_DEPTH:
+            raise too_deep(_path(entry).split(".")[0] or None)
+        nested = []
+        for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+            if isinstance(key, str) and not _plain(key) and (why := unstorable(key)):
+                where = _path((child, depth + 1, key, entry))
+                raise LineError(f"field '{where}': its name {why}", "invalid_request", where)
+            if isinstance(child, dict | list):
+                nested.append((child, depth + 1, key, entry))
+            elif not (isinstance(child, str) and _plain(child)) and not isinstance(child, int):
+                _check_leaf(child, (child, depth + 1, key, entry))
+        stack.extend(reversed(nested))
+
+
+def _check_leaf(item: Any, entry: tuple) -> None:
+    if isinstance(item, str) and (why := unstorable(item)):
+        where = _path(entry)
+        raise LineError(f"field '{where or 'line'}': {why}", "invalid_request", where or None)
+    if isinstance(item, NotJson) or (isinstance(item, float) and not math.isfinite(item)):
+        where = _path(entry)
+        text = item.text if isinstance(item, NotJson) else repr(item)
         raise LineError(f"field '{where or 'line'}': {text} is not a JSON number (use a finite number or null)",
                         "invalid_json_line", where or None)
-    if isinstance(value, str) and "\x00" in value:
-        raise LineError(f"field '{where or 'line'}': contains a NUL character (\\u0000), which cannot be stored; "
-                        "remove it", "invalid_request", where or None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            if "\x00" in str(key):
-                raise LineError(f"field '{path}': a key contains a NUL character (\\u0000), which cannot be stored",
-                                "invalid_request", path)
-            check_values(item, path)
-    elif isinstance(value, list):
-        for n, item in enumerate(value):
-            check_values(item, f"{where}.{n}" if where else str(n))
+
+
+def _plain(text: str) -> bool:
+    """Surely storable, cheaply: ASCII (a flag CPython keeps) and no NUL."""
+    return text.isascii() and "\x00" not in text
+
+
+def _path(entry: tuple) -> str:
+    """The dotted path of a check_values entry ("body.messages.0.content"), its keys escaped (routeyard/text.py)."""
+    keys = []
+    while entry[3] is not None:
+        keys.append(shown(str(entry[2])))
+        entry = entry[3]
+    return ".".join(reversed(keys))

@@ -29,6 +29,7 @@ from routeyard.errors import Conflict, InvalidInput
 from routeyard.pricing import Unbounded, cost_bound, price_for
 from routeyard.redact import safe_url
 from routeyard.settings import Price, Settings
+from routeyard.text import shown, unstorable
 
 INSERT_CHUNK = 1000
 JUDGE_MODES = ("pair", "grade")
@@ -120,6 +121,10 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
         raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
     if options.budget_usd is not None and not (0 < options.budget_usd < math.inf):  # NaN and inf fail too
         raise InvalidInput(f"budget must be a positive, finite number of dollars, got {options.budget_usd}")
+    for field, text in (("router (--router; API: router)", options.router), ("tag (--tag; API: tag)", options.tag),
+                        ("idempotency key (--key; API: Idempotency-Key)", options.idempotency_key)):
+        if text is not None and (why := unstorable(text)):  # stored with the job: it would fail the insert
+            raise InvalidInput(f"{field}: {why}")
     if options.judge is not None and options.judge not in JUDGE_MODES:
         raise InvalidInput(f"judge must be one of {', '.join(JUDGE_MODES)}, got {options.judge!r}")
     if options.judge and not options.shadow_fraction:
@@ -156,6 +161,7 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
     if options.strong_fraction is None:  # a budgeted job's share is whatever its budget buys: status shows it
         options = replace(options, strong_fraction=0.0 if options.budget_usd is not None else DEFAULT_STRONG_FRACTION)
     job_id = f"job_{uuid.uuid4().hex}"
+    source_name = shown(source_name) if source_name else source_name  # a file name that is no UTF-8 (CLI), stored
     reader = _HashingReader(source)
     rejected: list[Rejection] = []
     n_items = 0
