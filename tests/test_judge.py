@@ -213,3 +213,38 @@ def test_cli_judges_a_job_later(settings, tmp_path, loopback, database_url):
     assert json.loads(out.stdout)["judged_now"] == 4
     spend = json.loads(routeyard("spend", result.job_id, "--json", env=env).stdout)
     assert [m["calls"] for m in spend["models"] if m["tier"] == "judge"] == [8]  # both orders of 4 pairs
+
+
+def test_status_shows_the_shadow_pairs_and_how_far_their_judging_got(settings, tmp_path, loopback):
+    """`routeyard status` and GET /v1/jobs/{id} say what became of a --judge job's pairs (a trial found neither
+    showed the shadow share, the judge mode or the judging)."""
+    from fastapi.testclient import TestClient
+
+    from jobs.api.app import create_app
+    from jobs.services.results import job_status
+    from jobs.services.tenants import create_tenant
+
+    loopback.config.judge_unparseable_rate = 0.5  # some pairs get no verdict: they must show as such
+    sf, result, _ = submit_and_run(settings, write_batch(tmp_path / "b.jsonl", PROMPTS), strong_fraction=0.0,
+                                   shadow_fraction=1.0, judge="pair")
+    with sf() as session:
+        judgments = list(session.scalars(select(Judgment).where(Judgment.job_id == result.job_id)))
+        view = job_status(session, result.job_id).to_dict()
+    judged = sum(j.status == JudgmentStatus.JUDGED for j in judgments)
+    assert 0 < judged < len(PROMPTS)  # both kinds, or the test shows nothing
+    assert (view["shadow_fraction"], view["judge"]) == (1.0, "pair")
+    assert view["judging"] == {"pairs": len(PROMPTS), "judged": judged, "errors": len(PROMPTS) - judged,
+                               "in_flight": 0, "unjudged": len(PROMPTS) - judged}
+
+    tenant_id, key = create_tenant(sf, "acme")
+    with sf() as session:  # the job was submitted locally: hand it to the tenant, as an API submit would own it
+        session.execute(update(Job).where(Job.id == result.job_id).values(tenant_id=tenant_id))
+        session.commit()
+    with TestClient(create_app(settings)) as client:
+        body = client.get(f"/v1/jobs/{result.job_id}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert (body["shadow_fraction"], body["judge"]) == (1.0, "pair")
+    assert body["judging"] == view["judging"]
+
+    _, plain = submit(settings, write_batch(tmp_path / "p.jsonl", PROMPTS[:3]), strong_fraction=0.0)
+    with sf() as session:
+        assert job_status(session, plain.job_id).to_dict()["judging"] is None  # no pairs: nothing to show

@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     @app.get("/v1/jobs/{job_id}", response_model=JobStatusResponse, responses=ERRORS)
     def get_status(job_id: str, tenant_id: Tenant, s: Db) -> JobStatusResponse:
         view = job_status(s, job_id, tenant_id=tenant_id)
-        return JobStatusResponse.model_validate({**view.__dict__, "router": public_router(view.router), "rejected": [
+        return JobStatusResponse.model_validate({**view.to_dict(), "router": public_router(view.router), "rejected": [
             Rejected.model_validate(rejection_dict(r)) for r in view.rejected]})
 
     @app.get("/v1/jobs/{job_id}/results", response_model=ResultsPage, responses=ERRORS)

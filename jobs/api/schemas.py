@@ -57,6 +57,14 @@ class JobSummary(BaseModel):
     created_at: datetime
 
 
+class JudgingCounts(BaseModel):
+    pairs: int = Field(description="shadow pairs: weak items also answered by the strong model")
+    judged: int
+    errors: int = Field(description="pairs whose judge replies had no verdict (or whose judge calls failed)")
+    in_flight: int
+    unjudged: int = Field(description="pairs without a verdict, whatever the reason")
+
+
 class JobStatusResponse(BaseModel):
     id: str
     status: JobStatus
@@ -76,6 +84,9 @@ class JobStatusResponse(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     rejected: list[Rejected]
+    shadow_fraction: float | None = None
+    judge: str | None = Field(None, description="the judge mode the job asked for: pair or grade")
+    judging: JudgingCounts | None = Field(None, description="its shadow pairs and their verdicts, if it has any")
 
 
 class ModelSpend(BaseModel):

@@ -116,6 +116,18 @@ def job_status(view: JobStatusView) -> None:
     console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
     console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
                   + f"; rejected lines {view.n_rejected}")
+    if view.shadow_fraction or view.judging:
+        pairs = view.judging
+        line = f"  shadow {view.shadow_fraction or 0:g}: {pairs.pairs if pairs else 0} pairs"
+        if view.judge:
+            line += f"; judge ({view.judge})"
+        if pairs and (view.judge or pairs.judged or pairs.errors or pairs.in_flight):
+            line += (f": {pairs.judged} judged, {pairs.errors} without a verdict, {pairs.in_flight} in flight, "
+                     f"{pairs.unjudged - pairs.errors - pairs.in_flight} not judged yet")
+            if pairs.unjudged and view.status in ("completed", "failed", "cancelled"):
+                line += (f" (`routeyard judge {view.id}` says why; with --retry-errors it asks again)" if pairs.errors
+                         else f" (`routeyard judge {view.id}` judges them)")
+        console.print(line)
     for r in view.rejected[:20]:
         console.print(f"  [yellow]{_where(r)}:[/] {escape(r.reason)}")
 

@@ -27,15 +27,42 @@ from sqlalchemy.orm import Session
 from db import jobs as store
 from db import rejections as rejected_store
 from db import runners
+from db.judging import judgment_counts, pair_count, pairs_in_flight
 from db.models import Item, Job, RejectedLine
 from jobs.services.input_formats import Rejection
-from routeyard.states import ItemStatus
+from routeyard.states import ItemStatus, JudgmentStatus
 
 ResultFormat = Literal["jsonl", "csv", "openai", "openai-errors"]
 
 RECORD_FIELDS = ["custom_id", "line", "status", "tier", "model", "score", "threshold", "router_version",
                  "answer", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "attempts", "error",
                  "shadow_answer", "shadow_cost_usd"]
+
+
+@dataclass(frozen=True)
+class JudgingCounts:
+    """A job's shadow pairs and how far their judging got (`routeyard judge JOB` says why pairs lack a verdict)."""
+
+    pairs: int
+    judged: int
+    errors: int  # the judge's replies had no verdict (or its calls failed)
+    in_flight: int  # a runner holds them now (or held them when it died: taken back by the next run)
+
+    @property
+    def unjudged(self) -> int:
+        return self.pairs - self.judged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "unjudged": self.unjudged}
+
+
+def judging_counts(session: Session, job_id: str) -> JudgingCounts | None:
+    pairs = pair_count(session, job_id)
+    if not pairs:
+        return None
+    counts = judgment_counts(session, job_id)
+    return JudgingCounts(pairs, counts.get(JudgmentStatus.JUDGED, 0), counts.get(JudgmentStatus.ERROR, 0),
+                         len(pairs_in_flight(session, job_id)))
 
 
 @dataclass(frozen=True)
@@ -61,9 +88,13 @@ class JobStatusView:
     finished_at: datetime | None
     rejected: list[Rejection]
     interrupted: bool = False  # scoring or running, embedded, and no live process runs it: `resume` continues it
+    shadow_fraction: float | None = None  # the share of weak items also sent to the strong model (--shadow)
+    judge: str | None = None  # the judge mode the job asked for (--judge)
+    judging: JudgingCounts | None = None  # its shadow pairs and their verdicts; None: the job has no pairs
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
+        d["judging"] = self.judging.to_dict() if self.judging else None
         d["created_at"] = self.created_at.isoformat()
         d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
         d["rejected"] = [rejection_dict(r) for r in self.rejected]
@@ -84,7 +115,8 @@ def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_
                          job.strong_model, job.weak_model, job.n_items, job.n_rejected, counts,
                          tiers.get("strong", 0), sum(tiers.values()), job.created_at,
                          job.finished_at, rejected,
-                         dead_after_s is not None and runners.interrupted(session, job, dead_after_s))
+                         dead_after_s is not None and runners.interrupted(session, job, dead_after_s),
+                         job.shadow_fraction, job.judge, judging_counts(session, job_id))
 
 
 def stored_rejection(row: RejectedLine) -> Rejection:
