@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, func, literal, select
+from sqlalchemy import ColumnElement, Select, func, literal, select
 from sqlalchemy.orm import Session
 
 from db.models import Item, Job, Judgment
 from routeyard.states import ItemStatus
+
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])  # a select over items joined to their jobs, of any columns
 
 Period = Literal["day", "week"]
 
@@ -52,6 +54,19 @@ def _period_start(dialect: str, period: Period) -> ColumnElement[Any]:
     return func.date(Item.finished_at, "-6 days", "weekday 1")  # the Monday on or before
 
 
+def _filtered(query: Q, where: SpendFilter) -> Q:
+    """`query` (over items joined to their jobs) narrowed to the filter's job, tenant, tag and start."""
+    if where.job_id is not None:
+        query = query.where(Item.job_id == where.job_id)
+    if where.tenant_id is not None:
+        query = query.where(Job.tenant_id == where.tenant_id)
+    if where.tag is not None:
+        query = query.where(Job.tag == where.tag)
+    if where.since is not None:
+        query = query.where(Item.finished_at >= where.since)
+    return query
+
+
 def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Period | None = None
                ) -> list[SpendRow]:
     """Calls, tokens and dollars per tier and model (and per period and tag, when `period` is given)."""
@@ -74,16 +89,7 @@ def spend_rows(session: Session, where: SpendFilter = SpendFilter(), period: Per
              .select_from(Judgment).join(Item, Item.id == Judgment.item_id).where(Judgment.calls > 0))
     parts = []
     for part in (routed, shadow, judge):
-        part = part.join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED)
-        if where.job_id is not None:
-            part = part.where(Item.job_id == where.job_id)
-        if where.tenant_id is not None:
-            part = part.where(Job.tenant_id == where.tenant_id)
-        if where.tag is not None:
-            part = part.where(Job.tag == where.tag)
-        if where.since is not None:
-            part = part.where(Item.finished_at >= where.since)
-        parts.append(part)
+        parts.append(_filtered(part.join(Job, Job.id == Item.job_id).where(Item.status == ItemStatus.SUCCEEDED), where))
     u = parts[0].union_all(*parts[1:]).subquery()
     keys = (u.c.period, u.c.tag, u.c.tier, u.c.model, u.c.strong_model)
     query = (select(*keys, func.coalesce(func.sum(u.c.n), 0), func.coalesce(func.sum(u.c.p), 0),
@@ -115,14 +121,6 @@ def unanswered_spend(session: Session, where: SpendFilter = SpendFilter()) -> Un
              .where(Judgment.unanswered_attempts > 0))
     requests, bound = 0, 0.0
     for query in (items, judge):
-        if where.job_id is not None:
-            query = query.where(Item.job_id == where.job_id)
-        if where.tenant_id is not None:
-            query = query.where(Job.tenant_id == where.tenant_id)
-        if where.tag is not None:
-            query = query.where(Job.tag == where.tag)
-        if where.since is not None:
-            query = query.where(Item.finished_at >= where.since)
-        n, d = session.execute(query).one()
+        n, d = session.execute(_filtered(query, where)).one()
         requests, bound = requests + int(n or 0), bound + float(d or 0.0)
     return UnansweredSpend(requests, bound)

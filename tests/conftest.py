@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 from db.session import make_engine, migrate
-from routeyard.settings import Settings
+from routeyard.settings import Price, Settings
 from routeyard.testing.loopback import LoopbackConfig, LoopbackServer, ModelProfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +160,16 @@ def make_settings(home: Path, database_url: str, server: LoopbackServer, embeddi
         if not (home / "cache").exists():
             (home / "cache").symlink_to(embedding_cache, target_is_directory=True)
     return settings
+
+
+def judge_settings(home: Path, database_url: str, server: LoopbackServer, judge_model: str,
+                   embedding_cache: Path | None = None, **overrides: object) -> Settings:
+    """make_settings, with the loopback also answering `judge_model` as the judge (priced: a made-up model has no
+    price in the maintained list, and a judge whose spend cannot be counted is refused)."""
+    server.config.judge_models = {judge_model}
+    return make_settings(home, database_url, server, embedding_cache, judge_base_url=server.base_url,
+                         judge_model=judge_model, judge_api_key=SecretStr(TEST_KEY),
+                         pricing={judge_model: Price(input=5.0, output=15.0)}, **overrides)
 
 
 @pytest.fixture

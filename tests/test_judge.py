@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import STRONG, TEST_KEY, WEAK, make_settings
+from conftest import STRONG, TEST_KEY, WEAK, judge_settings
 from jobs_helpers import items, server_stats, submit, submit_and_run, write_batch
 from pydantic import SecretStr
 from sqlalchemy import select, update
@@ -15,7 +15,6 @@ from db.models import Feedback, Job, Judgment, utcnow
 from jobs.services.judge import judge_job_pairs
 from jobs.services.spend import spend_report
 from routeyard.errors import InvalidInput
-from routeyard.settings import Price
 from routeyard.states import JudgmentStatus
 from worker.judge import judge_spec, pair_verdict, parse_grade, parse_pair, run_judge
 
@@ -33,10 +32,7 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def settings(tmp_path, database_url, loopback, embedding_cache):
-    loopback.config.judge_models = {JUDGE}
-    return make_settings(tmp_path / "home", database_url, loopback, embedding_cache, judge_base_url=loopback.base_url,
-                         judge_model=JUDGE, judge_api_key=SecretStr(TEST_KEY),
-                         pricing={JUDGE: Price(input=5.0, output=15.0)})
+    return judge_settings(tmp_path / "home", database_url, loopback, JUDGE, embedding_cache)
 
 
 def judge_calls(base_url: str) -> int:

@@ -9,9 +9,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import TEST_KEY, make_settings
+from conftest import TEST_KEY, judge_settings
 from jobs_helpers import server_stats, submit_and_run, write_batch
-from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from test_cli import ROUTEYARD, cli_env, routeyard
 
@@ -20,7 +19,6 @@ from db.judging import claim_pairs, judgeable_ids
 from db.models import Job, Judgment, Runner, utcnow
 from jobs.services.judge import judging_view
 from jobs.services.spend import spend_report
-from routeyard.settings import Price
 from routeyard.states import JudgmentStatus
 from routeyard.testing.loopback import ModelProfile
 from worker.embedded import run_embedded
@@ -33,10 +31,7 @@ PROMPTS = [f"Cut-off question {i}: what is {i} squared plus {i + 2}?" for i in r
 
 @pytest.fixture
 def settings(tmp_path, database_url, loopback, embedding_cache):
-    loopback.config.judge_models = {JUDGE}
-    return make_settings(tmp_path / "home", database_url, loopback, embedding_cache, judge_base_url=loopback.base_url,
-                         judge_model=JUDGE, judge_api_key=SecretStr(TEST_KEY),
-                         pricing={JUDGE: Price(input=5.0, output=15.0)})
+    return judge_settings(tmp_path / "home", database_url, loopback, JUDGE, embedding_cache)
 
 
 def judge_calls(base_url: str) -> int:

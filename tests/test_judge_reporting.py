@@ -5,15 +5,13 @@ whose total row adds up its rows, shadow and judge calls included."""
 import json
 
 import pytest
-from conftest import TEST_KEY, make_settings
+from conftest import TEST_KEY, judge_settings
 from jobs_helpers import submit_and_run, write_batch
-from pydantic import SecretStr
 from test_cli import cli_env, routeyard
 
 from jobs.cli import render
 from jobs.cli.context import console
 from jobs.services.spend import spend_report
-from routeyard.settings import Price
 
 JUDGE = "gpt-4o"  # priced in the maintained list, so the CLI needs no ROUTEYARD_PRICING
 PROMPTS = [f"Question {i}: how many primes lie below {10 * i + 7}?" for i in range(10)]
@@ -26,10 +24,7 @@ def database_url(tmp_path):
 
 @pytest.fixture
 def settings(tmp_path, database_url, loopback, embedding_cache):
-    loopback.config.judge_models = {JUDGE}
-    return make_settings(tmp_path / "home", database_url, loopback, embedding_cache, judge_base_url=loopback.base_url,
-                         judge_model=JUDGE, judge_api_key=SecretStr(TEST_KEY),
-                         pricing={JUDGE: Price(input=5.0, output=15.0)})
+    return judge_settings(tmp_path / "home", database_url, loopback, JUDGE, embedding_cache)
 
 
 def test_the_spend_tables_total_row_adds_up_routed_shadow_and_judge_calls(settings, tmp_path):

@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STRONG, TEST_KEY, WEAK, make_settings
+from conftest import STRONG, WEAK, judge_settings
 from fastapi.testclient import TestClient
 from jobs_helpers import items, submit_and_run, write_batch
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from db.models import Feedback, Judgment, RouterVersion
@@ -23,18 +22,14 @@ from jobs.services.versions import SERVING, resolve_router_spec, rollback, versi
 from routers.base import version_of
 from routers.data import load_training_prompts, prompt_fingerprint
 from routeyard.errors import InvalidInput
-from routeyard.settings import Price
 
 JUDGE = "judge-model"
 
 
 @pytest.fixture
 def settings(tmp_path, database_url, loopback, embedding_cache):
-    loopback.config.judge_models = {JUDGE}
-    return make_settings(tmp_path / "home", database_url, loopback, embedding_cache, judge_base_url=loopback.base_url,
-                         judge_model=JUDGE, judge_api_key=SecretStr(TEST_KEY), default_router="random",
-                         pricing={JUDGE: Price(input=5.0, output=15.0)}, judge_heldout_share=0.5,
-                         gate_min_prompts=10)
+    return judge_settings(tmp_path / "home", database_url, loopback, JUDGE, embedding_cache, default_router="random",
+                          judge_heldout_share=0.5, gate_min_prompts=10)
 
 
 def tenant_prompts(name: str, n: int = 40) -> list[str]:
