@@ -28,7 +28,7 @@ from jobs.services.tenants import create_tenant
 from routeyard.states import ItemStatus
 from routeyard.testing.inline import InlineExecutor
 from worker.embedded import run_embedded
-from worker.llm_client import ModelClient
+from worker.llm_client import ModelClient, read_completion
 
 CHAT = "/v1/chat/completions"
 QUERY = {"type": "object", "properties": {"query": {"type": "string"}}}
@@ -355,7 +355,7 @@ def test_output_files_are_written_once_a_writer_that_died_is_taken_over_and_a_re
     assert a.files.content(done.error_file_id).content  # the first files stay readable
 
 
-def test_unknown_parameters_go_in_extra_body_and_a_stored_stream_line_fails_alone(settings, loopback):
+def test_unknown_parameters_pass_through_and_a_stored_stream_line_fails_alone(settings, loopback):
     client = ModelClient(settings.endpoint("weak"), max_retries=0, timeout_s=5, secrets=[])
 
     async def calls():
@@ -371,6 +371,19 @@ def test_unknown_parameters_go_in_extra_body_and_a_stored_stream_line_fails_alon
     sent = next(c["last_body"] for c in server_stats(loopback.base_url)["calls"] if c["prompt"] == "extra")
     assert sent["top_k"] == 5 and sent["min_p"] == 0.1
     assert not streamed.ok and "streaming is not supported" in streamed.error and streamed.response is None
+
+
+@pytest.mark.parametrize(("body", "read"), [
+    ({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+     ("hi", 3, 1)),
+    ({"choices": [{"message": {"content": None, "tool_calls": [{"id": "t"}]}}]}, (None, 0, 0)),  # no usage sent
+    ({"choices": [], "usage": {"prompt_tokens": True, "completion_tokens": -4}}, (None, 0, 0)),
+    ({"choices": ["text"], "usage": None}, (None, 0, 0)),
+])
+def test_a_completion_is_read_from_its_json_whatever_a_server_leaves_out(body, read):
+    """Calls post the body and read the JSON the Batch output stores; a server's odd answer reads as no text and
+    no tokens, never as a crash of the batch."""
+    assert read_completion(body) == read
 
 
 def test_a_bad_routing_option_is_a_400_even_when_the_file_is_bad_too(world):

@@ -63,7 +63,7 @@ def test_a_feed_ends_only_after_its_last_claim_has_been_called():
     called_when_it_returned: list[int] = []
 
     async def scenario() -> None:
-        slots = Slots(4)  # a chunk of 1: items 0..3 claimed one at a time
+        slots = Slots(2)  # a chunk of 1: items 0..3 claimed one at a time
         everything_before_called = asyncio.Event()
 
         async def claim(chunk: list[int]) -> dict[int, Claim]:

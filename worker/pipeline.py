@@ -28,7 +28,7 @@ from routeyard.errors import Conflict
 from routeyard.pricing import Unbounded, cost_bound, cost_usd, price_for
 from routeyard.settings import Price, Settings, Tier
 from routeyard.states import JobStatus
-from worker.llm_client import CallResult, ModelClient
+from worker.llm_client import CallResult, ModelClient, tls_context
 from worker.slots import Slots
 from worker.writes import ResultWriter, retrying
 
@@ -46,9 +46,11 @@ class Clients:
 
 
 def make_clients(settings: Settings) -> Clients:
+    tls = tls_context()  # one for both tiers: building it is most of a client's start-up
+
     def make(tier: Tier) -> ModelClient:
         return ModelClient(settings.endpoint(tier), max_retries=settings.max_retries,
-                           timeout_s=settings.request_timeout_s, secrets=settings.secrets())
+                           timeout_s=settings.request_timeout_s, secrets=settings.secrets(), tls=tls)
 
     return Clients(make("strong"), make("weak"))
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from db.jobs import Claim
 
 log = logging.getLogger(__name__)
-CLAIM_CHUNK = 64  # items claimed per UPDATE at most; a quarter of the concurrency below that
+# Items claimed per UPDATE at most; half the concurrency below that. A claim's statement costs about the same
+# for 8 items as for 32 (SQLite: 0.21 against 0.06 ms of CPU an item), and that CPU is taken from the calls.
+CLAIM_CHUNK = 64
 
 ClaimFn = Callable[[list[int]], Awaitable[dict[int, Claim]]]
 CallFn = Callable[[int, Claim], Awaitable[None]]
@@ -70,7 +72,7 @@ class Slots:
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self.chunk = max(1, min(CLAIM_CHUNK, concurrency // 4))
+        self.chunk = max(1, min(CLAIM_CHUNK, concurrency // 2))
         self.ahead = 2 * self.chunk  # claimed items that may wait for a slot: two chunks start within a call's time
         self.busy = 0
         self.stats = SlotStats()
