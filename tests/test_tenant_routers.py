@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from jobs_helpers import items, submit_and_run, write_batch
 from sqlalchemy import select
 
+from db.judging import is_heldout
 from db.models import Feedback, Judgment, RouterVersion
 from db.session import open_database
 from jobs.api import create_app
@@ -130,7 +131,13 @@ def test_a_scheduled_retrain_of_all_tenants_gates_each_on_its_own_heldout(settin
 def test_too_few_judged_heldout_pairs_refuse_a_promotion_before_anything_trains(settings, tmp_path, loopback):
     sf = open_database(settings.resolved_database_url)
     acme, _ = create_tenant(sf, "acme")
-    run_tenant_job(settings, tmp_path, acme, tenant_prompts("acme", 6))
+    # Five held-out prompts and three to train on. The split hangs on the (random) tenant id, so prompts are
+    # picked by it: six at random left none held out once in 64 runs, a different refusal.
+    candidates = tenant_prompts("acme", 200)
+    held = [p for p in candidates if is_heldout(acme, p, settings.judge_heldout_share)]
+    prompts = held[:5] + [p for p in candidates if p not in held][:3]
+    loopback.config.judge_verdicts = dict.fromkeys(prompts, STRONG)  # no ties: every pair is a judged outcome
+    run_tenant_job(settings, tmp_path, acme, prompts)
     with pytest.raises(InvalidInput, match="a fair promotion needs at least 10"):
         retrain(sf, settings.model_copy(update={"gate_min_prompts": 10}), "random", [], [], tenant_id=acme)
     with sf() as session:
