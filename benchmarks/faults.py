@@ -39,6 +39,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
+# Children import the checkout first and keep whatever PYTHONPATH the caller set (packages installed with --target).
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 sys.path.insert(0, str(ROOT))
 from db.session import open_database  # noqa: E402
 from jobs.services.tenants import create_tenant  # noqa: E402
@@ -264,7 +266,7 @@ def main() -> None:
     results: list[dict] = []
     with PrivatePostgres() as pg, PrivateRedis() as redis, LoopbackServer(config) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
-        env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(work / "home"), ROUTEYARD_DATABASE_URL=pg.url,
+        env.update(PYTHONPATH=CHILD_PYTHONPATH, ROUTEYARD_HOME=str(work / "home"), ROUTEYARD_DATABASE_URL=pg.url,
                    ROUTEYARD_BROKER_URL=redis.url, ROUTEYARD_STRONG_BASE_URL=server.base_url,
                    ROUTEYARD_WEAK_BASE_URL=server.base_url, ROUTEYARD_STRONG_MODEL=STRONG, ROUTEYARD_WEAK_MODEL=WEAK,
                    ROUTEYARD_STRONG_API_KEY=KEY, ROUTEYARD_WEAK_API_KEY=KEY, ROUTEYARD_REQUEST_TIMEOUT_S="10")

@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# Children import the checkout first and keep whatever PYTHONPATH the caller set (packages installed with --target).
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -202,7 +204,7 @@ def run_size(n: int, base_url: str, concurrency: int, work: Path, window_s: floa
     write_batch(batch, n)
     db_url = f"sqlite:///{home / 'routeyard.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
-    env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
+    env.update(PYTHONPATH=CHILD_PYTHONPATH, ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
                ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
                ROUTEYARD_CONCURRENCY=str(concurrency), ROUTEYARD_MAX_RETRIES="2")
     db_file = home / "routeyard.db"
@@ -265,7 +267,7 @@ def run_distributed(n: int, base_url: str, concurrency: int, work: Path, window_
     open_database(db_url).kw["bind"].dispose()  # migrated once, before the workers start
     redis = PrivateRedis().start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
-    env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_DATABASE_URL=db_url,
+    env.update(PYTHONPATH=CHILD_PYTHONPATH, ROUTEYARD_HOME=str(home), ROUTEYARD_DATABASE_URL=db_url,
                ROUTEYARD_BROKER_URL=redis.url, ROUTEYARD_STRONG_BASE_URL=base_url, ROUTEYARD_WEAK_BASE_URL=base_url,
                ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
                ROUTEYARD_CONCURRENCY=str(concurrency // (2 * workers)), ROUTEYARD_MAX_RETRIES="2")

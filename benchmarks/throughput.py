@@ -41,6 +41,8 @@ import openai
 from sqlalchemy import create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
+# Children import the checkout first and keep whatever PYTHONPATH the caller set (packages installed with --target).
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 sys.path.insert(0, str(ROOT))
 from db.models import Item, Job  # noqa: E402
 from db.session import open_database  # noqa: E402
@@ -172,7 +174,7 @@ def job_times(database_url: str, job_id: str) -> tuple[float, float, float]:
 
 def base_env(home: Path, base_url: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
-    env.update(PYTHONPATH=str(ROOT), ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
+    env.update(PYTHONPATH=CHILD_PYTHONPATH, ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
                ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
                ROUTEYARD_CONCURRENCY=str(CONCURRENCY), ROUTEYARD_MAX_RETRIES="2")
     return env
@@ -211,7 +213,11 @@ class Workers:
         self.procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "jobs.periodic", "beat",
                                             "--schedule", str(home / f"beat{tag}")], env=self.env, cwd=ROOT,
                                            stdout=beat_log.open("w"), stderr=subprocess.STDOUT))
-        wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
+        try:
+            wait_until(lambda: all("ready" in log.read_text() for log in self.logs), 120, "workers")
+        except RuntimeError:  # the caller never gets this cluster to stop, so stop what it started
+            self.stop()
+            raise RuntimeError(f"workers did not start; see {', '.join(map(str, self.logs))}") from None
 
     def run(self, home: Path, texts: list[str], router: str) -> tuple[float, float, float]:
         batch = write_batch(home / "batch.jsonl", texts)
@@ -255,7 +261,7 @@ def main() -> None:
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "routeyard.testing.loopback", "--port", str(port), "--latency-ms",
-                               str(args.latency_ms)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               str(args.latency_ms)], cwd=ROOT, env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH})
     base_url = f"http://127.0.0.1:{port}/v1"
     wait_until(lambda: up(f"http://127.0.0.1:{port}/_stats"), 30, "the loopback server")
     results: dict[str, list[float]] = {}
