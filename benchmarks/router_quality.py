@@ -62,6 +62,7 @@ def run_protocol(folds: list[tuple[list[Outcome], list[Outcome]]], names: list[s
                      else train_router(name, prefs, runtime, _options(name, args)))
             train_s[name].append(time.perf_counter() - start)
             config = getattr(model, "config", {})
+            config = config if isinstance(config, dict) else vars(config)  # bert: a config dataclass
             chosen[name].append({key: config[key] for key in ("layer", "target", "l2", "c") if key in config})
             scores[name] = model.win_rate([o.prompt for o in test])
             if k == 0 and name != "length":  # speed on prompts never seen (cold caches), as a new batch would be
