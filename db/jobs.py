@@ -201,25 +201,6 @@ def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
     return ids, scores
 
 
-def store_routes(session: Session, job: Job, ids: Sequence[int], strong: Sequence[bool], threshold: float) -> None:
-    """Route the items still pending (a cancel that got there first wins): one set-based UPDATE makes every
-    pending item weak, then the strong share is written by id, a chunk per statement (not a row per item)."""
-    session.execute(update(Item).where(Item.job_id == job.id, Item.status == ItemStatus.PENDING)
-                    .values(tier="weak", model=job.weak_model, threshold=threshold, status=ItemStatus.ROUTED)
-                    .execution_options(synchronize_session=False))
-    chosen = [i for i, s in zip(ids, strong, strict=True) if s]
-    for start in range(0, len(chosen), 1000):  # a thousand ids per IN (...)
-        session.execute(update(Item).where(Item.id.in_(chosen[start : start + 1000]),
-                                           Item.job_id == job.id, Item.status == ItemStatus.ROUTED)
-                        .values(tier="strong", model=job.strong_model).execution_options(synchronize_session=False))
-    job.threshold = threshold
-
-
-def mark_shadow(session: Session, ids: Sequence[int]) -> None:
-    if ids:
-        session.execute(update(Item).where(Item.id.in_(ids)).values(shadow=True))
-
-
 def item_bodies(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ids), 1000):

@@ -174,6 +174,7 @@ def test_unknown_model_price_is_refused_before_anything_is_stored(settings, tmp_
 
 def test_a_cancel_is_never_undone_by_a_runner_that_read_the_job_before_it(settings, tmp_path):
     from db import jobs as store
+    from db import routes
     from routers.registry import load_router
     from worker import pipeline
 
@@ -185,7 +186,7 @@ def test_a_cancel_is_never_undone_by_a_runner_that_read_the_job_before_it(settin
         with sf() as other:  # the cancel lands
             store.cancel_job(other, store.get_job(other, result.job_id))
             other.commit()
-        store.store_routes(session, job, ids, [True] * 3 + [False] * 7, 0.5)
+        routes.store_routes(session, job, ids, [True] * 3 + [False] * 7, 0.5)
         assert not store.set_job_status(session, result.job_id, "running")
         session.commit()
     with sf() as session:

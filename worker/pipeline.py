@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as store
-from db import planner, runners
+from db import planner, routes, runners
 from db.jobs import Claim
 from db.models import Job, utcnow
 from routers.calibration import BatchRouting, route_batch, route_within_budget, shadow_sample
@@ -116,11 +116,11 @@ def assign_routes(sf: sessionmaker[Session], job_id: str, settings: Settings) ->
             routing = route_batch(np.asarray(scores, dtype=np.float64), job.strong_fraction)
         else:
             routing = _route_budget(session, job, ids, scores, settings)
-        store.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
+        routes.store_routes(session, job, ids, routing.strong.tolist(), routing.threshold)
         if job.shadow_fraction:
             weak = {str(i): i for i, s in zip(ids, routing.strong.tolist(), strict=True) if not s}
             chosen = shadow_sample(list(weak), job.shadow_fraction, job.id)
-            store.mark_shadow(session, [weak[k] for k in chosen])
+            routes.mark_shadow(session, [weak[k] for k in chosen])
         store.set_job_status(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
         session.commit()
     with sf() as session:

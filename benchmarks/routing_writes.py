@@ -1,0 +1,108 @@
+"""Writing a large job's routes on PostgreSQL: one UPDATE (what store_routes does there) against two passes
+(every pending item made weak, then the strong share by id, a thousand ids a statement: SQLite's way, and
+PostgreSQL's before), side by side.
+
+Each run: a fresh database, a job of N pending scored items (bodies like a short chat prompt), ANALYZE (as
+autovacuum does after a submit), then the routes of half of them strong, timed with the commit. The two ways
+alternate, which goes first alternating too, so drift hits both alike. Median of --repeats runs each.
+
+    python benchmarks/routing_writes.py [--items 200000] [--repeats 3]
+Needs PostgreSQL on 127.0.0.1:55432 (bash tests/services.sh start). Writes results/routing_writes.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, insert, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from db import jobs as store  # noqa: E402
+from db import routes  # noqa: E402
+from db.models import Item, Job  # noqa: E402
+from db.session import open_database  # noqa: E402
+from routeyard.states import ItemStatus, JobStatus  # noqa: E402
+
+PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
+WAYS = {"one statement": routes.routes_in_one_statement, "two passes": routes.routes_in_two_passes}
+
+
+def one_run(way: str, n: int) -> float:
+    name = f"routing_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    sf = open_database(url)
+    try:
+        job_id = f"job_{uuid.uuid4().hex}"
+        with sf() as s:
+            s.add(Job(id=job_id, request_hash="", input_format="jsonl", router="random", strong_fraction=0.5,
+                      strong_model="strong", weak_model="weak", n_items=n, status=JobStatus.SCORING))
+            s.flush()
+            for start in range(0, n, 20_000):
+                s.execute(insert(Item), [
+                    {"job_id": job_id, "line_no": i + 1, "custom_id": f"r{i}", "prompt": f"question {i}",
+                     "body": {"messages": [{"role": "user", "content": f"question {i} " + "word " * 40}]},
+                     "status": ItemStatus.PENDING, "score": (i * 7919 % 1000) / 1000}
+                    for i in range(start, min(n, start + 20_000))])
+            s.commit()
+            s.execute(text("ANALYZE items"))
+            s.commit()
+        with sf() as s:
+            ids, scores = store.item_scores(s, job_id)
+            chosen = [i for i, score in zip(ids, scores, strict=True) if score >= 0.5]
+            job = store.get_job(s, job_id, lock=True)
+            started = time.perf_counter()
+            WAYS[way](s, job, chosen, 0.5)
+            s.commit()
+            took = time.perf_counter() - started
+            strong = s.scalar(select(func.count()).where(Item.job_id == job_id, Item.tier == "strong"))
+            assert strong == len(chosen), (strong, len(chosen))
+        return took
+    finally:
+        sf.kw["bind"].dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}"'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing_writes.json")
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {way: [] for way in WAYS}
+    for r in range(args.repeats):
+        for way in (list(WAYS) if r % 2 == 0 else list(reversed(WAYS))):
+            runs[way].append(round(one_run(way, args.items), 2))
+            print(f"run {r + 1}: {way}: {runs[way][-1]} s", flush=True)
+    medians = {way: statistics.median(v) for way, v in runs.items()}
+    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "items": args.items, "load_average": os.getloadavg(), "runs": runs,
+              "median_s": medians, "speedup": round(medians["two passes"] / medians["one statement"], 2)}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Routing writes on PostgreSQL: {args.items:,} pending items, half routed strong",
+             "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs; medians of {args.repeats} "
+             "interleaved runs (a fresh database each).", "",
+             "| way | median s | us an item | runs |", "| --- | ---: | ---: | --- |"]
+    lines += [f"| {way} | {medians[way]:.2f} | {1e6 * medians[way] / args.items:.0f} | "
+              f"{', '.join(map(str, runs[way]))} |" for way in WAYS]
+    lines += ["", f"One statement is {report['speedup']}x faster."]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
