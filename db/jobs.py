@@ -183,10 +183,6 @@ def unscored_ids(session: Session, job_id: str) -> list[int]:
                                                       Item.score.is_(None)).order_by(Item.id)))
 
 
-def store_scores(session: Session, scores: Sequence[tuple[int, float]], router_version: str) -> None:
-    session.execute(update(Item), [{"id": i, "score": s, "router_version": router_version} for i, s in scores])
-
-
 def item_scores(session: Session, job_id: str) -> tuple[list[int], list[float]]:
     """The job's item ids and scores in id order, read a slice at a time (no row objects for a whole
     million-item job at once)."""

@@ -44,3 +44,34 @@ def test_routes_put_each_item_on_its_tier_and_leave_an_item_cancelled_first_alon
         tier = "strong" if strong[n] else "weak"
         model = "gpt-4-1106-preview" if strong[n] else "mixtral-8x7b-instruct"
         assert (row.status, row.tier, row.model, row.threshold) == (ItemStatus.ROUTED, tier, model, 0.42)
+
+
+def test_scores_land_on_their_items_in_one_statement_on_postgresql(database_url):
+    from sqlalchemy import event
+
+    sf = open_database(database_url)
+    job_id = pending_job(sf, 40, "scores")
+    with sf() as s:
+        ids = list(s.scalars(select(Item.id).where(Item.job_id == job_id).order_by(Item.id)))
+    given = [(item_id, (n * 37 % 40) / 40) for n, item_id in enumerate(ids[:30])]  # ten left unscored
+    statements: list[str] = []
+    with sf() as s:
+        engine = s.get_bind()
+        listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listen)
+        try:
+            routes.store_scores(s, given, "random@1")
+            routes.store_scores(s, [], "random@1")  # nothing to write: no statement
+            s.commit()
+        finally:
+            event.remove(engine, "before_cursor_execute", listen)
+    updates = [x for x in statements if x.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1  # one cursor call on both (SQLite's executemany runs in-process)
+    if engine.dialect.name == "postgresql":  # and on PostgreSQL one set-based statement, not one per row
+        assert "unnest" in updates[0] and "executemany" not in str(statements)
+    with sf() as s:
+        stored = dict(s.execute(select(Item.id, Item.score).where(Item.job_id == job_id)).tuples().all())
+        versions = set(s.scalars(select(Item.router_version).where(Item.id.in_(ids[:30]))))
+    assert {i: stored[i] for i, _ in given} == dict(given)
+    assert all(stored[i] is None for i in ids[30:])
+    assert versions == {"random@1"}

@@ -67,6 +67,10 @@ class Dispatcher:
             return
         from kombu import Connection  # the broker client: only in distributed mode
 
+        # The Celery app and its tasks (seconds of imports on a busy machine), loaded now, before the job is stored,
+        # not in enqueue(): a job's clock starts when it is stored, and its workers could be calling by then.
+        import worker.tasks  # noqa: F401
+
         url = self.settings.broker_url
         try:
             with Connection(url, connect_timeout=3) as conn:

@@ -76,7 +76,7 @@ def score_items(sf: sessionmaker[Session], job_id: str, loaded: LoadedRouter, ba
                 return scored
             scores = loaded.router.win_rate([prompt for _, prompt in batch])
             store.touch_job(session, job_id)  # the job row before the item rows, as every writer locks them
-            store.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
+            routes.store_scores(session, [(item_id, float(s)) for (item_id, _), s in zip(batch, scores, strict=True)],
                                loaded.label)
             session.commit()
         scored += len(batch)
