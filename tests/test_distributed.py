@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,6 +237,10 @@ def test_beat_fires_a_stored_retrain_schedule(cluster, tmp_path, gsm8k):
     with sf() as session:
         versions = session.execute(text("SELECT router, serving, decision FROM router_versions")).all()
     assert len(versions) == 1 and versions[0].router == DEFAULT_ROUTER and versions[0].serving
+    # A long-running process's log says when each thing happened (the task lines among them).
+    worker_log = (cluster.logs / "worker.log").read_text()
+    stamped = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO celery\.app\.trace: Task routeyard\.scheduled_retrain"
+    assert re.search(stamped, worker_log, re.M), worker_log[-2000:]
 
 
 def test_the_strong_share_runs_as_a_provider_batch_polled_by_beat(cluster, loopback, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,8 @@ def worker(
         raise InvalidInput("set ROUTEYARD_BROKER_URL (e.g. redis://localhost:6379/0) to run workers")
     from jobs.periodic import app as celery_app  # the pipeline's tasks and the periodic ones
 
+    for handler in logging.getLogger().handlers:  # a long-running process: each line says when it happened
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
 
 
