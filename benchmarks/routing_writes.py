@@ -19,62 +19,33 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.pg_scratch import scratch_job  # noqa: E402
 from db import jobs as store  # noqa: E402
 from db import routes  # noqa: E402
-from db.models import Item, Job  # noqa: E402
-from db.session import open_database  # noqa: E402
-from routeyard.states import ItemStatus, JobStatus  # noqa: E402
+from db.models import Item  # noqa: E402
 
-PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
 WAYS = {"one statement": routes.routes_in_one_statement, "two passes": routes.routes_in_two_passes}
 
 
 def one_run(way: str, n: int) -> float:
-    name = f"routing_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    sf = open_database(url)
-    try:
-        job_id = f"job_{uuid.uuid4().hex}"
-        with sf() as s:
-            s.add(Job(id=job_id, request_hash="", input_format="jsonl", router="random", strong_fraction=0.5,
-                      strong_model="strong", weak_model="weak", n_items=n, status=JobStatus.SCORING))
-            s.flush()
-            for start in range(0, n, 20_000):
-                s.execute(insert(Item), [
-                    {"job_id": job_id, "line_no": i + 1, "custom_id": f"r{i}", "prompt": f"question {i}",
-                     "body": {"messages": [{"role": "user", "content": f"question {i} " + "word " * 40}]},
-                     "status": ItemStatus.PENDING, "score": (i * 7919 % 1000) / 1000}
-                    for i in range(start, min(n, start + 20_000))])
-            s.commit()
-            s.execute(text("ANALYZE items"))
-            s.commit()
-        with sf() as s:
-            ids, scores = store.item_scores(s, job_id)
-            chosen = [i for i, score in zip(ids, scores, strict=True) if score >= 0.5]
-            job = store.get_job(s, job_id, lock=True)
-            started = time.perf_counter()
-            WAYS[way](s, job, chosen, 0.5)
-            s.commit()
-            took = time.perf_counter() - started
-            strong = s.scalar(select(func.count()).where(Item.job_id == job_id, Item.tier == "strong"))
-            assert strong == len(chosen), (strong, len(chosen))
-        return took
-    finally:
-        sf.kw["bind"].dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}"'))
-        admin.dispose()
+    with scratch_job(n, scored=True) as (sf, job_id), sf() as s:
+        ids, scores = store.item_scores(s, job_id)
+        chosen = [i for i, score in zip(ids, scores, strict=True) if score >= 0.5]
+        job = store.get_job(s, job_id, lock=True)
+        started = time.perf_counter()
+        WAYS[way](s, job, chosen, 0.5)
+        s.commit()
+        took = time.perf_counter() - started
+        strong = s.scalar(select(func.count()).where(Item.job_id == job_id, Item.tier == "strong"))
+        assert strong == len(chosen), (strong, len(chosen))
+    return took
 
 
 def main() -> None:

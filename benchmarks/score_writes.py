@@ -20,47 +20,26 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.pg_scratch import scratch_job  # noqa: E402
 from benchmarks.throughput import postgres_cpu_s  # noqa: E402
 from db import jobs as store  # noqa: E402
 from db import routes  # noqa: E402
-from db.models import Item, Job  # noqa: E402
-from db.session import open_database  # noqa: E402
-from routeyard.states import ItemStatus, JobStatus  # noqa: E402
+from db.models import Item  # noqa: E402
 
-PG_ADMIN = os.environ.get("ROUTEYARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
 WAYS = {"one statement": routes.scores_in_one_statement, "row by row": routes.scores_row_by_row}
 
 
 def one_run(way: str, n: int, batch: int) -> tuple[float, float]:
     """(seconds, PostgreSQL CPU seconds) to write every score."""
-    name = f"scores_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    sf = open_database(url)
-    try:
-        job_id = f"job_{uuid.uuid4().hex}"
+    with scratch_job(n, scored=False) as (sf, job_id):
         with sf() as s:
-            s.add(Job(id=job_id, request_hash="", input_format="jsonl", router="random", strong_fraction=0.5,
-                      strong_model="strong", weak_model="weak", n_items=n, status=JobStatus.SCORING))
-            s.flush()
-            for start in range(0, n, 20_000):
-                s.execute(insert(Item), [
-                    {"job_id": job_id, "line_no": i + 1, "custom_id": f"r{i}", "prompt": f"question {i}",
-                     "body": {"messages": [{"role": "user", "content": f"question {i} " + "word " * 40}]},
-                     "status": ItemStatus.PENDING} for i in range(start, min(n, start + 20_000))])
-            s.commit()
-            s.execute(text("ANALYZE items"))
-            s.commit()
             ids = list(s.scalars(select(Item.id).where(Item.job_id == job_id).order_by(Item.id)))
         cpu = postgres_cpu_s()
         started = time.perf_counter()
@@ -72,12 +51,7 @@ def one_run(way: str, n: int, batch: int) -> tuple[float, float]:
         took, cpu = time.perf_counter() - started, postgres_cpu_s() - cpu
         with sf() as s:
             assert s.scalar(select(func.count()).where(Item.job_id == job_id, Item.score.is_(None))) == 0
-        return took, cpu
-    finally:
-        sf.kw["bind"].dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}"'))
-        admin.dispose()
+    return took, cpu
 
 
 def main() -> None:
