@@ -13,20 +13,15 @@ Needs PostgreSQL on 127.0.0.1:55432 (bash tests/services.sh start). Writes resul
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.pg_scratch import scratch_job  # noqa: E402
+from benchmarks.pg_scratch import scratch_job, side_by_side, write_report  # noqa: E402
 from db import jobs as store  # noqa: E402
 from db import routes  # noqa: E402
 from db.models import Item  # noqa: E402
@@ -54,26 +49,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing_writes.json")
     args = parser.parse_args()
-    runs: dict[str, list[float]] = {way: [] for way in WAYS}
-    for r in range(args.repeats):
-        for way in (list(WAYS) if r % 2 == 0 else list(reversed(WAYS))):
-            runs[way].append(round(one_run(way, args.items), 2))
-            print(f"run {r + 1}: {way}: {runs[way][-1]} s", flush=True)
-    medians = {way: statistics.median(v) for way, v in runs.items()}
-    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "items": args.items, "load_average": os.getloadavg(), "runs": runs,
-              "median_s": medians, "speedup": round(medians["two passes"] / medians["one statement"], 2)}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Routing writes on PostgreSQL: {args.items:,} pending items, half routed strong",
-             "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs; medians of {args.repeats} "
-             "interleaved runs (a fresh database each).", "",
-             "| way | median s | us an item | runs |", "| --- | ---: | ---: | --- |"]
-    lines += [f"| {way} | {medians[way]:.2f} | {1e6 * medians[way] / args.items:.0f} | "
-              f"{', '.join(map(str, runs[way]))} |" for way in WAYS]
-    lines += ["", f"One statement is {report['speedup']}x faster."]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    runs = side_by_side(list(WAYS), args.repeats, lambda way: {"s": one_run(way, args.items)})
+    write_report(args.out, f"Routing writes on PostgreSQL: {args.items:,} pending items, half routed strong",
+                 args.items, runs)
 
 if __name__ == "__main__":
     main()

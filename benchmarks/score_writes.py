@@ -14,20 +14,15 @@ Needs PostgreSQL on 127.0.0.1:55432 (bash tests/services.sh start). Writes resul
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.pg_scratch import scratch_job  # noqa: E402
+from benchmarks.pg_scratch import scratch_job, side_by_side, write_report  # noqa: E402
 from benchmarks.throughput import postgres_cpu_s  # noqa: E402
 from db import jobs as store  # noqa: E402
 from db import routes  # noqa: E402
@@ -61,32 +56,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "score_writes.json")
     args = parser.parse_args()
-    runs: dict[str, list[float]] = {way: [] for way in WAYS}
-    server: dict[str, list[float]] = {way: [] for way in WAYS}
-    for r in range(args.repeats):
-        for way in (list(WAYS) if r % 2 == 0 else list(reversed(WAYS))):
-            took, cpu = one_run(way, args.items, args.batch)
-            runs[way].append(round(took, 2))
-            server[way].append(round(cpu, 2))
-            print(f"run {r + 1}: {way}: {took:.2f} s, PostgreSQL CPU {cpu:.2f} s", flush=True)
-    medians = {way: statistics.median(v) for way, v in runs.items()}
-    cpu_medians = {way: statistics.median(v) for way, v in server.items()}
-    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "items": args.items, "batch": args.batch, "load_average": os.getloadavg(),
-              "runs": runs, "postgres_cpu_s": server, "median_s": medians, "median_postgres_cpu_s": cpu_medians,
-              "speedup": round(medians["row by row"] / medians["one statement"], 2)}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Score writes on PostgreSQL: {args.items:,} items, {args.batch} a transaction",
-             "", f"{report['when']}, {report['machine']}, {report['cpus']} CPUs, load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in report['load_average'])}; medians of {args.repeats} interleaved runs "
-             "(a fresh database each).", "",
-             "| way | median s | us an item | PostgreSQL CPU s | runs |", "| --- | ---: | ---: | ---: | --- |"]
-    lines += [f"| {way} | {medians[way]:.2f} | {1e6 * medians[way] / args.items:.0f} | {cpu_medians[way]:.2f} | "
-              f"{', '.join(map(str, runs[way]))} |" for way in WAYS]
-    lines += ["", f"One statement is {report['speedup']}x faster."]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    runs = side_by_side(list(WAYS), args.repeats,
+                        lambda way: dict(zip(("s", "postgres_cpu_s"), one_run(way, args.items, args.batch),
+                                             strict=True)))
+    write_report(args.out, f"Score writes on PostgreSQL: {args.items:,} items, {args.batch} a transaction",
+                 args.items, runs, batch=args.batch)
 
 if __name__ == "__main__":
     main()
