@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.models import LOCAL_TENANT, Item, Job, utcnow
@@ -58,6 +58,7 @@ class Claim:
     tier: str
     body: dict[str, Any]
     shadow: bool = False
+    attempts: int = 0  # the item's attempt count once claimed: names this claim, for renew_claims
 
 
 def get_job(session: Session, job_id: str, tenant_id: str | None = None, *, lock: bool = False) -> Job:
@@ -258,9 +259,24 @@ def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s:
     rows = session.execute(
         update(Item).where(Item.id.in_(mine.scalar_subquery()), claimable)
         .values(status=ItemStatus.IN_FLIGHT, attempts=Item.attempts + 1, started_at=utcnow(), claimed_by=runner_id)
-        .returning(Item.id, Item.tier, Item.body, Item.shadow).execution_options(synchronize_session=False)
+        .returning(Item.id, Item.tier, Item.body, Item.shadow, Item.attempts)
+        .execution_options(synchronize_session=False)
     ).all()
-    return {row.id: Claim(row.tier, row.body, bool(row.shadow)) for row in rows}
+    return {row.id: Claim(row.tier, row.body, bool(row.shadow), row.attempts) for row in rows}
+
+
+def renew_claims(session: Session, job_id: str, claims: Sequence[tuple[int, int]]) -> set[int]:
+    """Restart the lease of claims (item id, the claim's attempts) that are still the runner's own: the item is
+    in flight under that same claim (no other worker took it over once its lease ran out) and the job has not
+    ended. Returns the ids renewed; an item missing from it must not be called."""
+    if not claims or lock_job_for_items(session, job_id) in (None, *JOB_ENDED):
+        return set()
+    rows = session.execute(
+        update(Item).where(tuple_(Item.id, Item.attempts).in_(list(claims)), Item.job_id == job_id,
+                           Item.status == ItemStatus.IN_FLIGHT)
+        .values(started_at=utcnow()).returning(Item.id).execution_options(synchronize_session=False)
+    ).all()
+    return {row.id for row in rows}
 
 
 def result_values(item_id: int, result: CallOutcome, cost: float, shadow: CallOutcome | None = None,

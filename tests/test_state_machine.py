@@ -74,6 +74,26 @@ def test_a_claim_holds_in_another_session_until_its_lease_runs_out(sf):
         assert s.get(Item, ids[0]).attempts == 2
 
 
+def test_a_claim_is_renewed_only_while_it_is_still_the_same_claim_and_its_job_goes_on(sf):
+    job_id, ids = routed_job(sf, 3)
+    with sf() as s:
+        mine = store.claim_items(s, job_id, ids, lease_s=60, runner_id="a")
+        s.execute(update(Item).where(Item.id.in_(ids)).values(started_at=utcnow() - timedelta(seconds=61)))
+        s.commit()
+    with sf() as s:  # another worker takes the second over: its lease ran out
+        assert list(store.claim_items(s, job_id, [ids[1]], lease_s=60, runner_id="b")) == [ids[1]]
+        s.commit()
+    with sf() as s:
+        renewed = store.renew_claims(s, job_id, [(i, mine[i].attempts) for i in ids])
+        s.commit()
+        assert renewed == {ids[0], ids[2]}
+        assert store.claim_items(s, job_id, ids, lease_s=60, runner_id="c") == {}  # leases running again
+        store.cancel_job(s, store.get_job(s, job_id, lock=True))
+        s.commit()
+    with sf() as s:  # a cancelled job's claims are not renewed: their calls are not made
+        assert store.renew_claims(s, job_id, [(ids[0], mine[ids[0]].attempts)]) == set()
+
+
 def test_racing_workers_claim_each_item_exactly_once(sf):
     _, ids = routed_job(sf, 12)
 

@@ -136,6 +136,44 @@ def test_a_slow_call_holds_its_own_slot_while_the_next_task_fills_the_others(tmp
         assert pipeline.finish_if_done(sf, job_id)
 
 
+def test_an_item_that_waited_past_its_lease_is_renewed_or_left_to_the_worker_that_took_it_over(tmp_path,
+                                                                                             postgres_url):
+    """One slot, three items claimed together; the first call takes 2 s, past the 0.5 s lease, while the other two
+    wait for the slot. Meanwhile another worker takes over the second (its lease ran out: a stalled job's task
+    delivered again would). When the slot frees, the second is not called (it is the other worker's now) and
+    the third, still this worker's, has its lease renewed and is called: no prompt is called twice."""
+    with LoopbackServer(LoopbackConfig(models=dict(SLOW_TOKENS), jitter=False)) as server:
+        settings = make_settings(tmp_path / "home", postgres_url, server).model_copy(
+            update={"concurrency": 1, "lease_s": 0.5})
+        assert pipeline.renew_after_s(settings.effective_lease_s, settings) == 0.0  # a call can outlast this lease
+        sf, job_id, ids = routed_job(settings, tmp_path, ["slow one", "taken over", "renewed"], [50, 1, 1])
+        engine = CallEngine(settings)
+        taken: dict[int, Claim] = {}
+
+        def other_worker() -> None:
+            time.sleep(1.0)  # the items were claimed at once: by now the waiting ones are past their lease
+            with sf() as session:
+                taken.update(store.claim_items(session, job_id, [ids[1]], settings.lease_s, "other-worker"))
+                session.commit()
+
+        thread = threading.Thread(target=other_worker)
+        thread.start()
+        try:
+            engine.run(pipeline.complete_items(sf, job_id, ids, engine.clients, settings, settings.concurrency,
+                                               lease_s=settings.effective_lease_s, runner_id="this-worker",
+                                               slots=engine.slots))
+        finally:
+            thread.join(10)
+            engine.run(engine.clients.aclose())
+        assert list(taken) == [ids[1]] and taken[ids[1]].attempts == 2  # the other worker's claim
+        assert (engine.slots.stats.lost, engine.slots.stats.renewed) == (1, 2)  # renewed: the first and third
+        assert calls_per_prompt(server.base_url) == {"slow one": 1, "renewed": 1}
+        with sf() as session:
+            rows = {r.id: r for r in session.scalars(select(Item).where(Item.job_id == job_id))}
+        assert rows[ids[1]].status == ItemStatus.IN_FLIGHT and rows[ids[1]].claimed_by == "other-worker"
+        assert rows[ids[0]].status == rows[ids[2]].status == ItemStatus.SUCCEEDED
+
+
 @pytest.mark.slow  # 400 calls of 125 ms, most of them in 8 slots
 def test_claims_wait_for_room_so_no_claimed_item_outlives_its_lease(tmp_path, postgres_url):
     """A worker process (8 slots) runs 400 items of 125 ms a call, with a 2 s lease: the batch takes far longer

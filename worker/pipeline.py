@@ -177,6 +177,16 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     async def claim(chunk: list[int]) -> dict[int, Claim]:
         return await retrying(partial(claim_now, chunk), f"job {job_id}: a claim", settings.db_retry_s)
 
+    def renew_now(item_id: int, claim: Claim) -> bool:
+        with sf() as session:
+            renewed = store.renew_claims(session, job_id, [(item_id, claim.attempts)])
+            session.commit()
+            return item_id in renewed
+
+    async def renew(item_id: int, claim: Claim) -> bool:
+        return await retrying(partial(renew_now, item_id, claim), f"job {job_id}: a claim's renewal",
+                              settings.db_retry_s)
+
     async def call(item_id: int, claim: Claim) -> None:
         client = clients.for_tier(claim.tier)
         shadow = None
@@ -198,9 +208,19 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
 
     writer.start()
     try:
-        await (slots or Slots(concurrency)).run(item_ids, claim, call)
+        if lease_s is None:  # the embedded runner: the job is this process's alone, no claim runs out
+            await (slots or Slots(concurrency)).run(item_ids, claim, call)
+        else:
+            await (slots or Slots(concurrency)).run(item_ids, claim, call, renew, renew_after_s(lease_s, settings))
     finally:
         await writer.close()
+
+
+def renew_after_s(lease_s: float, settings: Settings) -> float:
+    """How long a claimed item may wait for a call slot before its lease is renewed: what is left of the lease
+    once the longest call (every attempt running to its timeout) is set aside; 0 (renew every claim that waits
+    at all) where the lease is shorter than that call."""
+    return max(0.0, lease_s - settings.request_timeout_s * (settings.max_retries + 1))
 
 
 def unanswered_cost_bound(body: dict[str, Any], result: CallResult, price: Price, settings: Settings) -> float:

@@ -9,14 +9,18 @@ the next task's items take the slots it frees.
 The lease stays honest because claims are taken only shortly before a slot frees. Claimed items that have
 not finished are capped at `concurrency + ahead`, so at most `ahead` (two claim chunks) wait for a slot. A
 claim is taken once a chunk's worth of that room is free, and takes all the room there is then (up to
-CLAIM_CHUNK), so a slow claim does not leave slots idle. A claimed item therefore starts within
-about one call's time, far inside its lease.
+CLAIM_CHUNK), so a slow claim does not leave slots idle. A claimed item therefore starts within about one
+call's time. That is far inside its lease while calls are quick, but not when every call in flight runs to its
+timeout (a provider outage): so an item that waited longer than its lease can spare (`renew_after_s`: the
+lease less the longest call) has its lease renewed before its call, and is not called if it is no longer
+this runner's (its lease ran out and another worker took it over) or its job has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +35,7 @@ CLAIM_CHUNK = 64
 
 ClaimFn = Callable[[list[int]], Awaitable[dict[int, Claim]]]
 CallFn = Callable[[int, Claim], Awaitable[None]]
+RenewFn = Callable[[int, Claim], Awaitable[bool]]
 
 
 @dataclass(eq=False)
@@ -40,6 +45,8 @@ class Feed:
     todo: deque[int]
     claim: ClaimFn
     call: CallFn
+    renew: RenewFn | None = None  # None: claims outlast any wait (the embedded runner holds its job alone)
+    renew_after_s: float = math.inf  # a claimed item that waited longer for its slot is renewed first
     claiming: bool = False  # a chunk is being claimed: its items are neither in todo nor running yet
     running: int = 0
     error: BaseException | None = None
@@ -59,6 +66,8 @@ class SlotStats:
     peak_busy: int = 0
     peak_waiting: int = 0
     claims: int = 0
+    renewed: int = 0  # claimed items that waited past renew_after_s, renewed, then called
+    lost: int = 0  # ... and not renewed (no longer this runner's, or the job ended): not called
     busy_slot_s: float = 0.0
     held_s: float = 0.0
 
@@ -100,11 +109,13 @@ class Slots:
         """Claimed items that cannot have a slot yet: those claimed and not finished beyond the slots."""
         return max(0, self.ahead - self._room)
 
-    async def run(self, item_ids: Sequence[int], claim: ClaimFn, call: CallFn) -> None:
+    async def run(self, item_ids: Sequence[int], claim: ClaimFn, call: CallFn, renew: RenewFn | None = None,
+                  renew_after_s: float = math.inf) -> None:
         """Call every item of `item_ids` that `claim` hands over; return when all of them have ended. A claim
         that fails (after its own retries) stops this feed's claiming and is raised once its calls in flight
-        have ended; other feeds go on."""
-        feed = Feed(deque(item_ids), claim, call)
+        have ended; other feeds go on. An item that waited more than `renew_after_s` for its slot is called
+        only if `renew` (the claim renewed) says it is still this runner's."""
+        feed = Feed(deque(item_ids), claim, call, renew, renew_after_s)
         if feed.drained:
             return
         self._tick()
@@ -140,6 +151,7 @@ class Slots:
             chunk = [feed.todo.popleft() for _ in range(want)]
             self._room -= want
             feed.claiming = True  # the feed's last calls may end meanwhile: it is not drained before this claim is
+            claimed_at = time.monotonic()  # before the claim's UPDATE: its lease is never older than this says
             try:
                 got = await feed.claim(chunk)
             except Exception as exc:  # the database stayed away past its retries: this feed stops claiming
@@ -155,15 +167,20 @@ class Slots:
             for item_id in chunk:  # in input order; finished items (another worker, a redelivery) were skipped
                 if item_id in got:
                     feed.running += 1
-                    task = asyncio.create_task(self._one(feed, item_id, got[item_id]))
+                    task = asyncio.create_task(self._one(feed, item_id, got[item_id], claimed_at))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
             self.stats.peak_waiting = max(self.stats.peak_waiting, self.waiting)
             self._settle(feed)
 
-    async def _one(self, feed: Feed, item_id: int, claim: Claim) -> None:
+    async def _one(self, feed: Feed, item_id: int, claim: Claim, claimed_at: float) -> None:
         try:
             async with self._calls:
+                if feed.renew is not None and time.monotonic() - claimed_at > feed.renew_after_s:
+                    if not await feed.renew(item_id, claim):
+                        self.stats.lost += 1
+                        return
+                    self.stats.renewed += 1
                 self._tick()
                 self.busy += 1
                 self.stats.peak_busy = max(self.stats.peak_busy, self.busy)
@@ -172,7 +189,7 @@ class Slots:
                 finally:
                     self._tick()
                     self.busy -= 1
-        except Exception as exc:  # a bug in recording a result: its feed fails once the rest have ended
+        except Exception as exc:  # a bug in recording a result, or a renewal past its retries: the feed fails
             feed.error = feed.error or exc
         finally:
             feed.running -= 1
