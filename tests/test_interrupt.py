@@ -1,6 +1,7 @@
 """Ctrl-C on a job the CLI runs (trial finding 4): one line saying what is kept and how to resume, exit 130; the
 job is no longer held, the items that were in flight are back to routed (called again on resume), and their
-requests count as unanswered in the spend report, since they may have been billed."""
+requests count as unanswered in the spend report, since they may have been billed (those of calls that had
+started; items claimed ahead and still waiting for a call slot sent nothing and go back uncounted)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,14 @@ def test_ctrl_c_mid_calls_releases_the_job_and_counts_the_calls_cut_off(tmp_path
         unanswered = s.scalar(select(func.sum(Item.unanswered_attempts))) or 0
         routed_with_unanswered = s.scalar(select(func.count()).where(
             Item.status == ItemStatus.ROUTED, Item.unanswered_attempts > 0)) or 0
+        claimed_never_sent = s.scalar(select(func.count()).where(
+            Item.status == ItemStatus.ROUTED, Item.attempts > 0, func.coalesce(Item.unanswered_attempts, 0) == 0))
     assert last.startswith(f"interrupted: job {job_id} keeps its {counts[ItemStatus.SUCCEEDED]} finished items")
     assert f"`routeyard resume {job_id}` continues" in last and "Traceback" not in stderr
     assert unanswered >= 1 and routed_with_unanswered == unanswered  # each cut-off call: its item, back to routed
+    # Only calls that had started count (at most the 4 slots); items claimed ahead, still waiting for a slot,
+    # sent nothing: they go back to routed uncounted.
+    assert unanswered <= 4 and claimed_never_sent >= 1, (unanswered, claimed_never_sent)
     assert f"{unanswered} call{'s' if unanswered != 1 else ''} cut off will be made again" in last
 
     status = json.loads(routeyard("status", job_id, "--json", env=env).stdout)

@@ -9,7 +9,7 @@ worker (the reconciler puts back what it held).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -21,16 +21,20 @@ from routeyard.settings import Price, Settings
 from worker.pipeline import job_prices
 
 
-def put_back_cut_off(session: Session, settings: Settings, job_id: str, holders: Sequence[str] | None) -> int:
+def put_back_cut_off(session: Session, settings: Settings, job_id: str, holders: Sequence[str] | None,
+                     never_sent: Collection[int] = ()) -> int:
     """Put the job's items in flight under `holders` (runner ids; None: every runner, for a process that holds
-    the job alone) back to routed, counting their requests as unanswered. Returns how many went back."""
+    the job alone) back to routed, counting their requests as unanswered, except those of `never_sent` (claimed
+    items whose call the runner knows it never started: they go back uncounted). Returns how many of those
+    counted went back: the calls cut off."""
     held = runners.items_held(session, job_id, holders)
     if not held:
         return 0
     job = store.get_job(session, job_id)
     prices, strong = job_prices(job, settings), job.strong_model
-    bounds = {h.id: sent_bound(h, prices, strong, settings) for h in held}
-    return runners.put_back_unanswered(session, job_id, holders, bounds)
+    bounds = {h.id: (0, 0.0) if h.id in never_sent else sent_bound(h, prices, strong, settings) for h in held}
+    back = runners.put_back_unanswered(session, job_id, holders, bounds)
+    return back - sum(1 for h in held if h.id in never_sent)
 
 
 def sent_bound(item: runners.HeldItem, prices: dict[str, Price], strong: str, settings: Settings

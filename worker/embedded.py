@@ -25,6 +25,7 @@ from worker.heartbeat import beating
 from worker.judge import judge_if_asked
 from worker.llm_client import CallResult
 from worker.runtime import load_or_fail
+from worker.slots import Slots
 
 
 class Progress(Protocol):
@@ -56,13 +57,14 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
     """Take the job from wherever it stopped to the end, in this process. Another live process running it is
     a Conflict that names it (after waiting up to `wait_s` for it to be found dead)."""
     progress = progress or NoProgress()
+    slots = Slots(settings.concurrency)  # its asyncio primitives bind to the loop of the first call that uses them
     with beating(sf, settings, "embedded") as heartbeat:
         _hold(sf, settings, job_id, heartbeat.id, wait_s)
         try:
-            return _run(sf, settings, job_id, retry_failed, progress, loaded, heartbeat.id)
+            return _run(sf, settings, job_id, retry_failed, progress, loaded, heartbeat.id, slots)
         except KeyboardInterrupt:
             try:
-                stopped = _interrupted(sf, settings, job_id, heartbeat.id)
+                stopped = _interrupted(sf, settings, job_id, heartbeat.id, slots.never_sent)
             except Exception:  # the database went too: resume puts the items in flight back all the same
                 stopped = JobInterrupted(job_id, f"interrupted: job {job_id} keeps what finished; "
                                                  f"`routeyard resume {job_id}` continues")
@@ -73,12 +75,14 @@ def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, 
                 session.commit()
 
 
-def _interrupted(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str) -> JobInterrupted:
+def _interrupted(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str,
+                 never_sent: set[int]) -> JobInterrupted:
     """Ctrl-C: what this run had in flight goes back to routed now, so the job does not claim calls no process
-    makes; each of those requests counts as unanswered (with its cost bound), since it may have reached the
-    provider and be billed, and will be sent again on resume (`routeyard spend` shows it)."""
+    makes; each request of a call that had started counts as unanswered (with its cost bound), since it may have
+    reached the provider and be billed, and will be sent again on resume (`routeyard spend` shows it). Claimed
+    items still waiting for a call slot (`never_sent`) sent nothing: they go back uncounted."""
     with sf() as session:
-        back = put_back_cut_off(session, settings, job_id, [me])
+        back = put_back_cut_off(session, settings, job_id, [me], never_sent)
         session.commit()
         done = store.status_counts(session, job_id)
     finished = sum(n for status, n in done.items() if status.finished)
@@ -104,7 +108,7 @@ def _hold(sf: sessionmaker[Session], settings: Settings, job_id: str, me: str, w
 
 
 def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_failed: bool, progress: Progress,
-         loaded: LoadedRouter | None, me: str) -> RunSummary:
+         loaded: LoadedRouter | None, me: str, slots: Slots) -> RunSummary:
     with sf() as session:
         # This process holds the job: anything in flight was cut off when a previous run died (a kill -9 leaves
         # no Ctrl-C handler to count those calls): count them as unanswered as Ctrl-C does, then call them again.
@@ -127,13 +131,14 @@ def _run(sf: sessionmaker[Session], settings: Settings, job_id: str, retry_faile
         pipeline.score_items(sf, job_id, loaded, settings.score_batch_size, progress.stage("scoring", unscored))
     pipeline.assign_routes(sf, job_id, settings)
 
-    asyncio.run(_calls(sf, settings, job_id, progress, me))
+    asyncio.run(_calls(sf, settings, job_id, progress, me, slots))
     pipeline.finish_if_done(sf, job_id)
     judge_if_asked(sf, settings, job_id, me)  # a job submitted with --judge: its shadow pairs, now
     return summary(sf, job_id)
 
 
-async def _calls(sf: sessionmaker[Session], settings: Settings, job_id: str, progress: Progress, me: str) -> None:
+async def _calls(sf: sessionmaker[Session], settings: Settings, job_id: str, progress: Progress, me: str,
+                 slots: Slots) -> None:
     """Direct calls for direct-mode tiers; provider batches for batch-mode tiers, polled until they are merged
     (a merged batch may hand items back to direct calls or to a new batch: the loop goes round again)."""
     clients = pipeline.make_clients(settings)
@@ -146,7 +151,8 @@ async def _calls(sf: sessionmaker[Session], settings: Settings, job_id: str, pro
             if todo:
                 pipeline.check_models(sf, job_id, settings)
                 await pipeline.complete_items(sf, job_id, todo, clients, settings, settings.concurrency,
-                                              _counting(progress.stage("calling models", len(todo))), runner_id=me)
+                                              _counting(progress.stage("calling models", len(todo))), runner_id=me,
+                                              slots=slots)
             with sf() as session:
                 waiting = provider_rows.open_batches(session, job_id)
             if not waiting:

@@ -94,6 +94,9 @@ class Slots:
         self._running: set[asyncio.Task[None]] = set()
         self._ticked = time.monotonic()
         self._period = SlotStats()  # since the pool last went idle: logged then
+        # Claimed items whose call had not started when their task was cancelled (Ctrl-C): no request of theirs
+        # left this process, so the runner puts them back without counting them as cut off.
+        self.never_sent: set[int] = set()
 
     def _tick(self) -> None:
         """Account the time since the last change of `busy` or of the feeds held."""
@@ -174,6 +177,7 @@ class Slots:
             self._settle(feed)
 
     async def _one(self, feed: Feed, item_id: int, claim: Claim, claimed_at: float) -> None:
+        sent = False
         try:
             async with self._calls:
                 if feed.renew is not None and time.monotonic() - claimed_at > feed.renew_after_s:
@@ -185,10 +189,15 @@ class Slots:
                 self.busy += 1
                 self.stats.peak_busy = max(self.stats.peak_busy, self.busy)
                 try:
+                    sent = True
                     await feed.call(item_id, claim)
                 finally:
                     self._tick()
                     self.busy -= 1
+        except asyncio.CancelledError:
+            if not sent:
+                self.never_sent.add(item_id)
+            raise
         except Exception as exc:  # a bug in recording a result, or a renewal past its retries: the feed fails
             feed.error = feed.error or exc
         finally:
