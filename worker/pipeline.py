@@ -208,10 +208,11 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
 
     writer.start()
     try:
+        pool = slots or Slots(concurrency)
         if lease_s is None:  # the embedded runner: the job is this process's alone, no claim runs out
-            await (slots or Slots(concurrency)).run(item_ids, claim, call)
+            await pool.run(item_ids, claim, call)
         else:
-            await (slots or Slots(concurrency)).run(item_ids, claim, call, renew, renew_after_s(lease_s, settings))
+            await pool.run(item_ids, claim, call, renew, renew_after_s(lease_s, settings))
     finally:
         await writer.close()
 
