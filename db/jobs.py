@@ -268,14 +268,22 @@ def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s:
 def renew_claims(session: Session, job_id: str, claims: Sequence[tuple[int, int]]) -> set[int]:
     """Restart the lease of claims (item id, the claim's attempts) that are still the runner's own: the item is
     in flight under that same claim (no other worker took it over once its lease ran out) and the job has not
-    ended. Returns the ids renewed; an item missing from it must not be called."""
-    if not claims or lock_job_for_items(session, job_id) in (None, *JOB_ENDED):
+    ended. Returns the ids renewed; an item missing from it must not be called. Where the job was cancelled
+    while they waited, those still under these claims are cancelled, as the cancel did to every item not yet
+    called (it leaves calls in flight to finish, and these had not started)."""
+    if not claims:
         return set()
-    rows = session.execute(
-        update(Item).where(tuple_(Item.id, Item.attempts).in_(list(claims)), Item.job_id == job_id,
-                           Item.status == ItemStatus.IN_FLIGHT)
-        .values(started_at=utcnow()).returning(Item.id).execution_options(synchronize_session=False)
-    ).all()
+    job_status = lock_job_for_items(session, job_id)
+    if job_status is None:
+        return set()
+    mine = (tuple_(Item.id, Item.attempts).in_(list(claims)), Item.job_id == job_id,
+            Item.status == ItemStatus.IN_FLIGHT)
+    if job_status in JOB_ENDED:
+        session.execute(update(Item).where(*mine).values(status=ItemStatus.CANCELLED, finished_at=utcnow())
+                        .execution_options(synchronize_session=False))
+        return set()
+    rows = session.execute(update(Item).where(*mine).values(started_at=utcnow()).returning(Item.id)
+                           .execution_options(synchronize_session=False)).all()
     return {row.id for row in rows}
 
 

@@ -90,8 +90,11 @@ def test_a_claim_is_renewed_only_while_it_is_still_the_same_claim_and_its_job_go
         assert store.claim_items(s, job_id, ids, lease_s=60, runner_id="c") == {}  # leases running again
         store.cancel_job(s, store.get_job(s, job_id, lock=True))
         s.commit()
-    with sf() as s:  # a cancelled job's claims are not renewed: their calls are not made
+    with sf() as s:  # a cancelled job's claims are not renewed: their calls are not made, the items cancelled
         assert store.renew_claims(s, job_id, [(ids[0], mine[ids[0]].attempts)]) == set()
+        s.commit()
+    assert status_of(sf, ids[0]) == ItemStatus.CANCELLED
+    assert status_of(sf, ids[1]) == ItemStatus.IN_FLIGHT  # the other worker's claim: its call finishes
 
 
 def test_racing_workers_claim_each_item_exactly_once(sf):
