@@ -266,11 +266,10 @@ def claim_items(session: Session, job_id: str, item_ids: Sequence[int], lease_s:
 
 
 def renew_claims(session: Session, job_id: str, claims: Sequence[tuple[int, int]]) -> set[int]:
-    """Restart the lease of claims (item id, the claim's attempts) that are still the runner's own: the item is
-    in flight under that same claim (no other worker took it over once its lease ran out) and the job has not
-    ended. Returns the ids renewed; an item missing from it must not be called. Where the job was cancelled
-    while they waited, those still under these claims are cancelled, as the cancel did to every item not yet
-    called (it leaves calls in flight to finish, and these had not started)."""
+    """Restart the lease of claims (item id, the claim's attempts) still the runner's own: in flight under that
+    same claim (no other worker took it over once its lease ran out), the job not ended. Returns the ids renewed;
+    an item missing from it must not be called. A job cancelled while they waited: they are cancelled, as the
+    cancel did to every item not yet called (it leaves calls in flight to finish; these had not started)."""
     if not claims:
         return set()
     job_status = lock_job_for_items(session, job_id)
