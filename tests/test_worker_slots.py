@@ -174,6 +174,93 @@ def test_an_item_that_waited_past_its_lease_is_renewed_or_left_to_the_worker_tha
         assert rows[ids[0]].status == rows[ids[2]].status == ItemStatus.SUCCEEDED
 
 
+def test_items_waiting_for_a_slot_read_once_whether_their_job_ended_and_are_not_called_if_it_has():
+    """One slot, three items claimed together; the first call takes 1.5 s and the job ends (a cancel) 0.3 s into
+    it. The two waiting items have waited over a second when the slot frees: they read the job's status (once,
+    for both), go through the renewal, which refuses them, and are not called."""
+    called: list[int] = []
+    renewed: list[int] = []
+    reads: list[float] = []
+    ended_at = time.monotonic() + 0.3
+
+    async def claim(chunk: list[int]) -> dict[int, Claim]:
+        return {i: Claim("weak", {}, False, 1) for i in chunk}
+
+    async def call(item_id: int, claim: Claim) -> None:
+        called.append(item_id)
+        await asyncio.sleep(1.5 if item_id == 1 else 0.01)
+
+    async def renew(item_id: int, claim: Claim) -> bool:
+        renewed.append(item_id)
+        return False  # what renew_claims answers for a waiting item of an ended job (and cancels it)
+
+    async def ended() -> bool:
+        reads.append(time.monotonic())
+        return time.monotonic() > ended_at
+
+    async def main() -> Slots:
+        slots = Slots(1)
+        await slots.run([1, 2, 3], claim, call, renew, ended=ended)
+        return slots
+
+    slots = asyncio.run(main())
+    assert called == [1] and renewed == [2, 3] and slots.stats.lost == 2
+    assert len(reads) == 1
+
+
+def test_quick_calls_never_read_whether_their_job_ended():
+    reads: list[int] = []
+
+    async def claim(chunk: list[int]) -> dict[int, Claim]:
+        return {i: Claim("weak", {}, False, 1) for i in chunk}
+
+    async def call(item_id: int, claim: Claim) -> None:
+        await asyncio.sleep(0.01)
+
+    async def ended() -> bool:
+        reads.append(1)
+        return True
+
+    async def renew(item_id: int, claim: Claim) -> bool:
+        raise AssertionError("no item waited long enough to be renewed")
+
+    asyncio.run(Slots(2).run(list(range(20)), claim, call, renew, ended=ended))
+    assert reads == []
+
+
+@pytest.mark.parametrize("lease", ["embedded", "worker"])
+def test_a_cancel_stops_the_items_still_waiting_for_a_slot(tmp_path, postgres_url, lease):
+    """A cancel leaves calls in flight to finish, and cancels what has not been called. Items a runner claimed
+    ahead, waiting for its one slot behind a 2 s call, had not been called: they end cancelled and their prompts
+    never reach the model server, in the embedded runner (no lease) and in a worker (a lease far longer than the
+    wait) alike."""
+    with LoopbackServer(LoopbackConfig(models=dict(SLOW_TOKENS), jitter=False)) as server:
+        settings = make_settings(tmp_path / "home", postgres_url, server).model_copy(update={"concurrency": 1})
+        sf, job_id, ids = routed_job(settings, tmp_path, ["slow one", "waiting", "waiting too"], [50, 1, 1])
+        engine = CallEngine(settings)
+
+        def cancel() -> None:
+            time.sleep(0.5)
+            with sf() as session:
+                store.cancel_job(session, store.get_job(session, job_id, lock=True))
+                session.commit()
+
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        try:
+            engine.run(pipeline.complete_items(
+                sf, job_id, ids, engine.clients, settings, settings.concurrency, slots=engine.slots,
+                lease_s=None if lease == "embedded" else settings.effective_lease_s, runner_id="this-worker"))
+        finally:
+            thread.join(10)
+            engine.run(engine.clients.aclose())
+        assert calls_per_prompt(server.base_url) == {"slow one": 1}
+        with sf() as session:
+            rows = {r.id: r.status for r in session.scalars(select(Item).where(Item.job_id == job_id))}
+        assert rows == {ids[0]: ItemStatus.SUCCEEDED, ids[1]: ItemStatus.CANCELLED, ids[2]: ItemStatus.CANCELLED}
+        assert engine.slots.stats.lost == 2
+
+
 @pytest.mark.slow  # 400 calls of 125 ms, most of them in 8 slots
 def test_claims_wait_for_room_so_no_claimed_item_outlives_its_lease(tmp_path, postgres_url):
     """A worker process (8 slots) runs 400 items of 125 ms a call, with a 2 s lease: the batch takes far longer

@@ -8,6 +8,7 @@ again and spend (the sum of item costs) is never counted twice.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from routers.registry import LoadedRouter
 from routeyard.errors import Conflict
 from routeyard.pricing import Unbounded, cost_bound, cost_usd, price_for
 from routeyard.settings import Price, Settings, Tier
-from routeyard.states import JobStatus
+from routeyard.states import JOB_ENDED, JobStatus
 from worker.llm_client import CallResult, ModelClient, tls_context
 from worker.slots import Slots
 from worker.writes import ResultWriter, retrying
@@ -187,6 +188,16 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
         return await retrying(partial(renew_now, item_id, claim), f"job {job_id}: a claim's renewal",
                               settings.db_retry_s)
 
+    def ended_now() -> bool:
+        with sf() as session:
+            return store.get_job(session, job_id).status in JOB_ENDED
+
+    async def ended() -> bool:
+        try:
+            return await asyncio.to_thread(ended_now)
+        except SQLAlchemyError:  # only a hint: the item is called, as it would have been without the read
+            return False
+
     async def call(item_id: int, claim: Claim) -> None:
         client = clients.for_tier(claim.tier)
         shadow = None
@@ -209,10 +220,9 @@ async def complete_items(sf: sessionmaker[Session], job_id: str, item_ids: Seque
     writer.start()
     try:
         pool = slots or Slots(concurrency)
-        if lease_s is None:  # the embedded runner: the job is this process's alone, no claim runs out
-            await pool.run(item_ids, claim, call)
-        else:
-            await pool.run(item_ids, claim, call, renew, renew_after_s(lease_s, settings))
+        # The embedded runner's job is this process's alone, so no claim runs out; a cancel can still come.
+        await pool.run(item_ids, claim, call, renew,
+                       math.inf if lease_s is None else renew_after_s(lease_s, settings), ended)
     finally:
         await writer.close()
 

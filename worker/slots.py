@@ -14,6 +14,11 @@ call's time. That is far inside its lease while calls are quick, but not when ev
 timeout (a provider outage): so an item that waited longer than its lease can spare (`renew_after_s`: the
 lease less the longest call) has its lease renewed before its call, and is not called if it is no longer
 this runner's (its lease ran out and another worker took it over) or its job has ended.
+
+A cancel leaves calls in flight to finish, but an item still waiting for its slot has sent nothing: it must
+not be called once its job has ended. An item that waited more than a second reads its job's status first
+(one read a second per feed however many items wait: `Feed.job_ended`) and, if the job has ended, goes through
+the renewal, which cancels it. Quick calls never pay for the read: their items wait less than a second.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ CLAIM_CHUNK = 64
 ClaimFn = Callable[[list[int]], Awaitable[dict[int, Claim]]]
 CallFn = Callable[[int, Claim], Awaitable[None]]
 RenewFn = Callable[[int, Claim], Awaitable[bool]]
+EndedFn = Callable[[], Awaitable[bool]]
+# An item that waited this long for its slot checks that its job still runs (a cancel may have come meanwhile);
+# the answer is shared by the feed's items for as long again. Calls quicker than this never pay for the read.
+CHECK_ENDED_AFTER_S = 1.0
 
 
 @dataclass(eq=False)
@@ -45,16 +54,30 @@ class Feed:
     todo: deque[int]
     claim: ClaimFn
     call: CallFn
-    renew: RenewFn | None = None  # None: claims outlast any wait (the embedded runner holds its job alone)
+    renew: RenewFn | None = None  # None: claims outlast any wait and no cancel is looked for
     renew_after_s: float = math.inf  # a claimed item that waited longer for its slot is renewed first
+    ended: EndedFn | None = None  # whether the job has ended (a cancel): items that waited are renewed if so
     claiming: bool = False  # a chunk is being claimed: its items are neither in todo nor running yet
     running: int = 0
     error: BaseException | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    _ended: bool = False
+    _ended_read_at: float = -math.inf
+    _ended_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def drained(self) -> bool:
         return not self.todo and not self.claiming and self.running == 0
+
+    async def job_ended(self) -> bool:
+        """`ended()`, read at most once every CHECK_ENDED_AFTER_S by all the items that ask meanwhile."""
+        if self.ended is None:
+            return False
+        async with self._ended_lock:
+            if not self._ended and time.monotonic() - self._ended_read_at >= CHECK_ENDED_AFTER_S:
+                self._ended = await self.ended()
+                self._ended_read_at = time.monotonic()
+        return self._ended
 
 
 @dataclass
@@ -113,12 +136,13 @@ class Slots:
         return max(0, self.ahead - self._room)
 
     async def run(self, item_ids: Sequence[int], claim: ClaimFn, call: CallFn, renew: RenewFn | None = None,
-                  renew_after_s: float = math.inf) -> None:
+                  renew_after_s: float = math.inf, ended: EndedFn | None = None) -> None:
         """Call every item of `item_ids` that `claim` hands over; return when all of them have ended. A claim
         that fails (after its own retries) stops this feed's claiming and is raised once its calls in flight
-        have ended; other feeds go on. An item that waited more than `renew_after_s` for its slot is called
-        only if `renew` (the claim renewed) says it is still this runner's."""
-        feed = Feed(deque(item_ids), claim, call, renew, renew_after_s)
+        have ended; other feeds go on. An item that waited more than `renew_after_s` for its slot, or more than
+        CHECK_ENDED_AFTER_S when `ended` says its job has ended, is called only if `renew` (the claim renewed)
+        says it is still this runner's and its job's."""
+        feed = Feed(deque(item_ids), claim, call, renew, renew_after_s, ended)
         if feed.drained:
             return
         self._tick()
@@ -180,7 +204,7 @@ class Slots:
         sent = False
         try:
             async with self._calls:
-                if feed.renew is not None and time.monotonic() - claimed_at > feed.renew_after_s:
+                if feed.renew is not None and await self._must_renew(feed, time.monotonic() - claimed_at):
                     if not await feed.renew(item_id, claim):
                         self.stats.lost += 1
                         return
@@ -204,6 +228,10 @@ class Slots:
             feed.running -= 1
             self._give_back(1)
             self._settle(feed)
+
+    @staticmethod
+    async def _must_renew(feed: Feed, waited_s: float) -> bool:
+        return waited_s > feed.renew_after_s or (waited_s > CHECK_ENDED_AFTER_S and await feed.job_ended())
 
     def _give_back(self, n: int) -> None:
         if n:
