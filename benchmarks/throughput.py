@@ -8,9 +8,10 @@ per-call latency):
   1 and 2 Celery workers (PostgreSQL, Redis) at C in flight per worker (ROUTEYARD_CONCURRENCY=C: the worker
                                              process's shared call slots; --task-threads completion tasks held)
 for the `random` router (engine overhead only) and learned routers (cold cache: every run's prompts are new).
-Throughput = items / (job finished - job created), from the database. Router share = time from job start to
-routing / whole job. CPU time per item is read from /proc for each process that took part (PostgreSQL: every
-backend of the server, which other work on the machine may share), so a CPU-bound machine shows as such.
+Throughput = items / (job finished - job created), from the database. Pre-call share = time from the job's
+creation to its first call (storing, scoring, routing, the hops between tasks) / whole job. CPU time per item
+is read from /proc for each process that took part (PostgreSQL: every backend of the server, which other work on
+the machine may share), so a CPU-bound machine shows as such.
 
     python benchmarks/throughput.py [--items 1000] [--latency-ms 100] [--repeats 3] [--batch-sizes 50,10]
 Needs PostgreSQL on 127.0.0.1:55432 and redis-server (bash tests/services.sh start).
@@ -122,11 +123,14 @@ def write_batch(path: Path, texts: list[str]) -> Path:
     return path
 
 
-async def bare_loop(base_url: str, texts: list[str], concurrency: int, lean: bool = False) -> float:
+async def bare_loop(base_url: str, texts: list[str], concurrency: int, lean: bool = False,
+                    aiohttp: bool = False) -> float:
     """Calls and nothing else. `lean`: the client's own `post` of the JSON body, reading the JSON back (what
     worker/llm_client.py does, a third less CPU a call than `chat.completions.create` with its typed
-    arguments and response model): the stricter limit."""
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    arguments and response model): the stricter limit. `aiohttp`: on the SDK's DefaultAioHttpClient, the
+    engine's default HTTP stack (ROUTEYARD_HTTP_BACKEND): the strictest."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0,
+                                http_client=openai.DefaultAioHttpClient() if aiohttp else None)
     limit = asyncio.Semaphore(concurrency)
 
     async def one(t: str) -> None:
@@ -154,34 +158,35 @@ def fresh_pg_database() -> str:
 
 
 def job_times(database_url: str, job_id: str) -> tuple[float, float, float]:
-    """(items/s, router share, calls-phase items/s) from the job's own timestamps. The calls phase runs from the
+    """(items/s, pre-call share, calls-phase items/s) from the job's own timestamps. The calls phase runs from the
     first item's call to the last item's result: the per-item cost, without the job's fixed costs (ingest,
     scoring, routing, the hops between tasks) that a 1,000-item job makes large."""
     sf = open_database(database_url)
     with sf() as s:
         job = s.get(Job, job_id)
         created, finished = job.created_at, job.finished_at
-        started, routed = job.started_at or created, job.heartbeat_at
         first_call, last_result = s.execute(select(func.min(Item.started_at), func.max(Item.finished_at))
                                             .where(Item.job_id == job_id)).one()
-    aware = [t if t.tzinfo else t.replace(tzinfo=UTC)
-             for t in (created, finished, started, routed, first_call, last_result)]
-    created, finished, started, routed, first_call, last_result = aware
+    # Not the job's heartbeat: it moves while calls progress (a sign of life), so it no longer marks routing.
+    created, finished, first_call, last_result = [t if t.tzinfo else t.replace(tzinfo=UTC)
+                                                  for t in (created, finished, first_call, last_result)]
     total = (finished - created).total_seconds()
-    return (job.n_items / total, (routed - created).total_seconds() / total,
+    return (job.n_items / total, (first_call - created).total_seconds() / total,
             job.n_items / (last_result - first_call).total_seconds())
 
 
-def base_env(home: Path, base_url: str) -> dict:
+def base_env(home: Path, base_url: str, http_backend: str = "aiohttp") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEYARD_")}
     env.update(PYTHONPATH=CHILD_PYTHONPATH, ROUTEYARD_HOME=str(home), ROUTEYARD_STRONG_BASE_URL=base_url,
+               ROUTEYARD_HTTP_BACKEND=http_backend,
                ROUTEYARD_WEAK_BASE_URL=base_url, ROUTEYARD_STRONG_API_KEY="bench", ROUTEYARD_WEAK_API_KEY="bench",
                ROUTEYARD_CONCURRENCY=str(CONCURRENCY), ROUTEYARD_MAX_RETRIES="2")
     return env
 
 
-def run_embedded(home: Path, base_url: str, texts: list[str], router: str) -> tuple[float, float, float]:
-    env = base_env(home, base_url)
+def run_embedded(home: Path, base_url: str, texts: list[str], router: str,
+                 http_backend: str = "aiohttp") -> tuple[float, float, float]:
+    env = base_env(home, base_url, http_backend)
     db = f"sqlite:///{home / f'embedded-{uuid.uuid4().hex[:6]}.db'}"
     env["ROUTEYARD_DATABASE_URL"] = db
     batch = write_batch(home / "batch.jsonl", texts)
@@ -192,17 +197,18 @@ def run_embedded(home: Path, base_url: str, texts: list[str], router: str) -> tu
 
 
 class Workers:
-    def __init__(self, home: Path, base_url: str, n: int, batch_size: int, task_threads: int) -> None:
+    def __init__(self, home: Path, base_url: str, n: int, batch_size: int, task_threads: int,
+                 http_backend: str = "aiohttp") -> None:
         self.redis_port = free_port()
         self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--save", "", "--appendonly",
                                        "no"], stdout=subprocess.DEVNULL)
         self.database_url = fresh_pg_database()
-        self.env = base_env(home, base_url) | {"ROUTEYARD_DATABASE_URL": self.database_url,
+        self.env = base_env(home, base_url, http_backend) | {"ROUTEYARD_DATABASE_URL": self.database_url,
                                                "ROUTEYARD_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
                                                "ROUTEYARD_COMPLETE_BATCH_SIZE": str(batch_size)}
         time.sleep(0.5)
         open_database(self.database_url)  # migrate before workers race to
-        tag = f"{n}-b{batch_size}"
+        tag = f"{n}-b{batch_size}-{http_backend}"
         self.logs = [home / f"worker{tag}-{i}.log" for i in range(n)]
         self.procs = [subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", "--pool", "threads",
                                         "--concurrency", str(task_threads)], env=self.env, cwd=ROOT,
@@ -253,6 +259,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated Celery worker counts ('' for none)")
     parser.add_argument("--batch-sizes", default="50", help="comma-separated ROUTEYARD_COMPLETE_BATCH_SIZE values")
     parser.add_argument("--task-threads", type=int, default=4, help="completion tasks a worker process holds")
+    parser.add_argument("--http-backends", default="aiohttp",
+                        help="comma-separated ROUTEYARD_HTTP_BACKEND values the engine runs with (aiohttp, httpx)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/throughput_<latency>ms.json")
     args = parser.parse_args()
     args.out = args.out or ROOT / "benchmarks" / "results" / f"throughput_{args.latency_ms:g}ms.json"
@@ -298,27 +306,37 @@ def main() -> None:
         shares.setdefault(name, []).append(share)
         for k, v in used.items():
             cpu.setdefault(name, {}).setdefault(k, []).append(1000 * v / args.items)
-        print(f"{name:<34} {rate:8.1f} items/s  calls phase {calls_rate:6.1f}/s  router share {share:5.1%}  "
+        print(f"{name:<34} {rate:8.1f} items/s  calls phase {calls_rate:6.1f}/s  pre-call share {share:5.1%}  "
               + ("" if busy is None else f"busy slots {busy:.1f}/{CONCURRENCY}  ") + "CPU ms/item "
               + ", ".join(f"{k} {1000 * v / args.items:.2f}" for k, v in used.items()), flush=True)
 
-    def label(n: int, b: int, router: str) -> str:
-        return f"{n} worker(s) c={n * CONCURRENCY}" + (f" b={b}" if len(batch_sizes) > 1 else "") + f" {router}"
+    backends = [b for b in args.http_backends.split(",") if b]
+
+    def on(backend: str) -> str:
+        return "" if backend == "aiohttp" else f" [{backend}]"
+
+    def label(n: int, b: int, router: str, backend: str) -> str:
+        return (f"{n} worker(s) c={n * CONCURRENCY}" + (f" b={b}" if len(batch_sizes) > 1 else "") + f" {router}"
+                + on(backend))
 
     try:
-        clusters = {(int(n), b): Workers(home, base_url, int(n), b, args.task_threads)
-                    for n in args.workers.split(",") if n for b in batch_sizes}
+        clusters = {(int(n), b, h): Workers(home, base_url, int(n), b, args.task_threads, h)
+                    for n in args.workers.split(",") if n for b in batch_sizes for h in backends}
         for _ in range(args.repeats):  # interleaved, so drift hits every configuration alike
             for conc in (CONCURRENCY, 2 * CONCURRENCY):
                 measured(f"bare asyncio c={conc}", lambda conc=conc: asyncio.run(
                     bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc)), None, None)
                 measured(f"bare asyncio post c={conc}", lambda conc=conc: asyncio.run(
                     bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc, lean=True)), None, None)
+                measured(f"bare asyncio post aiohttp c={conc}", lambda conc=conc: asyncio.run(
+                    bare_loop(base_url, prompts(args.items, f"b{next(counter)}"), conc, lean=True, aiohttp=True)),
+                    None, None)
             for router in args.routers.split(","):
-                measured(f"embedded c={CONCURRENCY} {router}", lambda router=router: run_embedded(
-                    home, base_url, prompts(args.items, f"e{next(counter)}"), router), None, None)
-                for (n, b), cluster in clusters.items():
-                    measured(label(n, b, router), lambda cluster=cluster, router=router: cluster.run(
+                for h in backends:
+                    measured(f"embedded c={CONCURRENCY} {router}{on(h)}", lambda router=router, h=h: run_embedded(
+                        home, base_url, prompts(args.items, f"e{next(counter)}"), router, h), None, None)
+                for (n, b, h), cluster in clusters.items():
+                    measured(label(n, b, router, h), lambda cluster=cluster, router=router: cluster.run(
                         home, prompts(args.items, f"w{next(counter)}"), router), cluster.workers,
                         cluster.redis.pid, cluster)
     finally:
@@ -329,7 +347,7 @@ def main() -> None:
     summary = {name: {"median_items_per_s": statistics.median(v), "runs": v,
                       "median_calls_phase_items_per_s": statistics.median(phases[name]),
                       "calls_phase_runs": phases[name],
-                      "median_router_share": statistics.median(shares[name]),
+                      "median_pre_call_share": statistics.median(shares[name]),
                       "median_cpu_ms_per_item": {k: statistics.median(x) for k, x in cpu[name].items()},
                       "median_busy_slots_per_worker": statistics.median(slots[name]) if name in slots else None}
                for name, v in results.items()}
@@ -338,6 +356,8 @@ def main() -> None:
         limit = summary[f"bare asyncio c={conc}"]["median_items_per_s"]
         row["ratio_to_bare_loop"] = row["median_items_per_s"] / limit
         row["calls_phase_ratio_to_bare_loop"] = row["median_calls_phase_items_per_s"] / limit
+        row["ratio_to_aiohttp_loop"] = row["median_items_per_s"] / summary[
+            f"bare asyncio post aiohttp c={conc}"]["median_items_per_s"]
         row["ratio_to_lean_loop"] = row["median_items_per_s"] / summary[f"bare asyncio post c={conc}"][
             "median_items_per_s"]
     for name, row in summary.items():
@@ -358,21 +378,22 @@ def main() -> None:
              f"runs; {os.cpu_count()} cores; load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/"
              f"{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after.", "",
              "*bare asyncio*: `chat.completions.create` in an asyncio loop, the issue's limit; *bare asyncio post*: "
-             "the client's own `post` of the JSON body, as the engine calls, the stricter limit.", "",
+             "the client's own `post` of the JSON body, as the engine calls, the stricter limit; *post aiohttp*: "
+             "the same on the SDK's aiohttp transport, the engine's default HTTP stack, the strictest.", "",
              "*calls phase*: from the job's first call to its last result (the per-item cost, without the job's "
              "fixed costs), against the bare loop's whole run.", "",
-             "| configuration | items/s (median) | ratio to bare loop | ratio to post loop | x one worker | "
-             "calls phase items/s | calls phase ratio to bare loop | router share | "
+             "| configuration | items/s (median) | ratio to bare loop | ratio to post loop | ratio to aiohttp post "
+             "loop | x one worker | calls phase items/s | calls phase ratio to bare loop | pre-call share | "
              f"busy slots per worker (of {CONCURRENCY}) | "
              + " | ".join(f"CPU ms/item: {p}" for p in parts) + " |",
-             "| --- " * (9 + len(parts)) + "|"]
+             "| --- " * (10 + len(parts)) + "|"]
     for name, row in summary.items():
         speedup = row.get("speedup_over_one_worker")
         busy = row["median_busy_slots_per_worker"]
         lines.append(f"| {name} | {row['median_items_per_s']:.1f} | {row['ratio_to_bare_loop']:.2f} | "
-                     f"{row['ratio_to_lean_loop']:.2f} | "
+                     f"{row['ratio_to_lean_loop']:.2f} | {row['ratio_to_aiohttp_loop']:.2f} | "
                      f"{'' if speedup is None else f'{speedup:.2f}'} | {row['median_calls_phase_items_per_s']:.1f} | "
-                     f"{row['calls_phase_ratio_to_bare_loop']:.2f} | {row['median_router_share']:.0%} | "
+                     f"{row['calls_phase_ratio_to_bare_loop']:.2f} | {row['median_pre_call_share']:.0%} | "
                      f"{'' if busy is None else f'{busy:.1f}'} | "
                      + " | ".join(f"{row['median_cpu_ms_per_item'][p]:.2f}" for p in parts) + " |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

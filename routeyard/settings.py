@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=16, ge=1, le=1024)
     max_retries: int = Field(default=5, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
+    # The HTTP stack under the `openai` client: "aiohttp" (the SDK's own DefaultAioHttpClient transport) spends
+    # about half the CPU a call of httpx's connection pool, which scans every pooled connection on each request
+    # (benchmarks/throughput.py); "httpx" is the SDK's default, for a gateway or proxy setup aiohttp mishandles.
+    http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
     default_max_tokens: int = Field(default=1024, ge=1)  # set on budgeted requests that give none: it bounds cost
     # A completion keeps retrying a claim or a result write this long while the database cannot be reached.
     db_retry_s: float = Field(default=300.0, gt=0)

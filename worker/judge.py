@@ -66,7 +66,8 @@ async def judge_pair(client: ModelClient, pair: Pair, mode: str) -> tuple[Verdic
 
 def make_judge_client(settings: Settings) -> ModelClient:
     return ModelClient(settings.judge_endpoint(), max_retries=settings.max_retries,
-                       timeout_s=settings.request_timeout_s, secrets=settings.secrets())
+                       timeout_s=settings.request_timeout_s, secrets=settings.secrets(),
+                       http_backend=settings.http_backend)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,16 @@ import contextvars
 import ssl
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx2 as httpx
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+try:  # openai[aiohttp]: a core dependency, but a hand-made environment may lack it
+    import aiohttp
+except ImportError:  # pragma: no cover
+    aiohttp = None  # type: ignore[assignment]
 
 from routeyard.redact import redact
 from routeyard.settings import Endpoint
@@ -83,6 +88,9 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+HttpBackend = Literal["aiohttp", "httpx"]
+
+
 @dataclass
 class Tally:
     """One call's HTTP requests, counted by CountingTransport: every attempt the client made (its retries
@@ -96,21 +104,46 @@ class Tally:
 _TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("routeyard_call_tally", default=None)
 
 
-class CountingTransport(httpx.AsyncHTTPTransport):
-    """The client's transport, counting attempts into the calling task's Tally (the SDK retries above it)."""
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The client's transport (aiohttp's or httpx's own, `transport_for`), counting attempts into the calling
+    task's Tally (the SDK retries above it)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         tally = _TALLY.get()
         if tally is not None:
             tally.attempts += 1
         try:
-            return await super().handle_async_request(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise  # never reached the provider: nothing to bill
-        except (httpx.TransportError, asyncio.CancelledError):
-            if tally is not None:
+            return await self.inner.handle_async_request(request)
+        except (httpx.TransportError, asyncio.CancelledError) as exc:
+            if tally is not None and not never_sent(exc):
                 tally.unanswered += 1
             raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a failed request never reached the provider, so nothing can have been billed: no connection was
+    made. The aiohttp transport maps every aiohttp connection error to httpx.ConnectTimeout, a server that
+    dropped the connection mid-answer included, so there aiohttp's own exception decides."""
+    cause = exc.__cause__
+    if aiohttp is not None and isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def transport_for(backend: HttpBackend, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """The HTTP transport under a tier's client: the SDK's aiohttp transport (its DefaultAioHttpClient's), or
+    httpx's where aiohttp is not installed or `ROUTEYARD_HTTP_BACKEND=httpx` asks for it."""
+    if backend == "aiohttp" and aiohttp is not None:
+        from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+
+        return AiohttpTransport(verify=tls, limits=DEFAULT_CONNECTION_LIMITS)
+    return httpx.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS, verify=tls)
 
 
 @dataclass(frozen=True)
@@ -134,7 +167,7 @@ def tls_context() -> ssl.SSLContext:
 
 class ModelClient:
     def __init__(self, endpoint: Endpoint, *, max_retries: int, timeout_s: float, secrets: list[str],
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, http_backend: HttpBackend = "aiohttp") -> None:
         """`tls`: a TLS context to share with the process's other clients (tls_context()); building one loads
         the CA bundle, 80 ms of CPU, which two tiers' clients paid twice at the start of every run."""
         self.endpoint = endpoint
@@ -145,7 +178,7 @@ class ModelClient:
         self.client: openai.AsyncOpenAI | None = None
         self.setup_error: str | None = None
         try:
-            transport = CountingTransport(limits=DEFAULT_CONNECTION_LIMITS, verify=tls or tls_context())
+            transport = CountingTransport(transport_for(http_backend, tls or tls_context()))
             http = openai.DefaultAsyncHttpxClient(transport=transport)
             self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key or None,
                                              max_retries=max_retries, timeout=timeout_s, http_client=http)

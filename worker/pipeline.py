@@ -51,7 +51,8 @@ def make_clients(settings: Settings) -> Clients:
 
     def make(tier: Tier) -> ModelClient:
         return ModelClient(settings.endpoint(tier), max_retries=settings.max_retries,
-                           timeout_s=settings.request_timeout_s, secrets=settings.secrets(), tls=tls)
+                           timeout_s=settings.request_timeout_s, secrets=settings.secrets(), tls=tls,
+                           http_backend=settings.http_backend)
 
     return Clients(make("strong"), make("weak"))
 
