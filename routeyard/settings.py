@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Tier = Literal["strong", "weak"]
 CallMode = Literal["direct", "batch"]
+HttpBackend = Literal["aiohttp", "httpx"]
 Role = Literal["strong", "weak", "judge"]  # an endpoint: the two tiers a job routes between, and the judge
 
 
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     # The HTTP stack under the `openai` client: "aiohttp" (the SDK's own DefaultAioHttpClient transport) spends
     # about half the CPU a call of httpx's connection pool, which scans every pooled connection on each request
     # (benchmarks/throughput.py); "httpx" is the SDK's default, for a gateway or proxy setup aiohttp mishandles.
-    http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
+    http_backend: HttpBackend = "aiohttp"
     default_max_tokens: int = Field(default=1024, ge=1)  # set on budgeted requests that give none: it bounds cost
     # A completion keeps retrying a claim or a result write this long while the database cannot be reached.
     db_retry_s: float = Field(default=300.0, gt=0)

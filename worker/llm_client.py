@@ -21,21 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ssl
+import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx2 as httpx
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS
 
-try:  # openai[aiohttp]: a core dependency, but a hand-made environment may lack it
-    import aiohttp
-except ImportError:  # pragma: no cover
-    aiohttp = None  # type: ignore[assignment]
-
 from routeyard.redact import redact
-from routeyard.settings import Endpoint
+from routeyard.settings import Endpoint, HttpBackend
 
 
 class HttpResponse(Protocol):
@@ -88,9 +84,6 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-HttpBackend = Literal["aiohttp", "httpx"]
-
-
 @dataclass
 class Tally:
     """One call's HTTP requests, counted by CountingTransport: every attempt the client made (its retries
@@ -131,6 +124,7 @@ def never_sent(exc: BaseException) -> bool:
     made. The aiohttp transport maps every aiohttp connection error to httpx.ConnectTimeout, a server that
     dropped the connection mid-answer included, so there aiohttp's own exception decides."""
     cause = exc.__cause__
+    aiohttp = sys.modules.get("aiohttp")  # not imported: no aiohttp transport ran, so no aiohttp error
     if aiohttp is not None and isinstance(cause, aiohttp.ClientError):
         return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
@@ -139,10 +133,13 @@ def never_sent(exc: BaseException) -> bool:
 def transport_for(backend: HttpBackend, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
     """The HTTP transport under a tier's client: the SDK's aiohttp transport (its DefaultAioHttpClient's), or
     httpx's where aiohttp is not installed or `ROUTEYARD_HTTP_BACKEND=httpx` asks for it."""
-    if backend == "aiohttp" and aiohttp is not None:
-        from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
-
-        return AiohttpTransport(verify=tls, limits=DEFAULT_CONNECTION_LIMITS)
+    if backend == "aiohttp":
+        try:
+            from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+        except ImportError:  # openai[aiohttp] is a core dependency, but a hand-made environment may lack aiohttp
+            pass
+        else:
+            return AiohttpTransport(verify=tls, limits=DEFAULT_CONNECTION_LIMITS)
     return httpx.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS, verify=tls)
 
 
