@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import ssl
 import sys
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -169,6 +171,11 @@ class ModelClient:
         the CA bundle, 80 ms of CPU, which two tiers' clients paid twice at the start of every run."""
         self.endpoint = endpoint
         self.secrets = secrets
+        # Each call's idempotency key. Left to itself the SDK makes one per call with uuid4(), 5% of a worker's CPU
+        # here (urandom), and OpenAI's client does not even send it (no idempotency header); should a client send
+        # it, a random prefix per client and a counter are as unique, and the SDK's retries reuse the call's key.
+        prefix = f"routeyard-{uuid.uuid4().hex}"
+        self._keys = (f"{prefix}-{n}" for n in itertools.count())
         key = endpoint.api_key.get_secret_value()
         if not key and endpoint.base_url:
             key = "EMPTY"  # local servers (vLLM, Ollama) take any key; OpenAI itself falls back to OPENAI_API_KEY
@@ -209,7 +216,7 @@ class ModelClient:
                                               "to false")
         try:
             http = await self.client.post("/chat/completions", body={**body, "model": self.model},
-                                          cast_to=httpx.Response)
+                                          cast_to=httpx.Response, options={"idempotency_key": next(self._keys)})
             response = exchange(http)
         except openai.APIStatusError as exc:
             return self._failure(start, exc.status_code, f"{type(exc).__name__}: {exc}",
