@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     batch_fallback: Literal["resubmit", "direct"] = "resubmit"
 
     # Distributed mode (a broker is configured).
-    complete_batch_size: int = Field(default=50, ge=1)  # items per completion task
+    # Items per completion task; a job of more than 2,000 such tasks gets larger ones (worker/tasks.py).
+    complete_batch_size: int = Field(default=50, ge=1)
     lease_s: float | None = Field(default=None, gt=0)  # an item in flight this long is re-claimable
     stall_s: float = Field(default=120.0, gt=0)  # a job with no progress this long is re-enqueued
     reconcile_every_s: float = Field(default=10.0, gt=0)  # how often beat looks for stalled jobs and dead runners
