@@ -6,8 +6,9 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Tier = Literal["strong", "weak"]
@@ -105,6 +106,40 @@ class Settings(BaseSettings):
     dead_after_s: float = Field(default=20.0, gt=0)
     visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: unacked tasks come back after this
     schedule_poll_s: float = Field(default=30.0, gt=0)  # how often beat looks for due schedules
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_we_run_on(cls, url: str | None) -> str | None:
+        """Refused here, named, rather than failing deep inside the first connection (the message never repeats
+        the URL: it may hold a password)."""
+        if not url:
+            return url
+        from sqlalchemy.engine import make_url  # here: settings load in processes that never open a database
+        from sqlalchemy.exc import ArgumentError
+
+        example = "e.g. postgresql+psycopg://user@host:5432/db or sqlite:////path/routeyard.db"
+        try:
+            parsed = make_url(url)
+            backend = parsed.get_backend_name()
+        except (ArgumentError, ValueError):
+            raise ValueError(f"not a database URL (or its port is not a number); {example}") from None
+        if backend not in ("postgresql", "sqlite"):
+            raise ValueError(f"Routeyard runs on PostgreSQL or SQLite, not {backend}; {example}")
+        try:
+            parsed.get_dialect().import_dbapi()
+        except ImportError:
+            raise ValueError(f"no driver {parsed.drivername!r} is installed; {example}") from None
+        return url
+
+    @field_validator("strong_base_url", "weak_base_url", "judge_base_url")
+    @classmethod
+    def _no_password_in_url(cls, url: str | None) -> str | None:
+        """user:password@ in a model's base URL: the client sends the API key as its Authorization header, and
+        the aiohttp transport refuses both at once, so every call would fail; and the URL is printed (`check`)."""
+        if url and "@" in (urlsplit(url).netloc or ""):
+            raise ValueError("credentials in the URL (user:password@) are not supported: give the key as that "
+                             "endpoint's ROUTEYARD_*_API_KEY, and the URL without them")
+        return url
 
     @property
     def resolved_database_url(self) -> str:

@@ -222,6 +222,34 @@ def test_user_mistakes_are_one_line_and_exit_2(cli, tmp_path, loopback):
     assert code == 2 and "ROUTEYARD_PRICING['gpt-4-1106-preview']['output']" in err
 
 
+def test_settings_a_database_or_endpoint_cannot_work_with_are_named_not_called_bugs(cli, tmp_path):
+    for env, setting, message in [
+        ({"ROUTEYARD_DATABASE_URL": "mysql://u@h/db"}, "ROUTEYARD_DATABASE_URL", "PostgreSQL or SQLite, not mysql"),
+        ({"ROUTEYARD_DATABASE_URL": "postgresql+psycopg://u:hunter2@h:notaport/db"}, "ROUTEYARD_DATABASE_URL",
+         "port is not a number"),
+        ({"ROUTEYARD_STRONG_BASE_URL": "http://admin:hunter2@127.0.0.1:9/v1"}, "ROUTEYARD_STRONG_BASE_URL",
+         "credentials in the URL"),
+    ]:
+        code, out, err = cli("check", env=env)
+        assert code == 2 and err.startswith(f"configuration error: {setting}: ") and message in err, err
+        assert "hunter2" not in out + err and "internal error" not in err and "Value error" not in err
+        cli("jobs", env={key: None for key in env})  # back to the fixture's settings
+
+
+def test_results_go_to_a_file_in_the_form_its_name_says_and_never_into_a_directory(cli, tmp_path, loopback):
+    batch = write_batch(tmp_path / "b.jsonl", ["x", "y"])
+    code, out, _ = cli("submit", batch, "--router", "random", "--json")
+    job_id = json.loads(out)["job_id"]
+    code, _, err = cli("results", job_id, "-o", tmp_path)
+    assert code == 2 and "is a directory" in err and "internal error" not in err
+    code, _, _ = cli("results", job_id, "-o", tmp_path / "r.csv")
+    assert code == 0 and (tmp_path / "r.csv").read_text().splitlines()[0].startswith("custom_id,line,status,")
+    code, _, _ = cli("results", job_id, "-o", tmp_path / "r.csv", "--format", "jsonl")
+    assert code == 0 and json.loads((tmp_path / "r.csv").read_text().splitlines()[0])["status"] == "succeeded"
+    code, _, err = cli("nosuchcmd")
+    assert code == 2 and "No such command 'nosuchcmd'" in err and "`routeyard --help`" in err
+
+
 def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):
     batch = write_batch(tmp_path / "b.jsonl", ["x"])
     code, out, _ = cli("submit", batch, "--router", "random", "--strong-fraction", "0.3", "--key", "k", "--json")

@@ -129,3 +129,24 @@ def test_rejections_carry_an_openai_error_code():
     codes = [(e.line_no, e.code, e.param) for e in out if isinstance(e, Rejection)]
     assert codes == [(1, "invalid_json_line", None), (3, "duplicate_custom_id", "custom_id"),
                      (4, "missing_required_parameter", "body")]
+
+
+def test_answer_lengths_are_numbers_as_written_and_within_what_providers_take():
+    lines = [
+        '{"id": "a", "prompt": "hi", "max_tokens": true}',
+        '{"id": "b", "prompt": "hi", "max_tokens": "100"}',
+        '{"id": "c", "prompt": "hi", "temperature": "0.5"}',
+        '{"id": "d", "prompt": "hi", "max_tokens": 1e40}',
+        batch_line("e", max_tokens=10**30),
+        batch_line("f", max_completion_tokens=2**70),
+        '{"id": "g", "prompt": "hi", "max_tokens": 100, "temperature": 1}',
+        batch_line("h", max_tokens=2**31 - 1),
+    ]
+    out = parse("\n".join(lines) + "\n")
+    assert [e.custom_id for e in out if isinstance(e, ParsedItem)] == ["g", "h"]
+    rejected = {e.line_no: e.reason for e in out if isinstance(e, Rejection)}
+    assert set(rejected) == {1, 2, 3, 4, 5, 6}
+    for line_no, field in ((1, "max_tokens"), (2, "max_tokens"), (3, "temperature"), (4, "max_tokens"),
+                           (5, "body.max_tokens"), (6, "body.max_completion_tokens")):
+        assert f"field '{field}'" in rejected[line_no], rejected[line_no]
+    assert "2147483647" in rejected[5]

@@ -63,8 +63,9 @@ class CliContext:
         try:
             return open_database(self.settings.resolved_database_url)
         except ArgumentError:
-            raise InvalidInput(f"ROUTEYARD_DATABASE_URL {self.settings.resolved_database_url!r} is not a database "
-                               "URL; e.g. postgresql+psycopg://user@host/db or sqlite:////path/routeyard.db") from None
+            shown_url = safe_url(self.settings.resolved_database_url)
+            raise InvalidInput(f"ROUTEYARD_DATABASE_URL {shown_url!r} is not a database URL; e.g. "
+                               "postgresql+psycopg://user@host/db or sqlite:////path/routeyard.db") from None
         except OperationalError as exc:
             raise Unavailable(f"cannot reach the database at {safe_url(self.settings.resolved_database_url)} "
                               f"(ROUTEYARD_DATABASE_URL): {str(exc.orig).strip().splitlines()[0]}") from None
@@ -79,7 +80,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = f"ROUTEYARD_{str(first['loc'][0]).upper()}" + "".join(f"[{part!r}]" for part in first["loc"][1:])
-        err.print(f"[red]configuration error:[/] {escape(where)}: {escape(first['msg'])}")
+        err.print(f"[red]configuration error:[/] {escape(where)}: {escape(first['msg'].removeprefix('Value error, '))}")
         raise typer.Exit(ExitCode.USAGE) from None
     except SettingsError as exc:  # a setting that must be JSON is not
         field = re.search(r'field "(\w+)"', str(exc))
@@ -122,7 +123,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _is_usage_error(exc):  # typer's own: a bad option value, a missing argument, a file that is not there
             message = exc.format_message()  # type: ignore[attr-defined]  # checked by _is_usage_error
-            err.print(f"[red]error:[/] {escape(message)} (see `routeyard {_command(args)}--help`)")
+            err.print(f"[red]error:[/] {escape(message)} (see `routeyard {_command(args, app)}--help`)")
             sys.exit(ExitCode.USAGE)
         if "--debug" in args:
             raise
@@ -140,9 +141,11 @@ def _is_usage_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == ExitCode.USAGE
 
 
-def _command(args: list[str]) -> str:
-    words = [a for a in args if not a.startswith("-")][:2]
-    return "".join(f"{w} " for w in words[:1])
+def _command(args: list[str], app: typer.Typer) -> str:
+    """The command a bad command line named, for its --help; none (the app's own help) if it names no command."""
+    words = [a for a in args if not a.startswith("-")][:1]
+    known = getattr(typer.main.get_command(app), "commands", {})
+    return "".join(f"{w} " for w in words if w in known)
 
 
 class Stages:
@@ -194,6 +197,8 @@ class Stages:
 def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[str]]:
     """Write to a temporary file beside `path` and rename it over `path` only on success: a failed command
     never truncates or half-writes a file that was there."""
+    if path.is_dir():
+        raise InvalidInput(f"cannot write {path}: it is a directory; name a file in it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +208,10 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[str]]:
     try:
         with f:
             yield f
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -250,11 +250,14 @@ def list_jobs(ctx: typer.Context, limit: int = 20, as_json: Annotated[bool, type
 def results(
     ctx: typer.Context,
     job_id: str,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, openai (Batch API output file) or openai-errors "
-                                                      "(its error file).")] = "jsonl",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="jsonl, csv, openai (Batch API output file) or openai-errors (its error file); default: "
+                         "csv for an --output file named *.csv, else jsonl.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
 ) -> None:
     """Export a job's results in input order."""
+    if fmt is None:
+        fmt = "csv" if output is not None and output.suffix.lower() == ".csv" else "jsonl"
     if fmt not in ("jsonl", "csv", "openai", "openai-errors"):
         raise InvalidInput(f"--format must be jsonl, csv, openai or openai-errors, got {fmt!r}")
     result_format: ResultFormat = fmt  # type: ignore[assignment]  # checked just above

@@ -31,6 +31,11 @@ BATCH_EXAMPLE = '{"custom_id": "req-1", "method": "POST", "url": "/v1/chat/compl
 PLAIN_EXAMPLE = '{"id": "q1", "prompt": "..."}'
 
 
+# The largest answer length a line may ask for: providers take a 32-bit integer, and no model answers at
+# greater length; above it the number is a mistake (and would make a budget's cost bound meaningless).
+MAX_TOKENS = 2**31 - 1
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -42,8 +47,8 @@ class ChatBody(BaseModel):
     messages: list[Message] = Field(min_length=1)
     model: str | None = None  # ignored: the router picks the model
     # Checked here because every endpoint refuses them only after the call is queued (and billed for the prompt)
-    max_tokens: int | None = Field(default=None, gt=0, strict=True)
-    max_completion_tokens: int | None = Field(default=None, gt=0, strict=True)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
+    max_completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
 
 
 class BatchLine(BaseModel):
@@ -61,8 +66,9 @@ class PlainLine(BaseModel):
     id: str | int | None = Field(default=None)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     system: str | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    # Strict, as in a Batch API body: `true` or "100" is a mistake to report, not a number to guess at.
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,7 @@ def _store(session: Session, job: Job, reader: _HashingReader, fmt: tuple[str, L
     session.flush()  # PostgreSQL: waits here for a concurrent submit with the same key, then IntegrityError
     chunk: list[dict] = []
     weak_bound = 0.0
+    costliest = (0.0, 0)  # the line whose answer may cost most, named when the budget cannot cover them all
     lines = parse_stream(io.BufferedReader(reader), fmt[0], settings.max_line_bytes, fmt[1])  # type: ignore[arg-type]
     for entry in lines:
         if isinstance(entry, Rejection):
@@ -203,7 +204,9 @@ def _store(session: Session, job: Job, reader: _HashingReader, fmt: tuple[str, L
             if not (entry.body.get("max_tokens") or entry.body.get("max_completion_tokens")):
                 entry.body["max_tokens"] = settings.default_max_tokens
             try:
-                weak_bound += cost_bound(entry.body, weak_price, settings.default_max_tokens)
+                line_bound = cost_bound(entry.body, weak_price, settings.default_max_tokens)
+                weak_bound += line_bound
+                costliest = max(costliest, (line_bound, entry.line_no))
             except Unbounded as exc:
                 rejected.append(Rejection(entry.line_no, f"{exc}: a budgeted job cannot take it", "unbounded_cost",
                                           None, entry.custom_id))
@@ -223,7 +226,8 @@ def _store(session: Session, job: Job, reader: _HashingReader, fmt: tuple[str, L
     if options.budget_usd is not None and weak_bound > options.budget_usd:
         session.rollback()
         raise InvalidInput(f"budget ${options.budget_usd:.6g} is below ${weak_bound:.6g}, the most these "
-                          f"{n_items} items can cost on the weak model alone; raise the budget or lower max_tokens")
+                          f"{n_items} items can cost on the weak model alone (line {costliest[1]} the most, "
+                          f"${costliest[0]:.6g}); raise the budget or lower max_tokens")
     rejected_store.add_rejected(session, job_id, rejected)
     job.n_items, job.n_rejected = n_items, len(rejected)
     return n_items
