@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,22 @@ def test_results_go_to_a_file_in_the_form_its_name_says_and_never_into_a_directo
     assert code == 0 and json.loads((tmp_path / "r.csv").read_text().splitlines()[0])["status"] == "succeeded"
     code, _, err = cli("nosuchcmd")
     assert code == 2 and "No such command 'nosuchcmd'" in err and "`routeyard --help`" in err
+
+
+def test_a_run_whose_calls_failed_says_why_and_status_keeps_saying_it(cli, tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    batch = write_batch(tmp_path / "b.jsonl", ["x", "y", "z"])
+    env = {"ROUTEYARD_STRONG_BASE_URL": closed, "ROUTEYARD_MAX_RETRIES": "0"}
+    code, out, err = cli("submit", batch, "--router", "random", "--strong-fraction", "1", env=env)
+    assert code == 3 and "failed 3" in out
+    assert f"3 failed: APIConnectionError: cannot connect to {closed}" in err, err
+    job_id = next(w for w in out.split() if w.startswith("job_"))
+    code, out, _ = cli("status", job_id, "--json", env=env)
+    assert json.loads(out)["common_errors"][0]["items"] == 3
+    code, out, _ = cli("status", job_id, env=env)
+    assert "3 failed: APIConnectionError: cannot connect to" in out
 
 
 def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs as store
 from db import provider_batches as provider_rows
 from db import runners
+from db.failures import common_errors
 from db.models import ProviderBatch, utcnow
 from routers.registry import LoadedRouter
 from routeyard.errors import Conflict, JobInterrupted
@@ -44,11 +45,14 @@ class RunSummary:
     job_id: str
     status: JobStatus
     counts: dict[ItemStatus, int]
+    common_errors: list[tuple[str, int]]  # the failed items' most common errors: (error, items)
 
 
 def summary(sf: sessionmaker[Session], job_id: str) -> RunSummary:
     with sf() as session:
-        return RunSummary(job_id, store.get_job(session, job_id).status, store.status_counts(session, job_id))
+        counts = store.status_counts(session, job_id)
+        return RunSummary(job_id, store.get_job(session, job_id).status, counts,
+                          common_errors(session, job_id) if counts.get(ItemStatus.FAILED) else [])
 
 
 def run_embedded(sf: sessionmaker[Session], settings: Settings, job_id: str, *, retry_failed: bool = False,

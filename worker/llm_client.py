@@ -32,7 +32,7 @@ import httpx2 as httpx
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS
 
-from routeyard.redact import redact
+from routeyard.redact import redact, safe_url
 from routeyard.settings import Endpoint, HttpBackend
 
 
@@ -222,7 +222,7 @@ class ModelClient:
             return self._failure(start, exc.status_code, f"{type(exc).__name__}: {exc}",
                                  _scrub(exchange(exc.response), self.secrets))
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            return self._failure(start, None, f"{type(exc).__name__}: {exc}")
+            return self._failure(start, None, self._connection_failure(exc))
         except (openai.OpenAIError, TypeError, ValueError) as exc:  # bad request parameters, client config
             return self._failure(start, None, f"{type(exc).__name__}: {exc}")
         latency_ms = (time.perf_counter() - start) * 1000
@@ -233,6 +233,16 @@ class ModelClient:
         answer, prompt_tokens, completion_tokens = read_completion(completion)
         return CallResult(True, response["status_code"], response, answer, prompt_tokens, completion_tokens,
                           latency_ms)
+
+    def _connection_failure(self, exc: openai.APIConnectionError) -> str:
+        """What went wrong with the connection. aiohttp's transport reports a refused connection as a timeout
+        ("Request timed out."), which sends a user looking for a slow server: its own error says what happened."""
+        cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+        aiohttp = sys.modules.get("aiohttp")
+        if aiohttp is not None and isinstance(cause, aiohttp.ClientConnectorError):
+            where = safe_url(self.endpoint.base_url) or "api.openai.com"
+            return f"APIConnectionError: cannot connect to {where}: {cause}"
+        return f"{type(exc).__name__}: {exc}"
 
     def _failure(self, start: float, status: int | None, message: str,
                  response: dict[str, Any] | None = None) -> CallResult:

@@ -35,6 +35,7 @@ from routeyard.testing.demo_data import write_demo_batch
 from routeyard.testing.loopback import DEMO_MODELS, LoopbackConfig, LoopbackServer
 from worker.dispatch import Mode
 from worker.embedded import RunSummary
+from worker.embedded import summary as summary_of
 
 app = typer.Typer()
 
@@ -79,7 +80,9 @@ def _finish(summary: RunSummary, n_rejected: int, as_json: dict[str, object] | N
     if as_json is not None:
         extra = {"judge": judged.to_dict()} if judged is not None else {}
         console.print_json(json.dumps({**as_json, "job_id": summary.job_id, "status": summary.status,
-                                       "counts": dict(summary.counts), "n_rejected": n_rejected, **extra}))
+                                       "counts": dict(summary.counts), "n_rejected": n_rejected,
+                                       "common_errors": [{"error": e, "items": n} for e, n in summary.common_errors],
+                                       **extra}))
     else:
         render.run_summary(summary)
         if judged is not None:
@@ -105,7 +108,7 @@ def follow(sf: sessionmaker[Session], job_id: str, stages: Stages, every_s: floa
         if job.status in (JobStatus.RUNNING, JobStatus.COMPLETED) or "calling models" in stages.tasks:
             stages.set("calling models", sum(n for s, n in counts.items() if s in ITEM_FINISHED), job.n_items)
         if job.status.ended:
-            return RunSummary(job_id, job.status, counts)
+            return summary_of(sf, job_id)
         time.sleep(every_s)
 
 

@@ -43,6 +43,15 @@ def rejected_summary(job_id: str, n_rejected: int) -> None:
 def run_summary(summary: RunSummary) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
     console.print(f"job [bold]{summary.job_id}[/] {summary.status}: {counts}")
+    _common_errors(summary.job_id, summary.common_errors)
+
+
+def _common_errors(job_id: str, errors: Sequence[tuple[str, int]]) -> None:
+    """Why items failed, most common first, so a failed run says why without reading every result."""
+    for error, n in errors:
+        err.print(f"  [yellow]{n} failed:[/] {escape(error[:300])}")
+    if errors:
+        err.print(f"  each item's error: `routeyard results {job_id}`")
 
 
 def spend(report: SpendReport, tag: str | None = None) -> None:
@@ -128,6 +137,8 @@ def job_status(view: JobStatusView) -> None:
                 line += (f" (`routeyard judge {view.id}` says why; with --retry-errors it asks again)" if pairs.errors
                          else f" (`routeyard judge {view.id}` judges them)")
         console.print(line)
+    for error, n in view.common_errors:
+        console.print(f"  [yellow]{n} failed:[/] {escape(error[:300])}")
     for r in view.rejected[:20]:
         console.print(f"  [yellow]{_where(r)}:[/] {escape(r.reason)}")
 

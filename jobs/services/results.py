@@ -18,7 +18,7 @@ import heapq
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from db import jobs as store
 from db import rejections as rejected_store
 from db import runners
+from db.failures import common_errors
 from db.judging import judgment_counts, pair_count, pairs_in_flight
 from db.models import Item, Job, RejectedLine
 from jobs.services.input_formats import Rejection
@@ -91,6 +92,8 @@ class JobStatusView:
     shadow_fraction: float | None = None  # the share of weak items also sent to the strong model (--shadow)
     judge: str | None = None  # the judge mode the job asked for (--judge)
     judging: JudgingCounts | None = None  # its shadow pairs and their verdicts; None: the job has no pairs
+    # The failed items' most common errors, with how many items each: (error, items)
+    common_errors: list[tuple[str, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -98,6 +101,7 @@ class JobStatusView:
         d["created_at"] = self.created_at.isoformat()
         d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
         d["rejected"] = [rejection_dict(r) for r in self.rejected]
+        d["common_errors"] = [{"error": e, "items": n} for e, n in self.common_errors]
         return d
 
 
@@ -116,7 +120,8 @@ def job_status(session: Session, job_id: str, rejected_limit: int = 100, tenant_
                          tiers.get("strong", 0), sum(tiers.values()), job.created_at,
                          job.finished_at, rejected,
                          dead_after_s is not None and runners.interrupted(session, job, dead_after_s),
-                         job.shadow_fraction, job.judge, judging_counts(session, job_id))
+                         job.shadow_fraction, job.judge, judging_counts(session, job_id),
+                         common_errors(session, job_id) if counts.get(ItemStatus.FAILED) else [])
 
 
 def stored_rejection(row: RejectedLine) -> Rejection:
