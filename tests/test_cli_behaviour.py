@@ -267,6 +267,36 @@ def test_a_run_whose_calls_failed_says_why_and_status_keeps_saying_it(cli, tmp_p
     assert "3 failed: APIConnectionError: cannot connect to" in out
 
 
+def test_serving_is_the_same_router_for_every_command_of_the_cli(cli, tmp_path):
+    """After a local promotion (what `routeyard retrain` does), score, eval and check use the version submit uses."""
+    from db import catalog
+    from db.models import LOCAL_TENANT, RouterVersion
+    from db.session import open_database
+    from routers.base import version_of
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"router": "random", "note": "promoted here"}))
+    sf = open_database(f"sqlite:///{tmp_path / 'home' / 'routeyard.db'}")  # the CLI's default database
+    with sf() as session:
+        catalog.add_version(session, RouterVersion(router="random", version=version_of(mine), path=str(mine),
+                                                   decision="test", tenant_id=LOCAL_TENANT), serve=True)
+        session.commit()
+    label = f"random@{version_of(mine)}"
+    batch = write_batch(tmp_path / "b.jsonl", ["one", "two"])
+    code, out, _ = cli("router", "score", "--input", batch, "--output", tmp_path / "s.jsonl")
+    assert code == 0 and f"random {version_of(mine)}" in out, out
+    outcomes = tmp_path / "o.jsonl"
+    outcomes.write_text("".join(json.dumps({"prompt": f"p{i}", "strong": i % 2, "weak": 0}) + "\n" for i in range(8)))
+    code, _, _ = cli("router", "eval", "--outcomes", outcomes, "--out", tmp_path / "ev")
+    assert code == 0 and label in (tmp_path / "ev" / "metrics.json").read_text()
+    code, out, _ = cli("check")
+    assert f"serving -> {label}" in out, out
+    code, out, _ = cli("submit", batch, "--detach", "--json")
+    code, out, _ = cli("status", json.loads(out)["job_id"], "--json")
+    assert json.loads(out)["router"] == str(mine)  # the job records the promoted version's directory
+
+
 def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):
     batch = write_batch(tmp_path / "b.jsonl", ["x"])
     code, out, _ = cli("submit", batch, "--router", "random", "--strong-fraction", "0.3", "--key", "k", "--json")

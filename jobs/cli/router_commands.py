@@ -107,7 +107,8 @@ def router_eval(
 
     state = cli_context(ctx)
     settings = state.settings
-    specs = [resolve_router_spec(state.db, spec, settings) for spec in routers or [SERVING]]
+    # `serving` as the CLI's jobs get it (submit): the local tenant's promoted version first
+    specs = [resolve_router_spec(state.db, spec, settings, LOCAL_TENANT) for spec in routers or [SERVING]]
     for spec in specs:  # as submit does: a mistyped path is one line, before anything is read or scored
         check_router_spec(spec)
     rows = read_outcome_data(outcomes, strong_column, weak_column, outcomes_only=True,
@@ -202,7 +203,7 @@ def router_score(
 ) -> None:
     """Score prompts (probability that the strong model is needed), batched."""
     state = cli_context(ctx)
-    spec = resolve_router_spec(state.db, router, state.settings)
+    spec = resolve_router_spec(state.db, router, state.settings, LOCAL_TENANT)  # as submit resolves it
     check_router_spec(spec)  # as submit does: a mistyped path is one line, before the input is read
     with input_path.open("rb") as f:
         entries = list(parse_stream(f, detect_format(input_path)))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
 
+from db.models import LOCAL_TENANT
 from db.session import open_database
 from jobs.services.versions import SERVING, check_router_spec, resolve_router_spec
 from routeyard.errors import RouteyardError
@@ -88,7 +89,9 @@ def _broker(url: str) -> Check:
 
 def _router(settings: Settings, spec: str, sf: object) -> Check:
     try:
-        resolved = resolve_router_spec(sf, spec, settings) if sf is not None else spec  # type: ignore[arg-type]
+        # `serving` as the CLI's own jobs get it: the local tenant's promoted version first (as submit resolves it)
+        resolved = (resolve_router_spec(sf, spec, settings, LOCAL_TENANT)  # type: ignore[arg-type]
+                    if sf is not None else spec)
         check_router_spec(resolved)  # as submit checks it: a mistyped path says so, not what loading it raised
         loaded = load_job_router(resolved, settings)
         return Check("router", True, f"{spec} -> {loaded.label}")
