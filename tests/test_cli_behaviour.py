@@ -295,6 +295,15 @@ def test_serving_is_the_same_router_for_every_command_of_the_cli(cli, tmp_path):
     code, out, _ = cli("submit", batch, "--detach", "--json")
     code, out, _ = cli("status", json.loads(out)["job_id"], "--json")
     assert json.loads(out)["router"] == str(mine)  # the job records the promoted version's directory
+    # a version named as status and the API name it: `router@version`
+    code, out, err = cli("router", "score", "--input", batch, "--output", tmp_path / "s.jsonl", "--router", label)
+    assert code == 0 and f"random {version_of(mine)}" in out, err
+    code, out, err = cli("router", "rollback", "shipped")
+    assert code == 0, err
+    code, out, err = cli("router", "rollback", label)
+    assert code == 0 and f"now serving random {version_of(mine)}" in out, err
+    code, _, err = cli("router", "rollback", f"linear@{version_of(mine)}")  # that version is not a linear router
+    assert code == 2 and "no router version" in err
 
 
 def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):
@@ -330,3 +339,28 @@ def test_results_export_the_batch_output_and_error_files(cli, tmp_path, loopback
     assert code == 0
     errors = [json.loads(line) for line in out.splitlines()]
     assert [e["custom_id"] for e in errors] == ["req-1"] and errors[0]["response"]["status_code"] == 500
+
+
+def test_router_train_refuses_a_bad_out_or_router_before_reading_or_training(cli, tmp_path):
+    outcomes = tmp_path / "o.jsonl"
+    outcomes.write_text("".join(json.dumps({"prompt": f"p{i}", "strong": i % 2, "weak": 0}) + "\n" for i in range(8)))
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for args, message in ((("--out", afile), "a file is there"), (("--out", tmp_path / "r", "--router", "nosuch"),
+                                                                   "unknown router 'nosuch'")):
+        code, out, err = cli("router", "train", "--data", outcomes, *args)
+        assert code == 2 and message in err and "preference rows" not in out, (out, err)
+    assert afile.read_text() == "keep"
+
+
+def test_a_quality_curve_is_not_saved_from_prompts_that_cannot_measure_one(cli, tmp_path):
+    """--target-pgr reads a job's strong share off the saved curve: a tie (PGR is 0 everywhere) sent every item of
+    a --target-pgr 0.8 job to the strong model."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"router": "random"}))
+    tie = tmp_path / "tie.jsonl"
+    tie.write_text("".join(json.dumps({"prompt": f"p{i}", "strong": 1, "weak": 1}) + "\n" for i in range(200)))
+    code, _, err = cli("router", "eval", "--router", mine, "--outcomes", tie, "--out", tmp_path / "ev", "--save-curve")
+    assert code == 2 and "--save-curve: not saved" in err and "only +0.000 above" in err, err
+    assert not (mine / "quality.json").exists()

@@ -28,8 +28,7 @@ from jobs.services.retrain import ALL_TENANTS, RetrainRunning, tenants_to_retrai
 from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import (
     SERVING,
-    check_router_spec,
-    resolve_router_spec,
+    job_router,
     rollback,
     training_prompts_of,
     version_rows,
@@ -37,7 +36,7 @@ from jobs.services.versions import (
 from routers.base import TrainOptions
 from routers.calibration import save_quality_curve
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK, prompt_fingerprint, save_training_prompts
-from routers.evaluate import evaluate
+from routers.evaluate import evaluate, pgr_caveats
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, ROUTERS, train_router
 from routeyard.errors import InvalidInput
 from worker.runtime import load_job_router, router_runtime
@@ -72,6 +71,11 @@ def router_train(
     """Train a router on preference data and save it, with a record of the prompts it trained on."""
     settings = cli_context(ctx).settings
     params = parse_params(param or [])
+    # Refused before the data is read and the router trained (minutes), not after.
+    if router not in ROUTERS:
+        raise InvalidInput(f"unknown router {router!r} (--router): one of {', '.join(sorted(ROUTERS))}")
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out}: a file is there; name a directory (new, or one to write into)")
     found = read_outcome_data(data, strong_column, weak_column)
     rows = found.preferences()
     console.print(f"{len(rows)} preference rows from {len(found.files)} files")
@@ -107,14 +111,16 @@ def router_eval(
 
     state = cli_context(ctx)
     settings = state.settings
-    # `serving` as the CLI's jobs get it (submit): the local tenant's promoted version first
-    specs = [resolve_router_spec(state.db, spec, settings, LOCAL_TENANT) for spec in routers or [SERVING]]
-    for spec in specs:  # as submit does: a mistyped path is one line, before anything is read or scored
-        check_router_spec(spec)
+    # As submit resolves them: `serving` the local tenant's promoted version first, `router@version` a stored
+    # version; a mistyped path is one line, before anything is read or scored.
+    specs = [job_router(state.db, spec, settings, None) for spec in routers or [SERVING]]
     rows = read_outcome_data(outcomes, strong_column, weak_column, outcomes_only=True,
                              contaminated=contaminated).outcomes
     if not rows:
         raise InvalidInput("no outcome rows to evaluate on (all were contaminated)")
+    if save_curve and (caveats := pgr_caveats(rows)):  # a job's --target-pgr reads its strong share off the curve
+        raise InvalidInput("--save-curve: not saved, " + "; ".join(caveats) + ". A --target-pgr job would take its "
+                           "strong share from this curve: evaluate on more prompts where the two models differ")
     warn_pgr(rows, ", ".join(p.name for p in outcomes))
     fingerprints = np.array([prompt_fingerprint(r.prompt) for r in rows], dtype=np.uint64)
     for spec in specs:
@@ -203,8 +209,7 @@ def router_score(
 ) -> None:
     """Score prompts (probability that the strong model is needed), batched."""
     state = cli_context(ctx)
-    spec = resolve_router_spec(state.db, router, state.settings, LOCAL_TENANT)  # as submit resolves it
-    check_router_spec(spec)  # as submit does: a mistyped path is one line, before the input is read
+    spec = job_router(state.db, router, state.settings, None)  # as submit resolves and checks it
     with input_path.open("rb") as f:
         entries = list(parse_stream(f, detect_format(input_path)))
     items = [e for e in entries if isinstance(e, ParsedItem)]

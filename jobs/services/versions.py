@@ -201,10 +201,13 @@ def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None 
     global default, if one is promoted."""
     stamp = utcnow().isoformat(timespec="seconds")
     scope = None if tenant_id == catalog.ANY_TENANT else tenant_id
+    name, _, bare = version.rpartition("@")  # `router@version`, as status and the API name it, or the version
     with sf() as session:
-        target = catalog.version_named(session, version, tenant_id)
+        target = catalog.version_named(session, bare, tenant_id)
+        if target is not None and name and name != target.router:
+            target = None
         shipped = shipped_router(settings)
-        if target is None and version in (SHIPPED, shipped.version):
+        if target is None and version in (SHIPPED, shipped.version, shipped.label):
             catalog.serve_version(session, None, f"replaced by the shipped router {shipped.router} "
                                                  f"{shipped.version} at {stamp}", tenant_id=scope)
             session.commit()
