@@ -226,7 +226,9 @@ def _retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_da
         session.commit()
     if stored.path != str(out):  # the same weights, already saved where the stored row points
         shutil.rmtree(out, ignore_errors=True)
-    log.warning("retrain %s %s for %s: %s", router, version, whose, decision)
+    # INFO: a worker's log (beat's scheduled retrains) keeps it; the CLI prints the decision itself, and a
+    # promotion is no warning
+    log.info("retrain %s %s for %s: %s", router, version, whose, decision)
     return RetrainResult(version, stored.path, promoted, candidate_m.apgr, serving_m.apgr, decision)
 
 
