@@ -364,3 +364,14 @@ def test_a_quality_curve_is_not_saved_from_prompts_that_cannot_measure_one(cli, 
     code, _, err = cli("router", "eval", "--router", mine, "--outcomes", tie, "--out", tmp_path / "ev", "--save-curve")
     assert code == 2 and "--save-curve: not saved" in err and "only +0.000 above" in err, err
     assert not (mine / "quality.json").exists()
+
+
+def test_report_quality_calls_only_the_shipped_router_shipped(cli, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"router": "random", "note": "a directory router"}))
+    code, _, err = cli("submit", write_batch(tmp_path / "b.jsonl", ["one", "two"]), "--router", mine)
+    assert code == 0, err
+    code, out, _ = cli("report", "quality")
+    row = next(line for line in out.splitlines() if "random@" in line)
+    assert "elsewhere" in row and "shipped" not in row, out

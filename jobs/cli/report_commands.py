@@ -14,6 +14,7 @@ from db.catalog import find_tenant
 from jobs.cli.context import atomic_path, cli_context, console
 from jobs.cli.quality_plot import plot_quality
 from jobs.services.quality import quality_report
+from jobs.services.versions import shipped_router
 from routeyard.errors import NotFound
 
 app = typer.Typer(help="Reports over time.", no_args_is_help=True)
@@ -51,9 +52,12 @@ def quality(
     for col in ("tenant", "router", "trained", "serving", "held-out APGR", "vs serving then", "items", "judged",
                 "weak as good", "cost $", "loop $", "all-strong $", "saving"):
         table.add_column(col, justify="left" if col in ("tenant", "router", "trained") else "right")
+    shipped = shipped_router(state.settings).label
     for v in report.versions:
         t = v.totals.view()
-        table.add_row(escape(v.tenant), v.router, (v.trained_at or "shipped")[:16], "*" if v.serving else "",
+        # not trained here: the shipped router, or one a job named by its directory or hub id
+        trained = v.trained_at or ("shipped" if v.router == shipped else "elsewhere")
+        table.add_row(escape(v.tenant), v.router, trained[:16], "*" if v.serving else "",
                       _num(v.heldout_apgr, ".4f"), _num(v.serving_apgr_then, ".4f"), str(t["items"]), str(t["judged"]),
                       _num(t["weak_as_good_share"], ".0%"), f"{t['cost_usd']:.4f}", f"{t['loop_cost_usd']:.4f}",
                       f"{t['all_strong_cost_usd']:.4f}", _num(t["saving_pct"], ".1f") + ("%" if t["saving_pct"]
