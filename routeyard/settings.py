@@ -129,6 +129,10 @@ class Settings(BaseSettings):
             parsed.get_dialect().import_dbapi()
         except ImportError:
             raise ValueError(f"no driver {parsed.drivername!r} is installed; {example}") from None
+        folder = Path(parsed.database).expanduser().parent if backend == "sqlite" and parsed.database not in (
+            None, "", ":memory:") else None
+        if folder is not None and not folder.is_dir():  # SQLite would make a new, empty database: a typo shows no jobs
+            raise ValueError(f"the SQLite file's directory {folder} does not exist; create it, or correct the path")
         return url
 
     @field_validator("strong_base_url", "weak_base_url", "judge_base_url")

@@ -230,11 +230,14 @@ def test_settings_a_database_or_endpoint_cannot_work_with_are_named_not_called_b
          "port is not a number"),
         ({"ROUTEYARD_STRONG_BASE_URL": "http://admin:hunter2@127.0.0.1:9/v1"}, "ROUTEYARD_STRONG_BASE_URL",
          "credentials in the URL"),
+        ({"ROUTEYARD_DATABASE_URL": f"sqlite:///{tmp_path}/typo/routeyard.db"}, "ROUTEYARD_DATABASE_URL",
+         "directory"),
     ]:
         code, out, err = cli("check", env=env)
         assert code == 2 and err.startswith(f"configuration error: {setting}: ") and message in err, err
         assert "hunter2" not in out + err and "internal error" not in err and "Value error" not in err
         cli("jobs", env={key: None for key in env})  # back to the fixture's settings
+    assert not (tmp_path / "typo").exists()  # no new, empty database where a typo pointed
 
 
 def test_results_go_to_a_file_in_the_form_its_name_says_and_never_into_a_directory(cli, tmp_path, loopback):
