@@ -378,3 +378,12 @@ def test_report_quality_calls_only_the_shipped_router_shipped(cli, tmp_path):
     code, out, _ = cli("report", "quality")
     row = next(line for line in out.splitlines() if "random@" in line)
     assert "elsewhere" in row and "shipped" not in row, out
+
+
+def test_router_eval_shows_no_figures_where_the_weak_model_is_as_good(cli, tmp_path):
+    rows = tmp_path / "weak_wins.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"p{i}", "strong": 0, "weak": i % 2}) + "\n" for i in range(120)))
+    code, out, err = cli("router", "eval", "--router", "random", "--outcomes", rows, "--out", tmp_path / "ev")
+    assert code == 0 and "-0.500 above" in err
+    table = [line for line in out.splitlines() if line.strip().startswith("│ random")]
+    assert table and all("n/a" in line and "0.000" not in line for line in table), out

@@ -155,9 +155,12 @@ def router_eval(
     table = Table(title=f"{len(rows)} prompts")
     for col in ("router", "APGR", "CPT(50%)", "CPT(80%)", *(f"PGR@{k}" for k in ("0.2", "0.5", "0.8"))):
         table.add_column(col)
+    # No gap to recover (the weak model as good or better): PGR is undefined, and zeros would read as a measurement
+    measured = first.quality_strong > first.quality_weak
     for name, m in found.items():
-        table.add_row(name, f"{m.apgr:.3f}", f"{m.cpt50:.1%}", f"{m.cpt80:.1%}",
-                      *(f"{m.pgr_at[k]:.3f}" for k in ("0.2", "0.5", "0.8")))
+        cells = ([f"{m.apgr:.3f}", f"{m.cpt50:.1%}", f"{m.cpt80:.1%}",
+                  *(f"{m.pgr_at[k]:.3f}" for k in ("0.2", "0.5", "0.8"))] if measured else ["n/a"] * 6)
+        table.add_row(name, *cells)
     console.print(table)
     console.print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
 
