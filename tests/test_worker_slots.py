@@ -228,6 +228,37 @@ def test_quick_calls_never_read_whether_their_job_ended():
     assert reads == []
 
 
+def test_items_whose_claim_was_under_way_at_ctrl_c_count_as_never_sent():
+    """Ctrl-C (the run cancelled) while a claim's UPDATE runs in its thread: the claim may still commit, so those
+    items may be in flight under this runner, but none was called: they must go back uncounted, not as calls cut
+    off (the interrupt test saw 10 counted with 4 slots when a slow claim was under way)."""
+    claiming = asyncio.Event()
+
+    async def claim(chunk: list[int]) -> dict[int, Claim]:
+        if chunk[0] >= 8:  # the claim after the first 8 (4 slots, 4 ahead): under way when the run is cancelled
+            claiming.set()
+            await asyncio.sleep(60)
+        return {i: Claim("weak", {}, False, 1) for i in chunk}
+
+    async def call(item_id: int, claim: Claim) -> None:
+        await asyncio.sleep(0.01 if item_id < 4 else 60)  # the first four end and make room for the next claim
+
+    async def main() -> Slots:
+        slots = Slots(4)
+        run = asyncio.create_task(slots.run(list(range(12)), claim, call))
+        await claiming.wait()
+        run.cancel()
+        slots._feeder.cancel()  # as asyncio.run cancels every task on Ctrl-C
+        for task in [*slots._running, slots._feeder]:
+            task.cancel()
+        await asyncio.gather(run, slots._feeder, *slots._running, return_exceptions=True)
+        return slots
+
+    slots = asyncio.run(main())
+    # the claim under way: every item of it; not items 4-7, whose calls had started (they may have been sent)
+    assert slots.never_sent == {8, 9, 10, 11}, slots.never_sent
+
+
 @pytest.mark.parametrize("lease", ["embedded", "worker"])
 def test_a_cancel_stops_the_items_still_waiting_for_a_slot(tmp_path, postgres_url, lease):
     """A cancel leaves calls in flight to finish, and cancels what has not been called. Items a runner claimed

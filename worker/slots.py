@@ -181,6 +181,11 @@ class Slots:
             claimed_at = time.monotonic()  # before the claim's UPDATE: its lease is never older than this says
             try:
                 got = await feed.claim(chunk)
+            except asyncio.CancelledError:
+                # Ctrl-C while the claim ran in its thread: its UPDATE may still commit, leaving these items in
+                # flight under this runner with no call started. None of them was sent.
+                self.never_sent.update(chunk)
+                raise
             except Exception as exc:  # the database stayed away past its retries: this feed stops claiming
                 self._give_back(want)
                 feed.error = exc
