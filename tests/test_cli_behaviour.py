@@ -210,12 +210,23 @@ def test_user_mistakes_are_one_line_and_exit_2(cli, tmp_path, loopback):
         (("submit", batch, "--router", str(tmp_path)), "without config.json"),
         (("submit", tmp_path / "missing.jsonl"), "does not exist"),
         (("submit", batch, "--strong-fraction", "1.5"), "--strong-fraction"),
+        # NaN passes no range check, so it must not be reported as "above 1" or taken as a number
+        (("submit", batch, "--strong-fraction", "nan"), "--strong-fraction"),
+        (("submit", batch, "--shadow", "inf"), "--shadow"),
+        (("submit", batch, "--budget-usd", "nan"), "--budget-usd"),
+        (("demo", "--latency-scale", "nan"), "--latency-scale"),
+        (("schedule", "retrain", "--every", "nan"), "--every"),
+        (("schedule", "retrain", "--every", "60", "--margin", "nan"), "margin"),
+        (("retrain", "--margin", "nan"), "margin"),
+        (("feedback", "job_x", "item", "--rating", "nan"), "rating must be a number from 0 to 1"),
         (("results", "job_x", "-o", batch / "r.jsonl"), ""),
     ]:
         code, _, err = cli(*args)
         assert code == 2 and message in err and "Traceback" not in err and "internal error" not in err, (args, err)
     code, out, _ = cli("jobs", "--json")
-    assert json.loads(out) == []  # nothing stored for a router that cannot load
+    assert json.loads(out) == []  # nothing stored for a router that cannot load, or with options out of range
+    code, out, _ = cli("schedule", "list", "--json")
+    assert json.loads(out) == []
     code, _, err = cli("jobs", env={"ROUTEYARD_DATABASE_URL": "nonsense"})
     assert code == 2 and "ROUTEYARD_DATABASE_URL" in err
     code, _, err = cli("jobs", env={"ROUTEYARD_DATABASE_URL": None,

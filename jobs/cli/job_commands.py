@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -117,21 +118,21 @@ def submit(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL (OpenAI Batch or plain) or CSV.")],
     strong_fraction: Annotated[float | None, typer.Option(
-        "--strong-fraction", "-s", min=0.0, max=1.0,
-        help="Share of this batch's items sent to the strong model (default 0.3; or use --budget-usd or "
+        "--strong-fraction", "-s",
+        help="Share of this batch's items sent to the strong model, 0 to 1 (default 0.3; or use --budget-usd or "
              "--target-pgr, not together).")] = None,
     router: Annotated[str | None, typer.Option(help="Registry name, directory or hub id.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: resubmitting is a no-op.")] = None,
     tag: Annotated[str | None, typer.Option(help="A label for spend reports.")] = None,
-    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0.0,
+    budget_usd: Annotated[float | None, typer.Option("--budget-usd",
                                                      help="Spend at most this: strong calls go to the highest-"
                                                           "scoring items that fit (instead of --strong-fraction).")
                           ] = None,
     target_pgr: Annotated[float | None, typer.Option("--target-pgr", help="Reach this share of the strong "
                                                      "model's quality gain (from the router's held-out curve).")
                           ] = None,
-    shadow: Annotated[float | None, typer.Option("--shadow", min=0.0, max=1.0,
-                                                 help="Also send this share of weak items to the strong model "
+    shadow: Annotated[float | None, typer.Option("--shadow",
+                                                 help="Also send this share (0 to 1) of weak items to the strong model "
                                                       "(both answers kept, for feedback).")] = None,
     judge: Annotated[bool, typer.Option("--judge", help="When the job completes, the judge model "
                                                         "(ROUTEYARD_JUDGE_*) labels its shadow pairs: feedback.")
@@ -324,7 +325,7 @@ def feedback(
     job_id: str,
     custom_id: Annotated[str, typer.Argument(help="The item's id (custom_id) in the job.")],
     prefer: Annotated[str | None, typer.Option(help="strong, weak or tie: which answer was better.")] = None,
-    rating: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Quality of the answer, 0..1.")] = None,
+    rating: Annotated[float | None, typer.Option(help="Quality of the answer, 0 to 1.")] = None,
     thumbs: Annotated[str | None, typer.Option(help="up or down.")] = None,
 ) -> None:
     """Judge a stored answer; judgements become preference rows for retraining."""
@@ -347,6 +348,8 @@ def demo(
 ) -> None:
     """A whole routed job: a made-up batch, the shipped default router, and a loopback OpenAI-compatible server
     (or your real endpoints, when ROUTEYARD_STRONG_BASE_URL / ROUTEYARD_WEAK_BASE_URL are set)."""
+    if not 0.0 <= latency_scale < math.inf:  # NaN fails too
+        raise typer.BadParameter(f"a number from 0 up, got {latency_scale}", param_hint="'--latency-scale'")
     state = cli_context(ctx)
     settings = state.settings
     server = None

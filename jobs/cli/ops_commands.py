@@ -16,7 +16,7 @@ from db.models import LOCAL_TENANT
 from jobs.cli.context import ExitCode, cli_context, console
 from jobs.cli.options import DATA_HELP, StrongColumn, TenantOption, WeakColumn, read_outcome_data
 from jobs.services.doctor import run_checks
-from jobs.services.retrain import ALL_TENANTS, tenants_to_retrain
+from jobs.services.retrain import ALL_TENANTS, check_margin, tenants_to_retrain
 from jobs.services.schedules import add_schedule, next_run, remove_schedule
 from jobs.services.versions import SERVING
 from routers.data import ROUTELLM_STRONG, ROUTELLM_WEAK
@@ -105,6 +105,7 @@ def schedule_retrain(
         read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True)  # a bad file fails now, not at 02:00
     if tenant != ALL_TENANTS:
         tenants_to_retrain(state.db, tenant)  # an unknown tenant fails now
+    check_margin(margin)
     args = {"router": router, "data": [str(p.resolve()) for p in data or []],
             "heldout": [str(p.resolve()) for p in heldout or []], "margin": margin,
             "strong_column": strong_column, "weak_column": weak_column, "tenant": tenant}

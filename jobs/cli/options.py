@@ -14,8 +14,8 @@ from routers.data import DataRead, Outcome, pgr_caveats, read_data
 from routers.rows import Preference
 from routeyard.errors import InvalidInput
 
-StrongFraction = Annotated[float, typer.Option("--strong-fraction", "-s", min=0.0, max=1.0,
-                                               help="Share of this batch's items sent to the strong model.")]
+StrongFraction = Annotated[float, typer.Option("--strong-fraction", "-s",
+                                               help="Share of this batch's items sent to the strong model, 0 to 1.")]
 StrongColumn = Annotated[str, typer.Option("--strong-column", help="The strong model's quality column in outcome "
                                            "files (a column named `strong` is taken when this one is absent).")]
 WeakColumn = Annotated[str, typer.Option("--weak-column", help="The weak model's quality column in outcome files "

@@ -24,7 +24,7 @@ from jobs.cli.options import (
     warn_small_training,
 )
 from jobs.services.input_formats import ParsedItem, detect_format, parse_stream
-from jobs.services.retrain import ALL_TENANTS, RetrainRunning, tenants_to_retrain
+from jobs.services.retrain import ALL_TENANTS, RetrainRunning, check_margin, tenants_to_retrain
 from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import (
     SERVING,
@@ -250,6 +250,7 @@ def retrain(
     beats the router serving it on held-out prompts neither trained on (its judged held-out pairs, and
     --heldout files)."""
     state = cli_context(ctx)
+    check_margin(margin)  # before reading any data
     rows = read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes if heldout else []
     failed = False
     for tenant_id in tenants_to_retrain(state.db, tenant):

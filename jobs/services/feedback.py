@@ -48,7 +48,13 @@ def feedback_value(kind: str, raw: str | float) -> float:
             raise InvalidInput(f"thumbs must be up or down, got {raw!r}")
         return THUMBS[str(raw)]
     if kind == "rating":
-        return float(raw)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"rating must be a number from 0 to 1, got {raw!r}") from None
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise InvalidInput(f"rating must be a number from 0 to 1, got {raw!r}")
+        return value
     raise InvalidInput(f"field 'kind' must be prefer, rating or thumbs, got {kind!r}")
 
 

@@ -25,6 +25,7 @@ prompts fall in its fixed held-out share, `ROUTEYARD_JUDGE_HELDOUT_SHARE`, never
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -156,12 +157,19 @@ def one_retrain_at_a_time(sf: sessionmaker[Session], settings: Settings, tenant_
                 session.commit()
 
 
+def check_margin(margin: float) -> None:
+    """The APGR a candidate must gain over the serving router: a finite number (NaN would refuse every candidate)."""
+    if not math.isfinite(margin):
+        raise InvalidInput(f"margin must be a finite number (APGR, e.g. 0.01), got {margin}")
+
+
 def retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_data: list[Path],
             heldout: list[Outcome], margin: float = 0.0, seed: int = 0,
             extra: list[Preference] | None = None, strong_column: str = ROUTELLM_STRONG,
             weak_column: str = ROUTELLM_WEAK, tenant_id: str | None = LOCAL_TENANT) -> RetrainResult:
     """Train a candidate for the tenant and gate it against the version serving it; one at a time per tenant
     (RetrainRunning while another runs)."""
+    check_margin(margin)
     with one_retrain_at_a_time(sf, settings, tenant_id):
         return _retrain(sf, settings, router, base_data, heldout, margin, seed, extra, strong_column, weak_column,
                         tenant_id)

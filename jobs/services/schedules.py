@@ -4,6 +4,7 @@ so they survive restarts. Beat fires the due ones through jobs/periodic.py; with
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ def add_schedule(sf: sessionmaker[Session], task: str, args: dict[str, Any], cro
         raise InvalidInput("give exactly one of --cron and --every")
     if cron is not None:
         parse_cron(cron)
-    if every_s is not None and every_s <= 0:
+    if every_s is not None and not 0 < every_s < math.inf:  # NaN fails too
         raise InvalidInput(f"--every must be a positive number of seconds, got {every_s}")
     with sf() as session:
         row = catalog.add_schedule(session, task, args, cron, every_s)

@@ -113,14 +113,17 @@ def submit_job(sf: sessionmaker[Session], settings: Settings, source: BinaryIO, 
                            "model (--strong-fraction, --budget-usd, --target-pgr; API: strong_fraction, budget_usd, "
                            "target_pgr)")
     if options.strong_fraction is not None and not 0.0 <= options.strong_fraction <= 1.0:
-        raise InvalidInput(f"strong fraction must be between 0 and 1, got {options.strong_fraction}")
+        raise InvalidInput("strong fraction (--strong-fraction; API: strong_fraction) must be between 0 and 1, got "
+                           f"{options.strong_fraction}")
     if options.target_pgr is not None and not 0.0 < options.target_pgr <= 1.0:
-        raise InvalidInput(f"target PGR must be in (0, 1] (a share of the strong model's gain), got "
-                           f"{options.target_pgr}")
+        raise InvalidInput("target PGR (--target-pgr; API: target_pgr) must be in (0, 1] (a share of the strong "
+                           f"model's gain), got {options.target_pgr}")
     if options.shadow_fraction is not None and not 0.0 <= options.shadow_fraction <= 1.0:
-        raise InvalidInput(f"shadow fraction must be between 0 and 1, got {options.shadow_fraction}")
+        raise InvalidInput("shadow fraction (--shadow; API: shadow) must be between 0 and 1, got "
+                           f"{options.shadow_fraction}")
     if options.budget_usd is not None and not (0 < options.budget_usd < math.inf):  # NaN and inf fail too
-        raise InvalidInput(f"budget must be a positive, finite number of dollars, got {options.budget_usd}")
+        raise InvalidInput("budget (--budget-usd; API: budget_usd) must be a positive, finite number of dollars, "
+                           f"got {options.budget_usd}")
     for field, text in (("router (--router; API: router)", options.router), ("tag (--tag; API: tag)", options.tag),
                         ("idempotency key (--key; API: Idempotency-Key)", options.idempotency_key)):
         if text is not None and (why := unstorable(text)):  # stored with the job: it would fail the insert
