@@ -127,7 +127,7 @@ def main() -> None:
         B.D.update(np.load(PACK))
         tasks = [(d, k) for k in range(draws) for d in DOMAINS]
         start = time.perf_counter()
-        with Pool() as pool, out.open("w") as f:
+        with Pool(initializer=B.one_blas_thread) as pool, out.open("w") as f:
             for rec in pool.imap_unordered(one, tasks):
                 f.write(json.dumps(rec) + "\n")
         print(f"{len(tasks)} draws in {time.perf_counter() - start:.0f}s")

@@ -105,7 +105,7 @@ def run(draws: int, out: Path) -> None:
     B.D.update(np.load(B.PACK))  # whole, before forking (router_learning_draws.run says why)
     tasks = [(d, k, n) for k in range(draws) for n in B.SIZES for d in B.DOMAINS]
     start = time.perf_counter()
-    with Pool(os.cpu_count()) as pool, out.open("w") as f:
+    with Pool(os.cpu_count(), initializer=B.one_blas_thread) as pool, out.open("w") as f:
         for rec in pool.imap_unordered(one, tasks):
             f.write(json.dumps(rec) + "\n")
     print(f"{len(tasks)} draws in {time.perf_counter() - start:.0f}s")

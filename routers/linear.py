@@ -39,6 +39,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from routers.base import Router, RouterRuntime, TrainOptions, embed_rows, embedder_for
 from routers.embeddings import DEFAULT_ENCODER
@@ -146,7 +147,10 @@ def _fit_correction(z: np.ndarray, offset: np.ndarray, q: np.ndarray, c: float) 
         residual = c * (p - q)
         return value, np.concatenate([z.T @ residual + v, [residual.sum()]])
 
-    theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+    # Each step is two small matrix-vector products: BLAS threads cost more to wake than they save (10x slower
+    # on a 2-core machine with the default threads; benchmarks/router_learning_rank.py).
+    with threadpool_limits(limits=1, user_api="blas"):
+        theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
     return theta[:-1], float(theta[-1])
 
 
