@@ -10,8 +10,9 @@ This script runs the same mechanism on 40 draws:
   run    (numpy + scipy only, so it runs on any machine with many cores) for each draw (test rows and user rows
          drawn as router_learning.py draws them) and n: the base heads, the correction of routers/linear.py at
          each strength of its grid, the correction that rule chooses (held-out cross-entropy over 5 folds of the
-         user's rows; the base heads when only the base rate fits), the previous rule (held-out APGR per fold,
-         +0.01 over none), and the user's rows alone (C by 5-fold held-out APGR, as `choose_c` does)
+         user's rows; the base heads when only the base rate fits) alone ("correction alone") and averaged with
+         heads on the user's rows alone at LinearConfig.own_c ("base+user", what the product does), and the
+         user's rows alone (C by 5-fold held-out APGR, as `choose_c` does)
   report (here) benchmarks/results/router_learning_draws.{json,md,png}: mean +/- sd over draws, and how often
          each router falls below the base router on the same draw
 The corrections are the functions of routers/linear.py written out in numpy (the device has no ML stack); its
@@ -66,8 +67,8 @@ def pack() -> None:
         heads = fit_heads(xb, qb, c)
         out[f"{domain}/x"] = embedder.embed([r.prompt for r in new]).astype(np.float32)
         out[f"{domain}/q"] = np.array([(r.strong, r.weak) for r in new], dtype=np.float64)
-        for key in ("mean", "scale", "w", "b"):
-            out[f"{domain}/{key}"] = getattr(heads, key)
+        out[f"{domain}/mean"], out[f"{domain}/scale"] = heads.mean, heads.scale
+        out[f"{domain}/w"], out[f"{domain}/b"] = heads.w[0], heads.b[0]  # the base heads: one member
         print(f"{domain}: base C {c:g}, {len(new)} new-domain rows", flush=True)
     PACK.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(PACK, **out)
@@ -110,6 +111,15 @@ def alone(x: np.ndarray, q: np.ndarray, c: float) -> Heads:
     z = (x - mean) / scale
     fits = [fit_residual(z, np.zeros(len(x)), q[:, k], c) for k in (0, 1)]
     return mean, scale, np.stack([v for v, _ in fits]), np.array([b for _, b in fits])
+
+
+OWN_C = 1e-4  # routers/linear.py LinearConfig.own_c
+
+
+def averaged_score(members: list[Heads], x: np.ndarray) -> np.ndarray:
+    """routers/linear.py Heads.score with several members: their probabilities averaged."""
+    p = np.mean([expit(logits(h, x)) for h in members], axis=0)
+    return 0.5 * (1.0 + p[:, 0] - p[:, 1])
 
 
 def apgr(s: np.ndarray, q: np.ndarray) -> tuple[float, float]:
@@ -155,8 +165,9 @@ def one_draw(task: tuple[str, int, int]) -> dict:
         entropy[key], per_fold[key] = float(np.mean(losses)), span_weighted(folds)
     best = min(entropy, key=lambda key: entropy[key])
     chosen = "none" if best == f"{CORRECTION_GRID[0]:g}" else best
-    old = max(per_fold, key=lambda key: per_fold[key])
-    old = "none" if per_fold[old] < per_fold["none"] + 0.01 else old
+    # The product: once corrected, averaged with heads on the user's rows alone (LinearConfig.own_c).
+    product = tests["none"] if chosen == "none" else apgr(averaged_score(
+        [corrected(h, xu, qu, float(chosen)), alone(xu, qu, OWN_C)], xt), qt)[0]
     c_scores = {}
     for c in C_GRID:
         results = []
@@ -165,9 +176,9 @@ def one_draw(task: tuple[str, int, int]) -> dict:
             results.append(apgr(score(alone(xu[train], qu[train], c), xu[held]), qu[held]))
         c_scores[c] = span_weighted(results)
     c_user = max(C_GRID, key=lambda c: c_scores[c])
-    return {"domain": domain, "draw": draw, "n": n, "base only": tests["none"], "base+user": tests[chosen],
-            "previous rule": tests[old], "user only": apgr(score(alone(xu, qu, c_user), xt), qt)[0],
-            "chosen": chosen, "previous": old, "fixed": tests, "cross_entropy": entropy}
+    return {"domain": domain, "draw": draw, "n": n, "base only": tests["none"], "base+user": product,
+            "correction alone": tests[chosen], "user only": apgr(score(alone(xu, qu, c_user), xt), qt)[0],
+            "chosen": chosen, "fixed": tests, "cross_entropy": entropy, "fold_apgr": per_fold}
 
 
 def one_blas_thread() -> None:
@@ -192,7 +203,7 @@ def run(draws: int, out: Path) -> None:
     print(f"{len(tasks)} fits in {time.perf_counter() - start:.0f}s")
 
 
-ROUTERS = ("base+user", "previous rule", "user only", "base only")
+ROUTERS = ("base+user", "correction alone", "user only", "base only")
 
 
 def report(path: Path) -> None:
@@ -231,7 +242,7 @@ def plot(results: dict[str, dict], path: Path, draws: int) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), dpi=120, squeeze=False)
     for ax, (domain, by_router) in zip(axes[0], results.items(), strict=True):
         for name, by_n in by_router.items():
-            style = {"base only": ":", "user only": "--", "previous rule": "-."}.get(name, "-")
+            style = {"base only": ":", "user only": "--", "correction alone": "-."}.get(name, "-")
             ax.errorbar(list(SIZES), [by_n[str(n)]["mean"] for n in SIZES], yerr=[by_n[str(n)]["std"] for n in SIZES],
                         fmt=style, marker="o", capsize=3, label=name)
         ax.set_xscale("log")

@@ -128,6 +128,8 @@ RULES = {"finer grid (3e-5, 3e-4 added), cross-entropy": lambda r: r["candidates
 def report(path: Path) -> None:
     draws = {(r["domain"], r["draw"], r["n"]): r for r in map(json.loads, (RESULTS / "router_learning_draws.jsonl")
                                                                    .read_text().splitlines())}
+    for r in draws.values():  # these rules choose the correction; since session 17 the product also averages it
+        r["base+user"] = r.get("correction alone", r["base+user"])  # with a fit on the user's rows alone
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     product = [r["candidates"][pick(r["candidates"], PRODUCT, "ce")]["test"]
                - draws[(r["domain"], r["draw"], r["n"])]["base+user"] for r in recs]

@@ -24,7 +24,9 @@ benchmarks and MMLU domains, with the training rows' own validation choosing the
   two heads, not held-out APGR: APGR on folds of 20-60 rows is noise (over 40 draws of 100 GSM8K rows it chose
   corrections that lost 0.02 on average against the base heads, up to 0.11), a proper score on the same rows
   is far steadier (level with the base heads at 100 rows, +0.038 at 300, +0.073 at 1000). A stack on the base
-  logits and prompt length gained less (benchmarks/results/router_learning.md).
+  logits and prompt length gained less (benchmarks/results/router_learning.md). Once corrected, the heads are
+  averaged with heads fitted on the user's rows alone (`own_c`): chosen on development domains, it was level or
+  better on GSM8K and MMLU STEM at every n (benchmarks/results/router_learning_rank.md).
 Preference rows without per-model qualities (arena battles, feedback) enter as qualities (label, 1 - label).
 """
 
@@ -60,6 +62,11 @@ class LinearConfig:
     # The correction fitted on the user's own rows (`TrainOptions.focus_groups`): "auto" chooses its C, or
     # none, by validation on those rows; None never corrects; a number always corrects with that C.
     focus_c: float | Literal["auto"] | None = "auto"
+    # When the user's rows correct the base heads, heads fitted on those rows alone (this C, fixed, the middle of
+    # C_GRID) are averaged with the corrected ones: two fits with different biases (one anchored on the base
+    # data, one not) rank better together. Chosen on development domains (MMLU clusters), then held on GSM8K and
+    # MMLU STEM (benchmarks/router_learning_rank.py). None: the corrected heads alone.
+    own_c: float | None = 1e-4
 
 
 C_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
@@ -69,15 +76,21 @@ MIN_FOCUS_ROWS = 20  # fewer: too few to validate a correction on; the base rout
 
 @dataclass(frozen=True)
 class Heads:
-    """Standardisation + one logistic head per model's quality."""
+    """Standardisation + one logistic head per model's quality, for each member; the members' probabilities are
+    averaged (one member, or two once a user's rows have corrected the base heads)."""
 
     mean: np.ndarray
     scale: np.ndarray
-    w: np.ndarray  # (2, d): strong, weak
-    b: np.ndarray  # (2,)
+    w: np.ndarray  # (members, 2, d): strong, weak
+    b: np.ndarray  # (members, 2)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(n, 2): P(strong answer good), P(weak answer good)."""
+        z = (x - self.mean) / self.scale
+        return np.mean([expit(z @ w.T + b) for w, b in zip(self.w, self.b, strict=True)], axis=0)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        p = expit(((x - self.mean) / self.scale) @ self.w.T + self.b)
+        p = self.probabilities(x)
         return 0.5 * (1.0 + p[:, 0] - p[:, 1])
 
 
@@ -104,7 +117,7 @@ def fit_heads(x: np.ndarray, q: np.ndarray, c: float) -> Heads:
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
     (ws, bs), (ww, bw) = _fit_quality(z, q[:, 0], c), _fit_quality(z, q[:, 1], c)
-    return Heads(mean, scale, np.stack([ws, ww]), np.array([bs, bw]))
+    return Heads(mean, scale, np.stack([ws, ww])[None], np.array([[bs, bw]]))
 
 
 def heldout_apgr(scores: np.ndarray, q: np.ndarray) -> tuple[float, float]:
@@ -155,19 +168,33 @@ def _fit_correction(z: np.ndarray, offset: np.ndarray, q: np.ndarray, c: float) 
 
 
 def correct_heads(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads:
-    """The base heads plus a correction fitted on (x, q) with the base logits held fixed. Still one linear
-    model: the correction adds to each head's weights and intercept."""
+    """The base heads (one member) plus a correction fitted on (x, q) with the base logits held fixed. Still one
+    linear model: the correction adds to each head's weights and intercept."""
+    (w,), (b,) = heads.w, heads.b
     z = (x - heads.mean) / heads.scale
-    base = z @ heads.w.T + heads.b
+    base = z @ w.T + b
     fits = [_fit_correction(z, base[:, k], q[:, k], c) for k in (0, 1)]
-    return Heads(heads.mean, heads.scale, heads.w + np.stack([v for v, _ in fits]),
-                 heads.b + np.array([b for _, b in fits]))
+    return Heads(heads.mean, heads.scale, (w + np.stack([dw for dw, _ in fits]))[None],
+                 (b + np.array([db for _, db in fits]))[None])
+
+
+def with_own_fit(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads:
+    """`heads` plus a member fitted on (x, q) alone (standardised on those rows, written in the heads' own
+    standardisation so that one matrix product scores both)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    fits = [_fit_correction(z, np.zeros(len(x)), q[:, k], c) for k in (0, 1)]
+    v = np.stack([f[0] for f in fits]) / scale  # weights on raw x
+    own_w = v * heads.scale
+    own_b = np.array([f[1] for f in fits]) + v @ (heads.mean - mean)
+    return Heads(heads.mean, heads.scale, np.concatenate([heads.w, own_w[None]]),
+                 np.concatenate([heads.b, own_b[None]]))
 
 
 def cross_entropy(heads: Heads, x: np.ndarray, q: np.ndarray) -> float:
     """Mean binary cross-entropy of both quality heads on rows with known (soft) qualities."""
-    logit = ((x - heads.mean) / heads.scale) @ heads.w.T + heads.b
-    return float(np.mean(np.logaddexp(0.0, logit) - q * logit))
+    p = np.clip(heads.probabilities(x), 1e-12, 1 - 1e-12)
+    return float(-np.mean(q * np.log(p) + (1 - q) * np.log(1 - p)))
 
 
 def choose_correction(heads: Heads, x: np.ndarray, q: np.ndarray, seed: int = 0
@@ -211,8 +238,11 @@ class LinearRouter(Router[LinearConfig]):
 
     def tensors(self) -> dict[str, Any]:
         h = self.heads
+        # One member is saved as (2, d), the layout routers had before members (the shipped checkpoint); more
+        # as (members, 2, d).
+        w, b = (h.w[0], h.b[0]) if len(h.w) == 1 else (h.w, h.b)
         return {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
-                for k, v in (("mean", h.mean), ("scale", h.scale), ("w", h.w), ("b", h.b))}
+                for k, v in (("mean", h.mean), ("scale", h.scale), ("w", w), ("b", b))}
 
     def learned(self) -> dict[str, Any]:
         return dict(self.tried)
@@ -221,6 +251,8 @@ class LinearRouter(Router[LinearConfig]):
     def restore(cls, config: LinearConfig, saved: Mapping[str, Any], tensors: dict[str, Any],
                 runtime: RouterRuntime) -> LinearRouter:
         arrays = {k: v.double().numpy() for k, v in tensors.items()}
+        if arrays["w"].ndim == 2:  # one member
+            arrays["w"], arrays["b"] = arrays["w"][None], arrays["b"][None]
         return cls(config, runtime, Heads(arrays["mean"], arrays["scale"], arrays["w"], arrays["b"]),
                    {key: saved[key] for key in ("c_tried", "focus_tried") if key in saved})
 
@@ -251,6 +283,8 @@ class LinearRouter(Router[LinearConfig]):
                 focus_c, tried["focus_tried"] = choose_correction(heads, x[focus], q[focus], options.seed)
             if focus_c is not None:
                 heads = correct_heads(heads, x[focus], q[focus], focus_c)
+                if config.own_c is not None:
+                    heads = with_own_fit(heads, x[focus], q[focus], config.own_c)
         if options.progress:
             options.progress("validate", 2, 2)
         router = cls(replace(config, c=c, focus_c=focus_c), runtime, heads, tried)

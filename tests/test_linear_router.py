@@ -14,9 +14,11 @@ from routers.linear import (
     CORRECTION_GRID,
     MIN_FOCUS_ROWS,
     choose_correction,
+    correct_heads,
     cross_entropy,
     fit_heads,
     qualities,
+    with_own_fit,
 )
 from routers.registry import DEFAULT_ROUTER, PRETRAINED_DIR, load_router, train_router
 from routeyard.errors import InvalidInput
@@ -109,7 +111,7 @@ def user_domain(seed: int, n: int) -> list[Preference]:
 
 
 @pytest.mark.slow
-def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
+def test_focus_rows_move_the_router_toward_the_users_traffic(runtime, tmp_path):
     base = [outcome_to_preference(o) for o in synthetic(2, 200)]
     # The base rows teach the opposite of the user's traffic (Python easy, shell hard), so the base-only
     # router ranks the user's prompts backwards until the user's rows outweigh them.
@@ -129,6 +131,15 @@ def test_focus_rows_move_the_router_toward_the_users_traffic(runtime):
     before = metrics(base_only.win_rate([r.prompt for r in test]), as_outcomes).apgr
     after = metrics(focused.win_rate([r.prompt for r in test]), as_outcomes).apgr
     assert before < 0.5 and after > before + 0.2, (before, after)
+    # Corrected base heads and heads on the user's rows alone, averaged; saved and reloaded as two members.
+    assert focused.heads.w.shape[0] == 2 and base_only.heads.w.shape[0] == 1
+    focused.save(tmp_path / "focused")
+    loaded = load_router(str(tmp_path / "focused"), runtime).router
+    np.testing.assert_allclose(loaded.win_rate([r.prompt for r in test]), focused.win_rate([r.prompt for r in test]),
+                               rtol=1e-5)
+    alone = train_router("linear", base + user, runtime,
+                         TrainOptions(params={**fixed, "own_c": None}, focus_groups=frozenset({"user"})))
+    assert alone.heads.w.shape[0] == 1  # own_c None: the corrected heads alone
 
 
 def _outcomes(rng: np.random.Generator, x: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -155,9 +166,32 @@ def test_the_correction_is_chosen_by_held_out_cross_entropy_on_the_users_rows():
     assert choose_correction(heads, x_user[:few], shifted[:few]) == (None, {})
 
 
+def test_heads_fitted_on_the_users_rows_alone_join_as_a_member_whose_probabilities_are_averaged():
+    rng = np.random.default_rng(1)
+    d = 6
+    x_base, x_user = rng.normal(size=(400, d)), rng.normal(loc=2.0, scale=3.0, size=(150, d))
+    heads = fit_heads(x_base, _outcomes(rng, x_base, np.eye(d)[0]), 1.0)
+    q_user = _outcomes(rng, x_user, np.eye(d)[1])
+    corrected = correct_heads(heads, x_user, q_user, 1e-2)
+    both = with_own_fit(corrected, x_user, q_user, 1e-1)
+    assert both.w.shape == (2, 2, d) and both.b.shape == (2, 2)
+    # The own member, written in the base standardisation, equals a fit standardised on the user's rows.
+    mean, scale = x_user.mean(axis=0), x_user.std(axis=0) + 1e-6
+    own = fit_heads(x_user, q_user, 1e-1)
+    z_own = ((x_user - mean) / scale) @ own.w[0].T + own.b[0]
+    z_member = ((x_user - both.mean) / both.scale) @ both.w[1].T + both.b[1]
+    np.testing.assert_allclose(z_member, z_own, atol=2e-3)
+    p = both.probabilities(x_user)
+    np.testing.assert_allclose(p, 0.5 * (corrected.probabilities(x_user) + 1 / (1 + np.exp(-z_own))), atol=1e-3)
+    np.testing.assert_allclose(both.score(x_user), 0.5 * (1 + p[:, 0] - p[:, 1]))
+    # The user's traffic ranks by feature 1: the averaged heads rank it better than the base heads did.
+    gain = q_user[:, 0] - q_user[:, 1]
+    assert np.corrcoef(both.score(x_user), gain)[0, 1] > np.corrcoef(heads.score(x_user), gain)[0, 1] + 0.3
+
+
 def test_an_unknown_linear_setting_is_an_error_naming_the_known_ones(runtime):
     with pytest.raises(InvalidInput, match="unknown setting 'gamma' of router 'linear'; valid settings: encoder, c, "
-                                           "focus_c"):
+                                           "focus_c, own_c"):
         train_router("linear", [Preference("a", 1.0)], runtime, TrainOptions(params={"gamma": 1}))
     with pytest.raises(InvalidInput, match="setting 'focus_c' of router 'linear': 'sometimes' is not a number or "
                                            "'auto' or null"):

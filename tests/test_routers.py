@@ -159,6 +159,7 @@ def test_the_shipped_configs_load_typed_and_save_in_the_same_layout(runtime, tmp
         again = json.loads((tmp_path / name / "config.json").read_text())
         if name == "linear":  # a setting of an older version, not one of today's: read past, not written back
             assert saved.pop("focus_weight") is None and again.pop("focus_c") == "auto"
+            assert again.pop("own_c") == 1e-4
         assert again == saved and list(again) == list(saved)
         assert (tmp_path / name / "model.safetensors").read_bytes() == (
             PRETRAINED_DIR / name / "model.safetensors").read_bytes()
