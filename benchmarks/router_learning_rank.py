@@ -28,6 +28,7 @@ from scipy.special import expit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import benchmarks.router_learning_draws as B  # noqa: E402
+from benchmarks.router_learning_rules import draw_rows  # noqa: E402
 
 PACKS = {"dev": (ROOT / "benchmarks" / "cache" / "learning_dev.npz", ("mmlu-humanities", "mmlu-social", "mmlu-other")),
          "test": (B.PACK, B.DOMAINS)}
@@ -42,14 +43,7 @@ def _ce(logit: np.ndarray, q: np.ndarray) -> float:
 
 def one(task: tuple[str, int, int, str]) -> None:
     domain, draw, n, out = task
-    x, q = B.D[f"{domain}/x"].astype(np.float64), B.D[f"{domain}/q"]
-    h: B.Heads = (B.D[f"{domain}/mean"], B.D[f"{domain}/scale"], B.D[f"{domain}/w"], B.D[f"{domain}/b"])
-    order = np.random.default_rng(draw).permutation(len(x))
-    test, user = order[: B.TEST_ROWS], order[B.TEST_ROWS :][:n]
-    if len(user) < n:
-        return
-    xt, qt, xu, qu = x[test], q[test], x[user], q[user]
-    assign = np.random.default_rng(draw).permutation(n) % 5
+    h, xt, qt, xu, qu, assign = draw_rows(domain, draw, n)
     cands = {"none": None, **{f"c:{c:g}": ("c", c) for c in CORRECTIONS}, **{f"alone:{c:g}": ("a", c) for c in ALONE}}
     arrays: dict[str, np.ndarray] = {"qu": qu, "qt": qt, "assign": assign}
     for name, spec in cands.items():
@@ -78,18 +72,12 @@ def one_gain(task: tuple[str, int, int, str]) -> None:
     from the base heads' predicted gain, on the user's rows (dual form: n x n), at each penalty of RIDGE. It
     targets what a batch is ranked by, so it cannot improve its fit by learning the domain's difficulty."""
     domain, draw, n, out = task
-    x, q = B.D[f"{domain}/x"].astype(np.float64), B.D[f"{domain}/q"]
-    h: B.Heads = (B.D[f"{domain}/mean"], B.D[f"{domain}/scale"], B.D[f"{domain}/w"], B.D[f"{domain}/b"])
-    order = np.random.default_rng(draw).permutation(len(x))
-    test, user = order[: B.TEST_ROWS], order[B.TEST_ROWS :][:n]
-    if len(user) < n:
-        return
-    zt, zu = (x[test] - h[0]) / h[1], (x[user] - h[0]) / h[1]
-    du, dt = gain(expit(B.logits(h, x[user]))), gain(expit(B.logits(h, x[test])))
-    r = (q[user, 0] - q[user, 1]) - du
+    h, xt, _, xu, qu, assign = draw_rows(domain, draw, n)
+    zt, zu = (xt - h[0]) / h[1], (xu - h[0]) / h[1]
+    du, dt = gain(expit(B.logits(h, xu))), gain(expit(B.logits(h, xt)))
+    r = (qu[:, 0] - qu[:, 1]) - du
     kuu, ktu = zu @ zu.T, zt @ zu.T
     unit = float(np.mean(np.diag(kuu)))
-    assign = np.random.default_rng(draw).permutation(n) % 5
     # The domain's mean gain alone ("inf": no correction of the ranking) is the yardstick a penalty must beat.
     oof_mean = np.zeros(n)
     for k in range(5):
