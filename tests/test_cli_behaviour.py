@@ -307,7 +307,8 @@ def test_serving_is_the_same_router_for_every_command_of_the_cli(cli, tmp_path):
     code, out, _ = cli("check")
     assert f"serving -> {label}" in out, out
     code, out, _ = cli("submit", batch, "--detach", "--json")
-    code, out, _ = cli("status", json.loads(out)["job_id"], "--json")
+    job_id = json.loads(out)["job_id"]
+    code, out, _ = cli("status", job_id, "--json")
     assert json.loads(out)["router"] == str(mine)  # the job records the promoted version's directory
     # a version named as status and the API name it: `router@version`
     code, out, err = cli("router", "score", "--input", batch, "--output", tmp_path / "s.jsonl", "--router", label)
@@ -318,6 +319,45 @@ def test_serving_is_the_same_router_for_every_command_of_the_cli(cli, tmp_path):
     assert code == 0 and f"now serving random {version_of(mine)}" in out, err
     code, _, err = cli("router", "rollback", f"linear@{version_of(mine)}")  # that version is not a linear router
     assert code == 2 and "no router version" in err
+    code, out, _ = cli("status", job_id)
+    assert f"router {label};" in out and str(mine) not in out  # as the API names it, not its directory
+
+
+def test_rollback_says_what_serves_when_the_global_default_has_a_promotion(cli, tmp_path):
+    from db import catalog
+    from db.models import RouterVersion
+    from db.session import open_database
+    from routers.base import version_of
+
+    glob = tmp_path / "global"
+    glob.mkdir()
+    (glob / "config.json").write_text(json.dumps({"router": "random", "note": "the global default's"}))
+    sf = open_database(f"sqlite:///{tmp_path / 'home' / 'routeyard.db'}")
+    with sf() as session:
+        catalog.add_version(session, RouterVersion(router="random", version=version_of(glob), path=str(glob),
+                                                   decision="test", tenant_id=None), serve=True)
+        session.commit()
+    code, out, err = cli("router", "rollback", "shipped")  # local has none of its own: the global default serves it
+    assert code == 0 and f"the global default serves it, random@{version_of(glob)}" in out, (out, err)
+    assert "now serving linear" not in out
+    code, out, _ = cli("check")
+    assert f"serving -> random@{version_of(glob)}" in out
+    code, out, _ = cli("router", "rollback", "shipped", "--tenant", "global")
+    assert code == 0 and "now serving linear" in out
+    for args in (("router", "rollback", "shipped"), ("router", "versions")):
+        code, _, err = cli(*args, "--tenant", "all")  # `all` is for retrain, not a synonym of local
+        assert code == 2 and "--tenant all is for retrain" in err, err
+
+
+def test_retrain_without_base_data_says_the_candidate_learns_from_feedback_alone(cli, tmp_path):
+    code, _, err = cli("schedule", "retrain", "--every", "3600")
+    assert code == 0 and "no --data: each candidate learns from the tenant's feedback alone" in err
+    heldout = tmp_path / "base"
+    heldout.mkdir()
+    (heldout / "o.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "strong": 1, "weak": 0}) + "\n"
+                                             for i in range(4)))
+    code, _, err = cli("schedule", "retrain", "--every", "3600", "--data", heldout)
+    assert code == 0 and "no --data" not in err
 
 
 def test_resubmitting_without_the_default_fraction_is_the_same_request(cli, tmp_path):

@@ -379,9 +379,9 @@ def demo(
         console.print(f"next: routeyard results {result.job_id} --format openai")
         console.print("the learning loop: submit with --shadow 0.05 --judge and a judge model (ROUTEYARD_JUDGE_*) "
                       "labels the shadow pairs as your feedback; `routeyard schedule retrain --tenant all --cron "
-                      "'0 2 * * *'` retrains each tenant's router nightly, promoted only if it beats the serving "
-                      "one on that tenant's held-out judged pairs; `routeyard report quality --plot q.png` shows "
-                      "what it gained")
+                      "'0 2 * * *' --data BASE_OUTCOMES/` retrains each tenant's router nightly, promoted only if "
+                      "it beats the serving one on that tenant's held-out judged pairs; `routeyard report quality "
+                      "--plot q.png` shows what it gained")
     finally:
         if server:
             server.stop()

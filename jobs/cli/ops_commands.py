@@ -13,8 +13,8 @@ from rich.table import Table
 
 from db.catalog import list_schedules
 from db.models import LOCAL_TENANT
-from jobs.cli.context import ExitCode, cli_context, console
-from jobs.cli.options import DATA_HELP, StrongColumn, TenantOption, WeakColumn, read_outcome_data
+from jobs.cli.context import ExitCode, cli_context, console, err
+from jobs.cli.options import DATA_HELP, NO_BASE_DATA, StrongColumn, TenantOption, WeakColumn, read_outcome_data
 from jobs.services.doctor import run_checks
 from jobs.services.retrain import ALL_TENANTS, check_margin, tenants_to_retrain
 from jobs.services.schedules import add_schedule, next_run, remove_schedule
@@ -88,12 +88,13 @@ def schedule_retrain(
     ctx: typer.Context,
     cron: Annotated[str | None, typer.Option(help='Cron, UTC, e.g. "0 2 * * *" for 02:00 nightly.')] = None,
     every: Annotated[float | None, typer.Option(help="Or a fixed interval in seconds.")] = None,
-    router: str = DEFAULT_ROUTER,
+    router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = DEFAULT_ROUTER,
     data: Annotated[list[Path] | None, typer.Option(exists=True, help="Base preference data. " + DATA_HELP)
                     ] = None,
     heldout: Annotated[list[Path] | None, typer.Option(exists=True, help="Fixed held-out outcomes, as `router eval "
                                                        "--outcomes` takes them.")] = None,
-    margin: float = 0.0,
+    margin: Annotated[float, typer.Option(help="APGR the candidate must gain over the serving router to be "
+                                            "promoted (negative: it may serve while a little worse).")] = 0.0,
     strong_column: StrongColumn = ROUTELLM_STRONG,
     weak_column: WeakColumn = ROUTELLM_WEAK,
     tenant: TenantOption = LOCAL_TENANT,
@@ -106,6 +107,8 @@ def schedule_retrain(
     if tenant != ALL_TENANTS:
         tenants_to_retrain(state.db, tenant)  # an unknown tenant fails now
     check_margin(margin)
+    if not data:
+        err.print(f"[yellow]note:[/] {NO_BASE_DATA}")
     args = {"router": router, "data": [str(p.resolve()) for p in data or []],
             "heldout": [str(p.resolve()) for p in heldout or []], "margin": margin,
             "strong_column": strong_column, "weak_column": weak_column, "tenant": tenant}

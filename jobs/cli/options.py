@@ -23,6 +23,8 @@ WeakColumn = Annotated[str, typer.Option("--weak-column", help="The weak model's
 TenantOption = Annotated[str, typer.Option("--tenant", help="Whose router: a tenant's name or id (default: local, "
                                                           "the CLI's own), `all` (retrain: every tenant with "
                                                           "feedback) or `global` (the default for the others).")]
+NO_BASE_DATA = ("no --data: each candidate learns from the tenant's feedback alone, with no base rows for it to "
+                "correct; give the base outcome data (what the serving router was trained on) with --data")
 DATA_HELP = ("Files or directories (any layout, read recursively) of outcome CSV/TSV/JSONL/JSON, arena battles; "
              "contaminated_prompts.jsonl files found there are dropped.")
 

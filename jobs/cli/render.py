@@ -16,6 +16,7 @@ from jobs.services.judge import JudgingView
 from jobs.services.results import JobStatusView
 from jobs.services.spend import PeriodSpend, SpendReport
 from jobs.services.submit import SubmitResult
+from jobs.services.versions import public_router
 from worker.embedded import RunSummary
 
 
@@ -120,7 +121,9 @@ def job_status(view: JobStatusView) -> None:
         asked = f"strong fraction {view.strong_fraction:.2f}"
     routed = (f"{view.strong_items} of {view.routed_items} items strong ({view.strong_items / view.routed_items:.0%})"
               if view.routed_items else "not routed yet")
-    console.print(f"  router {escape(view.router)} version {view.router_version or '-'}; {asked}; {routed}; "
+    shown = public_router(view.router)  # a stored version as linear@<version>, not its directory (--json has it)
+    version = f" version {view.router_version}" if view.router_version and view.router_version != shown else ""
+    console.print(f"  router {escape(shown)}{escape(version)}; {asked}; {routed}; "
                   f"threshold {view.threshold if view.threshold is not None else '-'}")
     console.print(f"  models: strong {view.strong_model}, weak {view.weak_model}")
     console.print("  items: " + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))

@@ -12,9 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from db.models import LOCAL_TENANT
-from jobs.cli.context import ExitCode, Stages, atomic_output, atomic_path, cli_context, console, err
+from jobs.cli.context import CliContext, ExitCode, Stages, atomic_output, atomic_path, cli_context, console, err
 from jobs.cli.options import (
     DATA_HELP,
+    NO_BASE_DATA,
     StrongColumn,
     TenantOption,
     WeakColumn,
@@ -29,7 +30,9 @@ from jobs.services.retrain import retrain as run_retrain
 from jobs.services.versions import (
     SERVING,
     job_router,
+    resolve_router_spec,
     rollback,
+    router_info,
     training_prompts_of,
     version_rows,
 )
@@ -62,8 +65,9 @@ def router_train(
     router: Annotated[str, typer.Option("--router", help="Registry name.")] = DEFAULT_ROUTER,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (router default when left out).")] = None,
     param: Annotated[list[str] | None, typer.Option(
-        "--param", help="A router setting as key=value (JSON values), e.g. gamma=100, l2=0.01, "
-                        "finetune_rows=2000, train_layers=2; repeat for more.")] = None,
+        "--param", help="A router setting as key=value (JSON values), e.g. c=0.0001 (linear), gamma=100 "
+                        "(sw_ranking), finetune_rows=2000 (bert), train_layers=2 (causal_llm); repeat for more; an "
+                        "unknown key lists the router's settings.")] = None,
     seed: int = 0,
     strong_column: StrongColumn = ROUTELLM_STRONG,
     weak_column: WeakColumn = ROUTELLM_WEAK,
@@ -96,7 +100,8 @@ def router_eval(
                                                       "with a prompt column and the two models' columns, JSONL "
                                                       "{prompt, strong, weak}, a routellm-evals directory.")],
     routers: Annotated[list[str] | None, typer.Option(
-        "--router", help="Router spec (serving, a registry name, a directory or a hub id); repeat to compare. "
+        "--router", help="Router spec (serving, a registry name, a stored version as in `router versions`, e.g. "
+                         "linear@<version>, a directory or a hub id); repeat to compare. "
                          "Default: serving.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and curves.png.")] = Path("eval"),
     contaminated: Annotated[list[Path] | None, typer.Option(help="JSONL of prompts to leave out.")] = None,
@@ -165,13 +170,21 @@ def router_eval(
     console.print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
 
 
+def one_tenant(state: CliContext, tenant: str) -> list[str | None]:
+    """The one tenant a command acts on; `all` is for retrain and schedules only."""
+    if tenant == ALL_TENANTS:
+        raise InvalidInput("--tenant all is for retrain: name one tenant here (local, global, or a tenant's name "
+                           "or id)")
+    return tenants_to_retrain(state.db, tenant)
+
+
 @app.command("versions")
 def router_versions(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False,
                     tenant: TenantOption = LOCAL_TENANT) -> None:
     """A tenant's trained router versions, then the global default's and the shipped one: metrics, data, the
     promotion decision, which one serves the tenant (`--tenant global`: the global default's)."""
     state = cli_context(ctx)
-    [tenant_id] = tenants_to_retrain(state.db, tenant) if tenant != ALL_TENANTS else [LOCAL_TENANT]
+    [tenant_id] = one_tenant(state, tenant)
     with state.db() as session:
         versions = version_rows(session, state.settings, tenant_id)
     if as_json:
@@ -197,9 +210,14 @@ def router_rollback(ctx: typer.Context,
     """Serve an earlier router version of the tenant again (`shipped`: none of its own, so the global default
     or the shipped router serves it)."""
     state = cli_context(ctx)
-    [tenant_id] = tenants_to_retrain(state.db, tenant) if tenant != ALL_TENANTS else [LOCAL_TENANT]
+    [tenant_id] = one_tenant(state, tenant)
     v = rollback(state.db, version, state.settings, tenant_id)
-    console.print(f"now serving {v.router} {v.version} ({v.path})")
+    now = router_info(resolve_router_spec(state.db, SERVING, state.settings, tenant_id))
+    if now.path != v.path:  # a tenant with no version of its own is served by the global default's promotion
+        console.print(f"{tenant} has no version of its own now: the global default serves it, {now.label} "
+                      f"({now.path}); `router rollback shipped --tenant global` for the shipped router")
+    else:
+        console.print(f"now serving {v.router} {v.version} ({v.path})")
 
 
 @app.command("score")
@@ -207,7 +225,8 @@ def router_score(
     ctx: typer.Context,
     input_path: Annotated[Path, typer.Option("--input", exists=True, help="Prompts: JSONL or CSV, as for submit.")],
     output: Annotated[Path, typer.Option("--output", help="JSONL: one {id, prompt, score} per line.")],
-    router: Annotated[str, typer.Option("--router", help="serving, a registry name, a directory or a hub id.")
+    router: Annotated[str, typer.Option("--router", help="serving, a registry name, a stored version as in "
+                                        "`router versions` (linear@<version>), a directory or a hub id.")
                       ] = SERVING,
 ) -> None:
     """Score prompts (probability that the strong model is needed), batched."""
@@ -251,6 +270,8 @@ def retrain(
     --heldout files)."""
     state = cli_context(ctx)
     check_margin(margin)  # before reading any data
+    if not data:
+        err.print(f"[yellow]note:[/] {NO_BASE_DATA}")
     rows = read_outcome_data(heldout, strong_column, weak_column, outcomes_only=True).outcomes if heldout else []
     failed = False
     for tenant_id in tenants_to_retrain(state.db, tenant):

@@ -214,6 +214,6 @@ def rollback(sf: sessionmaker[Session], version: str, settings: Settings | None 
             return shipped
         if target is None:
             raise NotFound(f"no router version {version!r}; see `routeyard router versions`")
-        catalog.serve_version(session, target, f"rolled back to at {stamp}")
+        catalog.serve_version(session, target, f"served again (rolled back) at {stamp}")
         session.commit()
         return target
