@@ -116,3 +116,5 @@ def test_retrain_weights_stored_feedback_as_the_users_own_traffic(settings, tmp_
     assert config["train"]["rows"] == 260 and config["train"]["focus_rows"] == 60
     assert config["focus_c"] is None or config["focus_c"] in CORRECTION_GRID
     assert set(config["focus_tried"]) == {"none", *(f"{c:g}" for c in CORRECTION_GRID)}
+    # whether the feedback changed the router is said, not left to be guessed from identical scores
+    assert ("the feedback left the base heads as they were" in done.decision) == (config["focus_c"] is None)

@@ -130,10 +130,13 @@ def schedule_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--j
                                         "last_result": r.last_result} for r in rows]))
         return
     table = Table()
-    for col in ("id", "task", "when", "next run (UTC)", "last run", "last result"):
+    for col in ("id", "task", "tenant", "base data", "when", "next run (UTC)", "last run", "last result"):
         table.add_column(col)
     for row in rows:
-        table.add_row(str(row.id), row.task, row.cron or f"every {row.every_s:g}s",
+        args = row.args or {}
+        table.add_row(str(row.id), row.task, str(args.get("tenant", "-")),
+                      ", ".join(args.get("data") or []) or "none (feedback alone)",
+                      row.cron or f"every {row.every_s:g}s",
                       next_run(row).strftime("%Y-%m-%d %H:%M:%S"),
                       row.last_run_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_run_at else "-", row.last_result or "")
     console.print(table)
@@ -155,5 +158,10 @@ def schedule_run_due(ctx: typer.Context) -> None:
     ran = run_due_schedules(state.db, state.settings)
     for schedule_id, message in ran:
         console.print(f"schedule {schedule_id}: {message}")
+    if not ran:  # cron's log should say the call happened
+        with state.db() as session:
+            upcoming = sorted(next_run(r) for r in list_schedules(session) if r.enabled)
+        console.print("nothing due" + (f"; next run at {upcoming[0]:%Y-%m-%d %H:%M:%S} UTC" if upcoming
+                                       else ": no schedules (`routeyard schedule retrain`)"))
     if any(message.startswith("failed") for _, message in ran):
         raise typer.Exit(ExitCode.ERROR)  # cron and CI see that a scheduled retrain failed

@@ -82,7 +82,7 @@ def router_train(
         raise InvalidInput(f"--out {out}: a file is there; name a directory (new, or one to write into)")
     found = read_outcome_data(data, strong_column, weak_column)
     rows = found.preferences()
-    console.print(f"{len(rows)} preference rows from {len(found.files)} files")
+    console.print(f"{len(rows)} preference rows from {len(found.files)} file{'s' if len(found.files) != 1 else ''}")
     warn_small_training(rows)
     with Stages() as stages:
         trained = train_router(router, rows, router_runtime(settings),
@@ -149,8 +149,11 @@ def router_eval(
     if save_curve:
         for spec, name in zip(specs, scores, strict=True):
             if Path(spec).is_dir():
-                save_quality_curve(Path(spec), curves[name].fraction, curves[name].pgr,
-                                   ", ".join(p.name for p in outcomes))
+                replaced = (Path(spec) / "quality.json").exists()
+                path = save_quality_curve(Path(spec), curves[name].fraction, curves[name].pgr,
+                                          ", ".join(p.name for p in outcomes))
+                # A stored version's curve is what its --target-pgr jobs read: say it changed
+                console.print(f"{'replaced' if replaced else 'saved'} the quality curve of {name}: {path}")
     with atomic_output(out / "metrics.json") as f:
         f.write(json.dumps({k: m.to_dict() for k, m in found.items()}, indent=2) + "\n")
     first = next(iter(found.values()))

@@ -220,6 +220,9 @@ def _retrain(sf: sessionmaker[Session], settings: Settings, router: str, base_da
                 f"pairs, {len(judged) - n_judged} from files), margin {margin:.4f} "
                 f"({'met' if promoted else 'not met'}: {candidate_m.apgr - serving_m.apgr:+.4f}); trained on "
                 f"{len(rows)} rows ({len(base)} base, {used_feedback} feedback of {whose}); {note}")
+    if base and used_feedback and getattr(candidate.config, "focus_c", "") is None:  # `linear`'s validation said no
+        decision += ("; the feedback left the base heads as they were (too few rows, or nothing a correction "
+                     "could learn from them yet)")
     with sf() as session:
         stored = catalog.add_version(session, RouterVersion(
             tenant_id=tenant_id, router=router, version=version, path=str(out), apgr=candidate_m.apgr,
