@@ -418,6 +418,12 @@ def test_a_quality_curve_is_not_saved_from_prompts_that_cannot_measure_one(cli, 
     code, _, err = cli("router", "eval", "--router", mine, "--outcomes", tie, "--out", tmp_path / "ev", "--save-curve")
     assert code == 2 and "--save-curve: not saved" in err and "only +0.000 above" in err, err
     assert not (mine / "quality.json").exists()
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text("".join(json.dumps({"prompt": f"p{i}", "strong": 1, "weak": i % 2}) + "\n" for i in range(200)))
+    for verb in ("saved", "replaced"):  # a stored version's curve is what its jobs read: a second save says so
+        code, out, err = cli("router", "eval", "--router", mine, "--outcomes", gap, "--out", tmp_path / "ev",
+                             "--save-curve")
+        assert code == 0 and f"{verb} the quality curve of" in out and (mine / "quality.json").exists(), err
 
 
 def test_report_quality_calls_only_the_shipped_router_shipped(cli, tmp_path):
