@@ -207,6 +207,7 @@ def test_user_mistakes_are_one_line_and_exit_2(cli, tmp_path, loopback):
     batch = write_batch(tmp_path / "b.jsonl", ["x", "y"])
     for args, message in [
         (("submit", batch, "--router", "nosuch"), "unknown router 'nosuch'"),
+        (("submit", batch, "--router", "linear@deadbeef0000"), "no stored router version 'linear@deadbeef0000'"),
         (("submit", batch, "--router", str(tmp_path)), "without config.json"),
         (("submit", tmp_path / "missing.jsonl"), "does not exist"),
         (("submit", batch, "--strong-fraction", "1.5"), "--strong-fraction"),

@@ -338,7 +338,7 @@ def feedback(
     console.print(f"recorded {kind} feedback on {job_id}/{custom_id}")
 
 
-@app.command()
+@app.command(short_help="A whole routed job on a made-up batch, the shipped router and a loopback model server.")
 def demo(
     ctx: typer.Context,
     n: Annotated[int, typer.Option(help="Prompts in the demo batch.", min=1)] = 200,

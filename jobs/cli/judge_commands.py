@@ -14,7 +14,7 @@ from jobs.services.judge import judge_job_pairs, judging_view
 app = typer.Typer()
 
 
-@app.command()
+@app.command(short_help="Judge a job's shadow pairs with the judge model: each verdict is a feedback row.")
 def judge(
     ctx: typer.Context,
     job_id: str,

@@ -59,7 +59,7 @@ def worker(
     celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO"])
 
 
-@app.command()
+@app.command(short_help="Check the database, broker, model endpoints, keys, prices and router; buys nothing.")
 def check(
     ctx: typer.Context,
     router: Annotated[str, typer.Option(help="The router jobs will use (loaded to check it).")] = SERVING,

@@ -255,7 +255,7 @@ def router_score(
         raise typer.Exit(ExitCode.FAILED_ITEMS)
 
 
-@top.command()
+@top.command(short_help="Train a candidate per tenant on base data + its feedback; promote it only if it wins.")
 def retrain(
     ctx: typer.Context,
     router: Annotated[str, typer.Option(help="Registry name of the router to train.")] = DEFAULT_ROUTER,

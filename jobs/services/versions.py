@@ -129,6 +129,8 @@ def job_router(sf: sessionmaker[Session], spec: str | None, settings: Settings, 
             spec = row.path
         elif shipped is not None:
             spec = shipped
+        elif tenant_id is None and "@" in spec and not Path(spec).expanduser().exists():
+            raise InvalidInput(f"no stored router version {spec[:200]!r}; see `routeyard router versions`")
         elif tenant_id is not None:
             raise InvalidInput(f"unknown router {spec[:200]!r}: name {SERVING!r}, one of {sorted(ROUTERS)}, a "
                                "promoted version or the shipped one (`router versions`); router directories and "
