@@ -233,14 +233,22 @@ def test_items_whose_claim_was_under_way_at_ctrl_c_count_as_never_sent():
     items may be in flight under this runner, but none was called: they must go back uncounted, not as calls cut
     off (the interrupt test saw 10 counted with 4 slots when a slow claim was under way)."""
     claiming = asyncio.Event()
+    claimed: list[int] = []
+    under_way: list[int] = []
+    called: set[int] = set()
 
     async def claim(chunk: list[int]) -> dict[int, Claim]:
-        if chunk[0] >= 8:  # the claim after the first 8 (4 slots, 4 ahead): under way when the run is cancelled
+        claimed.extend(chunk)
+        # A claim once the first four calls have made room (its chunk depends on timing: the room freed so far)
+        # is under way when the run is cancelled.
+        if max(chunk) >= 8:
+            under_way.extend(chunk)
             claiming.set()
             await asyncio.sleep(60)
         return {i: Claim("weak", {}, False, 1) for i in chunk}
 
     async def call(item_id: int, claim: Claim) -> None:
+        called.add(item_id)
         await asyncio.sleep(0.01 if item_id < 4 else 60)  # the first four end and make room for the next claim
 
     async def main() -> Slots:
@@ -255,8 +263,11 @@ def test_items_whose_claim_was_under_way_at_ctrl_c_count_as_never_sent():
         return slots
 
     slots = asyncio.run(main())
-    # the claim under way: every item of it; not items 4-7, whose calls had started (they may have been sent)
-    assert slots.never_sent == {8, 9, 10, 11}, slots.never_sent
+    # every item of the claim under way, and every claimed item whose call had not started; none whose had (it
+    # may have been sent)
+    assert under_way and set(under_way) <= slots.never_sent, (under_way, slots.never_sent)
+    assert slots.never_sent == set(claimed) - called, (claimed, called, slots.never_sent)
+    assert called >= {0, 1, 2, 3, 4, 5, 6, 7} - slots.never_sent and not called & slots.never_sent
 
 
 @pytest.mark.parametrize("lease", ["embedded", "worker"])
