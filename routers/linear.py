@@ -179,8 +179,8 @@ def correct_heads(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads
 
 
 def with_own_fit(heads: Heads, x: np.ndarray, q: np.ndarray, c: float) -> Heads:
-    """`heads` plus a member fitted on (x, q) alone (standardised on those rows, written in the heads' own
-    standardisation so that one matrix product scores both)."""
+    """`heads` plus a member fitted on (x, q) alone (standardised on those rows, then written in the heads' own
+    standardisation, so scoring standardises a prompt once for every member)."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
     fits = [_fit_correction(z, np.zeros(len(x)), q[:, k], c) for k in (0, 1)]
